@@ -1,0 +1,93 @@
+"""The seed paper's ViT-B/16 numbers (DESIGN.md, "Seed reference numbers") and the side-by-side table."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis.tables import fmt_count, fmt_pm, markdown
+
+PAPER_MODEL = "vit_base_patch16_224"
+PAPER_EPOCHS = 300
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    name: str
+    strategy: str
+    params: float
+    top1: tuple[float, float]
+    top5: tuple[float, float]
+    peak_epoch: tuple[float, float]
+    delta_pf: tuple[float, float]
+    img_s: float
+    # Parameters of the paper's setting; a study condition matches when its resolved params agree.
+    expected: tuple[tuple[str, object], ...] = ()
+
+
+PAPER_ROWS = (
+    PaperRow("Baseline", "baseline", 86.6e6, (81.05, 0.11), (95.36, 0.08), (219, 13), (0.47, 0.04), 1020),
+    PaperRow("GroupedMLP", "grouped", 58.2e6, (81.47, 0.11), (95.66, 0.08), (272, 1), (0.06, 0.06), 1017,
+             (("group_size", 2),)),
+    PaperRow("ShallowMLP", "shallow", 58.2e6, (81.25, 0.02), (95.52, 0.02), (273, 0), (0.03, 0.01), 1411,
+             (("keep_ratio", 0.5), ("select", "first"))),
+)
+
+
+def _matches(row: pd.Series, paper: PaperRow) -> bool:
+    if not str(row["model"]).split(".")[0] == PAPER_MODEL or json.loads(row["ablation"]):
+        return False
+    specs = json.loads(row["strategy_params"])
+    if paper.strategy == "baseline":
+        return all(s.get("name") == "baseline" for s in specs)
+    if len(specs) != 1 or specs[0].get("name") != paper.strategy:
+        return False
+    params = specs[0].get("params") or {}
+    return all(params.get(k, v) == v for k, v in paper.expected)
+
+
+def match(summary: pd.DataFrame) -> list[tuple[PaperRow, pd.Series]]:
+    """Paper rows paired with this study's condition; empty unless the baseline and another row match."""
+    pairs = []
+    for paper in PAPER_ROWS:
+        hits = [r for _, r in summary.iterrows() if _matches(r, paper)]
+        if len(hits) == 1:
+            pairs.append((paper, hits[0]))
+    if not any(p.strategy == "baseline" for p, _ in pairs) or len(pairs) < 2:
+        return []
+    return pairs
+
+
+def comparison_markdown(pairs: list[tuple[PaperRow, pd.Series]]) -> str:
+    header = ["Model", "Params (paper / this)", "Top-1 paper", "Top-1 this", "Top-5 paper", "Top-5 this",
+              "Peak epoch paper", "Peak epoch this", "Δ(P→F) paper", "Δ(P→F) this"]
+    rows = []
+    for p, r in pairs:
+        rows.append([
+            p.name, f"{fmt_count(p.params)} / {fmt_count(r['params'])}",
+            fmt_pm(*p.top1), fmt_pm(r["final_top1_mean"], r["final_top1_std"]),
+            fmt_pm(*p.top5), fmt_pm(r["final_top5_mean"], r["final_top5_std"]),
+            fmt_pm(*p.peak_epoch, 0), fmt_pm(r["peak_epoch_mean"], r["peak_epoch_std"], 0),
+            fmt_pm(*p.delta_pf), fmt_pm(r["delta_pf_mean"], r["delta_pf_std"]),
+        ])
+    epochs = sorted({int(r["epochs_total"]) for _, r in pairs})
+    base = next(r for p, r in pairs if p.strategy == "baseline")
+    lines = [markdown(header, rows), ""]
+    notes = [f"Paper: ImageNet-1k, {PAPER_EPOCHS} epochs, 2 seeds; throughput 1,020 / 1,017 / 1,411 img/s "
+             f"(Baseline / GroupedMLP / ShallowMLP)."]
+    notes.append(f"This study: {', '.join(map(str, epochs))} epochs, n = "
+                 + ", ".join(f"{p.name} {int(r['n_seeds'])}" for p, r in pairs) + " seeds.")
+    if epochs != [PAPER_EPOCHS]:
+        notes.append("The schedules differ, so accuracies and peak epochs are not directly comparable; "
+                     "the orderings and the Δ(P→F) trend are.")
+    for p, r in pairs:
+        if p.strategy != "baseline" and math.isfinite(r["final_top1_mean"]) and \
+                math.isfinite(base["final_top1_mean"]):
+            paper_gap = p.top1[0] - PAPER_ROWS[0].top1[0]
+            gap = r["final_top1_mean"] - base["final_top1_mean"]
+            agree = "agrees with" if (gap > 0) == (paper_gap > 0) else "differs from"
+            notes.append(f"{p.name} − Baseline: {gap:+.2f} here vs {paper_gap:+.2f} in the paper ({agree} "
+                         f"the paper's direction).")
+    return "\n".join(lines + notes)

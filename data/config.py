@@ -1,0 +1,103 @@
+"""The data section of a run spec: where the dataset is and how it is augmented.
+
+Defaults are the paper's recipe (DeiT/timm ViT training on ImageNet at 224 px): RandomResizedCrop
+(0.08-1, 3/4-4/3) -> flip -> RandAugment rand-m9-mstd0.5-inc1 -> normalize -> random erasing 0.25,
+repeated augmentation x3; validation center crop with crop_pct 0.875.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_path: Path = Field(description="Training set: a .beton file (backend ffcv) or an ImageNet-layout folder (backend torch).")
+    val_path: Path = Field(description="Validation set, same kind as train_path.")
+    backend: Literal["ffcv", "torch"] = Field("ffcv", description="ffcv: .beton files; torch: torchvision ImageFolder reference loader.")
+    img_size: int = Field(224, gt=0, description="Side of the square training/validation crops in pixels.")
+    num_workers: int = Field(8, ge=0, description="Decode threads (ffcv) or DataLoader processes (torch) per rank.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the image tensors the loaders yield.")
+    # train augmentation
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range (fraction of the image).")
+    rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range.")
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    auto_augment: str | None = Field("rand-m9-mstd0.5-inc1", description="timm RandAugment config string; null disables it.")
+    reprob: float = Field(0.25, ge=0, le=1, description="Random-erasing probability per image (timm RandomErasing).")
+    remode: Literal["const", "rand", "pixel"] = Field("pixel", description="Random-erasing fill mode (timm).")
+    recount: int = Field(1, ge=1, description="Maximum number of erased boxes per image (timm).")
+    aug_repeats: int = Field(3, ge=1, description="Repeated augmentation (DeiT RASampler): copies of each sample per epoch; 1 disables.")
+    ra_selected_round: int = Field(
+        256, ge=0,
+        description="RASampler epoch length: floor(N / round) * round / world samples per rank (DeiT); 0 = ceil(N / world).",
+    )
+    # validation
+    crop_pct: float = Field(0.875, gt=0, le=1, description="Validation center crop: crop side / shorter image side (timm).")
+    # normalisation
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean of [0, 1] pixels.")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std of [0, 1] pixels.")
+    # ffcv reader
+    os_cache: bool = Field(True, description="ffcv: memory-map the .beton through the OS page cache (shared by the ranks of a node).")
+    batches_ahead: int = Field(3, ge=1, description="ffcv: batches prepared in advance.")
+
+    @field_validator("rrc_scale", "rrc_ratio")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _randaugment_string(cls, v: str | None) -> str | None:
+        if v is None or v == "" or v.lower() == "none":
+            return None
+        from .randaug import parse_rand_augment
+
+        parse_rand_augment(v)  # raises ValueError with the reason
+        return v
+
+    @model_validator(mode="after")
+    def _std_positive(self) -> "DataConfig":
+        if min(self.std) <= 0:
+            raise ValueError("std: every channel must be > 0")
+        return self
+
+    def check(self, num_classes: int) -> list[str]:
+        """Cheap checks of the files (one line each, all at once): existence, kind, label maps."""
+        from .labels import read_label_map
+
+        errors: list[str] = []
+        maps: dict[str, dict[str, int]] = {}
+        for field in ("train_path", "val_path"):
+            path: Path = getattr(self, field)
+            if not path.exists():
+                hint = "python -m data prepare-demo DIR or python -m data convert SRC OUT.beton"
+                errors.append(f"data.{field}: {path} does not exist (create it with {hint})")
+                continue
+            if self.backend == "ffcv" and not (path.is_file() and path.suffix == ".beton"):
+                errors.append(f"data.{field}: backend ffcv needs a .beton file, got {path} "
+                              f"(convert it with python -m data convert, or set data.backend=torch)")
+                continue
+            if self.backend == "torch" and not path.is_dir():
+                errors.append(f"data.{field}: backend torch needs an ImageNet-layout folder, got {path} "
+                              f"(or set data.backend=ffcv for .beton files)")
+                continue
+            try:
+                maps[field] = read_label_map(path)
+            except (OSError, ValueError) as e:
+                errors.append(f"data.{field}: {e}")
+                continue
+            if len(maps[field]) != num_classes:
+                errors.append(f"data.{field}: {path} has {len(maps[field])} classes but the model has "
+                              f"num_classes={num_classes} (set model num_classes={len(maps[field])})")
+        if len(maps) == 2 and maps["train_path"] != maps["val_path"]:
+            errors.append(f"data: the class->index maps of {self.train_path} and {self.val_path} differ "
+                          f"(convert val with the same class folders as train)")
+        return errors

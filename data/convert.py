@@ -1,0 +1,334 @@
+"""ImageNet-layout JPEG tree -> FFCV .beton (`python -m data convert SRC OUT.beton`).
+
+Two passes over the files: a cheap check (PIL decode at 1/8 DCT scale, which still reads every
+entropy-coded byte, so truncation is caught) decides which files are convertible, because FFCV's
+DatasetWriter needs the sample count up front and cannot skip a sample once started; then
+DatasetWriter encodes them. The .beton is written under a temporary name and renamed at the end;
+`<stem>.convert.json` records the source fingerprint and options so a re-run with the same input is
+skipped.
+
+Defaults reproduce ffcv-imagenet's published files (max side 500, 'proportion', 50% JPEG,
+quality 90). For the paper's 224 px training a smaller file is enough: `--max-res 256 --write-mode jpg`
+(~4x smaller; RandomResizedCrop at scale 1 then still sees >= 224 px).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool, cpu_count
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .labels import class_folders, is_image_name, walk_class, write_label_map
+
+WRITE_MODES = ("raw", "jpg", "smart", "proportion")
+
+
+class ConvertError(Exception):
+    """Bad input for a conversion (one line, shown to the user)."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    max_res: int | None = 500
+    write_mode: str = "proportion"
+    jpeg_quality: int = 90
+    compress_probability: float = 0.5
+    smart_threshold: int = 3 * 256 * 256  # 'smart': JPEG only when the raw pixels exceed this many bytes
+    workers: int = field(default_factory=lambda: max(1, cpu_count()), compare=False)
+    chunk_size: int = field(default=100, compare=False)
+
+    def errors(self) -> list[str]:
+        errs = []
+        if self.write_mode not in WRITE_MODES:
+            errs.append(f"--write-mode: {self.write_mode!r} is not one of {', '.join(WRITE_MODES)}")
+        if self.max_res is not None and self.max_res < 8:
+            errs.append(f"--max-res: {self.max_res} is too small (use >= 8, e.g. 256 or 500)")
+        if not 1 <= self.jpeg_quality <= 100:
+            errs.append(f"--jpeg-quality: {self.jpeg_quality} must be in 1..100")
+        if not 0 <= self.compress_probability <= 1:
+            errs.append(f"--compress-probability: {self.compress_probability} must be in [0, 1]")
+        if self.workers < 1:
+            errs.append(f"--workers: {self.workers} must be >= 1")
+        if self.chunk_size < 1:
+            errs.append(f"--chunk-size: {self.chunk_size} must be >= 1")
+        return errs
+
+    def fingerprint(self) -> dict:
+        d = asdict(self)
+        d.pop("workers")
+        d.pop("chunk_size")
+        return d
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    converted: int
+    skipped: list[tuple[str, str]]  # (path relative to SRC, reason)
+    empty_classes: list[str]
+    num_classes: int
+    recoded: dict[str, int]  # source mode -> count converted to RGB
+    seconds: float
+    up_to_date: bool = False
+
+    def summary(self) -> str:
+        if self.up_to_date:
+            return f"{self.out}: up to date ({self.converted} images, {self.num_classes} classes); nothing to do"
+        rate = self.converted / self.seconds if self.seconds > 0 else 0.0
+        s = (f"{self.out}: converted {self.converted} images of {self.num_classes} classes in "
+             f"{self.seconds:.1f}s ({rate:.0f} img/s); skipped {len(self.skipped)} files")
+        if self.skipped or self.empty_classes:
+            s += f" (see {skipped_path(self.out).name})"
+        if self.empty_classes:
+            s += f"; {len(self.empty_classes)} empty class folders ignored"
+        if self.recoded:
+            s += "; converted to RGB: " + ", ".join(f"{n} {m}" for m, n in sorted(self.recoded.items()))
+        return s
+
+
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".skipped.txt")
+
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".convert.json")
+
+
+# --------------------------------------------------------------------------- reading images
+
+def _draft_size(size: tuple[int, int], max_res: int | None) -> tuple[int, int] | None:
+    if max_res is None or max(size) <= max_res:
+        return None
+    r = max_res / max(size)
+    return max(1, int(np.ceil(size[0] * r))), max(1, int(np.ceil(size[1] * r)))
+
+
+def load_rgb(path: Path, max_res: int | None) -> tuple[np.ndarray, str]:
+    """Decode to an RGB uint8 array (JPEG DCT-scaled towards max_res); returns (array, source mode)."""
+    with Image.open(path) as im:
+        mode = im.mode
+        target = _draft_size(im.size, max_res)
+        if target is not None and im.format == "JPEG":
+            im.draft(None, target)  # DCT-domain downscale: never below target, so quality is kept
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)  # transparent pixels become white, not black
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8), mode
+
+
+def probe(path: str) -> tuple[str | None, str]:
+    """(None, mode) when the file converts, else (reason, '')."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)", ""
+        with Image.open(path) as im:
+            mode = im.mode
+            if im.format == "JPEG":
+                im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+            if min(im.size) < 1:
+                return "image has a zero side", ""
+        return None, mode
+    except Image.DecompressionBombError as e:
+        return f"too large ({e})", ""
+    except Image.UnidentifiedImageError:
+        return "not an image (PIL cannot identify it)", ""
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"unreadable ({type(e).__name__}: {e})", ""
+
+
+class _TreeDataset:
+    """(image, label) for FFCV's writer; a decode that fails now (file changed since the check)
+    is recorded and the write is redone without it, because a raising writer process would hang."""
+
+    def __init__(self, paths: list[str], labels: list[int], max_res: int | None, failures: str):
+        self.paths, self.labels, self.max_res, self.failures = paths, labels, max_res, failures
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            arr, _ = load_rgb(Path(self.paths[i]), self.max_res)
+        except Exception as e:  # noqa: BLE001 - any decode failure of one file must not stop the run
+            with open(self.failures, "a") as f:
+                f.write(f"{self.paths[i]}\tunreadable at write time ({type(e).__name__}: {e})\n")
+            arr = np.zeros((1, 1, 3), np.uint8)
+        return arr, self.labels[i]
+
+
+# --------------------------------------------------------------------------- scanning
+
+def _scan(src: Path, label_map: dict[str, int] | None):
+    """Candidate files (path, class name), skipped files, source fingerprint; ImageFolder order."""
+    candidates: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    fp = hashlib.sha256()
+    for name in class_folders(src):
+        for p in walk_class(src, name):
+            st = p.stat()
+            fp.update(f"{p.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if st.st_size == 0:
+                skipped.append((str(p), "empty file (0 bytes)"))
+            elif not is_image_name(p):
+                skipped.append((str(p), f"not an image file name (extension {p.suffix or 'none'!r})"))
+            elif label_map is not None and name not in label_map:
+                skipped.append((str(p), f"class folder {name!r} is not in the training label map"))
+            else:
+                candidates.append((str(p), name))
+    return candidates, skipped, fp.hexdigest()
+
+
+def _check_files(paths: list[str], workers: int) -> list[tuple[str | None, str]]:
+    bar = dict(total=len(paths), desc="check", unit="img", file=sys.stderr, mininterval=1.0)
+    if workers <= 1 or len(paths) < 2000:
+        return [probe(p) for p in tqdm(paths, **bar)]
+    with Pool(workers) as pool:
+        return list(tqdm(pool.imap(probe, paths, chunksize=64), **bar))
+
+
+def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, failures: Path) -> None:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    fields = {
+        "image": RGBImageField(write_mode=opts.write_mode, max_resolution=opts.max_res,
+                               smart_threshold=opts.smart_threshold, jpeg_quality=opts.jpeg_quality,
+                               compress_probability=opts.compress_probability),
+        "label": IntField(),
+    }
+    writer = DatasetWriter(str(out_tmp), fields, num_workers=min(opts.workers, max(1, len(paths))))
+    writer.from_indexed_dataset(_TreeDataset(paths, labels, opts.max_res, str(failures)),
+                                chunksize=opts.chunk_size)
+
+
+# --------------------------------------------------------------------------- public API
+
+def convert(src: Path | str, out: Path | str, opts: ConvertOptions | None = None, *,
+            label_map: dict[str, int] | None = None, force: bool = False, log=print) -> ConvertResult:
+    """Convert one ImageNet-layout tree into `out` (.beton) + labels/skipped/convert.json next to it.
+
+    label_map: use this class->index map (e.g. the training set's, when converting val) instead of
+    the classes found in src.
+    """
+    src, out = Path(src), Path(out)
+    opts = opts or ConvertOptions()
+    errs = opts.errors()
+    if not src.exists():
+        errs.append(f"SRC: {src} does not exist")
+    elif not src.is_dir():
+        errs.append(f"SRC: {src} is not a folder (expected SRC/<class>/<image>.JPEG)")
+    if out.suffix != ".beton":
+        errs.append(f"OUT: {out} must end in .beton")
+    if errs:
+        raise ConvertError("; ".join(errs))
+    t0 = time.time()
+    candidates, skipped, src_fp = _scan(src, label_map)
+    if not candidates:
+        raise ConvertError(f"SRC: {src} has no class folder with images (expected SRC/<class>/*.JPEG|*.jpg|*.png)")
+
+    meta = {"src": str(src.resolve()), "source_fingerprint": src_fp, "options": opts.fingerprint(),
+            "label_map": label_map}
+    mp = meta_path(out)
+    if out.exists() and mp.exists() and not force:
+        old = json.loads(mp.read_text())
+        same = {k: old.get(k) for k in meta} == meta
+        if same:
+            return ConvertResult(out, old["converted"], [tuple(s) for s in old["skipped"]], old["empty_classes"],
+                                 old["num_classes"], old.get("recoded", {}), 0.0, up_to_date=True)
+        why = [k for k in meta if old.get(k) != meta[k]]
+        log(f"{out}: exists but {', '.join(why)} changed; converting again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(out.name + ".partial-*"):
+        log(f"removing {stale.name} left by an interrupted conversion")
+        stale.unlink()
+
+    verdicts = _check_files([p for p, _ in candidates], opts.workers)
+    good: list[tuple[str, str]] = []
+    recoded: Counter[str] = Counter()
+    for (p, name), (reason, mode) in zip(candidates, verdicts):
+        if reason is None:
+            good.append((p, name))
+            if mode != "RGB":
+                recoded[mode] += 1
+        else:
+            skipped.append((p, reason))
+    classes_with_images = sorted({name for _, name in good})
+    not_in_map = {n for n in class_folders(src) if label_map is not None and n not in label_map}
+    empty = sorted(set(class_folders(src)) - set(classes_with_images) - not_in_map)
+    mapping = label_map if label_map is not None else {n: i for i, n in enumerate(classes_with_images)}
+    if not good:
+        raise ConvertError(f"SRC: {src} has no readable image (all {len(candidates)} candidates failed; "
+                           f"see the reasons with --workers 1)")
+
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    failures = out.with_name(f"{out.name}.failures-{os.getpid()}")
+    try:
+        for _attempt in range(3):
+            failures.unlink(missing_ok=True)
+            _write(tmp, [p for p, _ in good], [mapping[n] for _, n in good], opts, failures)
+            failed = failures.read_text().splitlines() if failures.exists() else []
+            if not failed:
+                break
+            bad = dict(line.split("\t", 1) for line in failed)
+            skipped.extend(bad.items())
+            good = [(p, n) for p, n in good if p not in bad]
+            tmp.unlink(missing_ok=True)
+        else:
+            raise ConvertError(f"{src}: files keep changing during the conversion; retry when the tree is stable")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        failures.unlink(missing_ok=True)
+
+    write_label_map(out, mapping)
+    rel = [(os.path.relpath(p, src), r) for p, r in skipped]
+    sp = skipped_path(out)
+    report = rel + [(f"{n}/", "empty class folder (no convertible image); not given a label") for n in empty]
+    if report:
+        sp.write_text("".join(f"{p}\t{r}\n" for p, r in report))
+    else:
+        sp.unlink(missing_ok=True)
+    result = ConvertResult(out, len(good), rel, empty, len(mapping), dict(recoded), time.time() - t0)
+    meta.update(converted=result.converted, skipped=rel, empty_classes=empty, num_classes=len(mapping),
+                recoded=dict(recoded), seconds=result.seconds)
+    tmpm = mp.with_name(mp.name + ".tmp")
+    tmpm.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmpm, mp)
+    return result
+
+
+def is_split_pair(src: Path) -> bool:
+    """SRC holding exactly train/ and val/ trees (converted together, val with train's labels)."""
+    return src.is_dir() and set(class_folders(src)) == {"train", "val"}
+
+
+def convert_any(src: Path | str, out: Path | str, opts: ConvertOptions | None = None, *,
+                force: bool = False, log=print) -> list[ConvertResult]:
+    """`python -m data convert`: one tree -> OUT.beton, or a train/val pair -> OUT/{train,val}.beton."""
+    src, out = Path(src), Path(out)
+    if not is_split_pair(src):
+        return [convert(src, out, opts, force=force, log=log)]
+    if out.suffix == ".beton":
+        raise ConvertError(f"OUT: {src} holds train/ and val/, so OUT must be a folder (got {out})")
+    train = convert(src / "train", out / "train.beton", opts, force=force, log=log)
+    from .labels import read_label_map
+
+    val = convert(src / "val", out / "val.beton", opts, label_map=read_label_map(out / "train.beton"),
+                  force=force, log=log)
+    return [train, val]

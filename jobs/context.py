@@ -1,0 +1,27 @@
+"""The engine interface: all the training loop knows about who runs it.
+
+Ray Train (orchestrator.ray_engine) and Slurm (orchestrator.slurm) each provide an object with
+these members; `LocalContext` (jobs.local) is the single-process / torchrun one. The loop never
+imports Ray or submitit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class EngineContext(Protocol):
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    run_dir: Path
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        """Hand one epoch's metrics (and the checkpoint just written, if any) to the engine."""
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, or None to start fresh."""

@@ -1,0 +1,70 @@
+"""Build a timm ViT with a run's strategies applied, and check a combination without building it."""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+import timm
+import torch
+from torch import nn
+
+from .strategies import ModelShape, StrategyError, StrategySpec, as_specs, get_strategy, parse_params
+from .strategies.vit import block_mlps
+
+
+def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> nn.Module:
+    """`timm.create_model(model, **create_kwargs)` with `create` strategies folded into the kwargs,
+    then every `post` strategy applied in the listed order."""
+    specs = as_specs(strategies)
+    parsed = [(get_strategy(s.name), parse_params(s.name, s.params)) for s in specs]
+    for strategy, params in parsed:
+        if strategy.stage == "create":
+            create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
+    net = timm.create_model(model, **create_kwargs)
+    for strategy, params in parsed:
+        if strategy.stage == "post":
+            net = strategy.apply(net, **params.model_dump())
+    return net
+
+
+def model_shape(model: str, **create_kwargs: Any) -> ModelShape:
+    """Depth and widths of a timm ViT, read from a meta-device instance (no memory, no init)."""
+    with torch.device("meta"):
+        net = timm.create_model(model, **create_kwargs)
+    mlps = block_mlps(net)
+    return ModelShape(model, len(mlps), mlps[0].fc1.in_features, mlps[0].fc1.out_features)
+
+
+def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> list[str]:
+    """Every problem with this model + strategies combination, one line each ([] when fine)."""
+    errors: list[str] = []
+    parsed = []
+    for item in strategies or ():
+        try:
+            spec = as_specs([item])[0]
+            parsed.append((get_strategy(spec.name), parse_params(spec.name, spec.params)))
+        except (StrategyError, ValueError) as exc:
+            errors.append(str(exc).splitlines()[0])
+    if not timm.is_model(model.split(".")[0]):
+        close = difflib.get_close_matches(model, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        return errors + [f"model {model!r} is not a timm model name{hint}"]
+    for strategy, params in parsed:
+        if strategy.stage == "create":
+            create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
+    try:
+        shape = model_shape(model, **create_kwargs)
+    except StrategyError as exc:
+        return errors + [str(exc)]
+    except Exception as exc:  # timm rejects the kwargs: report its reason on one line
+        return errors + [f"model {model} cannot be created with {create_kwargs}: {str(exc).splitlines()[0]}"]
+    for strategy, params in parsed:
+        if strategy.stage == "post":
+            errors.extend(params.check_model(shape))
+            shape = params.shape_after(shape)
+    return errors
+
+
+def needs_weights(strategies: Iterable[StrategySpec | dict | str]) -> bool:
+    """True when some strategy reads weight values, so the model cannot be built on the meta device."""
+    return any(parse_params(s.name, s.params).needs_weights for s in as_specs(strategies))

@@ -1,0 +1,51 @@
+"""grouped (GroupedMLP): consecutive blocks share one MLP module, scaled at init."""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from .registry import ModelShape, StrategyError, StrategyParams, register_strategy
+from .vit import block_mlps, blocks
+
+
+class GroupedParams(StrategyParams):
+    group_size: int = Field(2, ge=1, description="number of consecutive blocks that share one MLP")
+    scale: float | None = Field(
+        None, gt=0, description="init multiplier for W_fc1, b_fc1, W_fc2 (not b_fc2); default 1/sqrt(group_size)"
+    )
+
+    @property
+    def resolved_scale(self) -> float:
+        return 1.0 / math.sqrt(self.group_size) if self.scale is None else self.scale
+
+    def check_model(self, shape: ModelShape) -> list[str]:
+        if shape.depth % self.group_size:
+            return [
+                f"strategy grouped: depth {shape.depth} of {shape.name} is not divisible by group_size "
+                f"{self.group_size}; choose a group_size that divides {shape.depth}"
+            ]
+        return []
+
+
+@register_strategy("grouped", GroupedParams)
+def apply(model: nn.Module, group_size: int = 2, scale: float | None = None) -> nn.Module:
+    """Blocks (0..g-1), (g..2g-1), ... use the first block's MLP object; its weights are scaled once."""
+    params = GroupedParams(group_size=group_size, scale=scale)
+    all_blocks = blocks(model)
+    if len(all_blocks) % params.group_size:
+        raise StrategyError(params.check_model(ModelShape(type(model).__name__, len(all_blocks), 0, 0))[0])
+    mlps = block_mlps(model)
+    for start in range(0, len(all_blocks), params.group_size):
+        shared = mlps[start]
+        with torch.no_grad():
+            # The seed scales W_fc1, b_fc1 and W_fc2 so the summed updates from g blocks keep their size.
+            shared.fc1.weight.mul_(params.resolved_scale)
+            if shared.fc1.bias is not None:
+                shared.fc1.bias.mul_(params.resolved_scale)
+            shared.fc2.weight.mul_(params.resolved_scale)
+        for block in all_blocks[start + 1 : start + params.group_size]:
+            block.mlp = shared
+    return model

@@ -1,0 +1,134 @@
+"""Strategy registry: name -> (typed parameters, apply function, stage).
+
+A strategy is one small module that defines a pydantic `Params` model and registers
+`apply(model, **params) -> model` with `@register_strategy`. `post` strategies run on a created
+timm VisionTransformer, in the order the run lists them; `create` strategies (thin) only change
+the keyword arguments of `timm.create_model`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class StrategyError(ValueError):
+    """A bad strategy name, parameter or model combination; the message is one line."""
+
+
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def check_model(self, shape: "ModelShape") -> list[str]:
+        """One-line problems of applying these parameters to a model of this shape."""
+        return []
+
+    @property
+    def needs_weights(self) -> bool:
+        """True when applying reads weight values, so the model cannot live on the meta device."""
+        return False
+
+    def shape_after(self, shape: "ModelShape") -> "ModelShape":
+        """The shape later strategies in the list will see."""
+        return shape
+
+
+class StrategySpec(BaseModel):
+    """One entry of a run's `strategies` list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="registered strategy name (baseline, grouped, shallow, thin)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the strategy's parameters; defaults fill the rest")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What strategy checks need to know about a ViT without building it."""
+
+    name: str
+    depth: int
+    embed_dim: int
+    mlp_hidden: int
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    params: type[StrategyParams]
+    apply: Callable[..., Any]
+    stage: Literal["post", "create"]
+    doc: str
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str, params: type[StrategyParams], stage: Literal["post", "create"] = "post"):
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in STRATEGIES:
+            raise RuntimeError(f"strategy {name!r} registered twice")
+        STRATEGIES[name] = Strategy(name, params, fn, stage, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return decorate
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise StrategyError(
+            f"unknown strategy {name!r}: valid choices are {', '.join(sorted(STRATEGIES))}"
+        ) from None
+
+
+def parse_params(name: str, params: dict[str, Any]) -> StrategyParams:
+    """Typed, range-checked parameters; errors name the strategy, the field and the rule."""
+    strategy = get_strategy(name)
+    try:
+        return strategy.params(**params)
+    except ValidationError as exc:
+        raise StrategyError("; ".join(_one_line(name, err) for err in exc.errors())) from None
+
+
+def _one_line(name: str, err: dict) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "params"
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(get_strategy(name).params.model_fields)
+        return f"strategy {name}: unknown parameter {field!r} (valid: {valid})"
+    return f"strategy {name}: {field} {err['msg'].lower()} (got {err.get('input')!r})"
+
+
+def parse_expression(text: str) -> list[StrategySpec]:
+    """`grouped:scale=0.707+shallow:keep_ratio=0.25` -> two specs (values parsed as YAML scalars)."""
+    import yaml
+
+    specs = []
+    for term in text.split("+"):
+        name, *pairs = term.strip().split(":")
+        params = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise StrategyError(f"strategy {name}: parameter {pair!r} is not key=value (e.g. shallow:keep_ratio=0.25)")
+            params[key.strip()] = yaml.safe_load(value)
+        get_strategy(name.strip())
+        specs.append(StrategySpec(name=name.strip(), params=params))
+    return specs
+
+
+def as_specs(strategies) -> list[StrategySpec]:
+    """Accept StrategySpec objects, {"name", "params"} dicts or bare names."""
+    specs = []
+    for item in strategies or ():
+        if isinstance(item, StrategySpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs.append(StrategySpec(name=item))
+        else:
+            specs.append(StrategySpec(**item))
+    return specs

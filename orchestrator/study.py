@@ -1,0 +1,498 @@
+"""Studies: a run spec (jobs.spec) plus sweep axes, expanded to one RunSpec per run.
+
+A study YAML is a run spec with four extra top-level keys:
+
+    base: demo.yaml              # optional: a run-spec YAML (relative to this file) the rest is merged onto
+    seeds: [0, 1]                # one run per seed for every condition x grid point
+    conditions:                  # named model variants: strategies and any run-spec overrides
+      baseline: {}
+      grouped: {strategies: [{name: grouped, params: {group_size: 2, scale: 0.7071}}]}
+      shallow: {strategies: [{name: shallow, params: {keep_ratio: 0.5}}], overrides: {train.lr: 0.001}}
+    grid:                        # dotted run-spec field -> values (cartesian product)
+      train.epochs: [2, 4]
+      strategy.shallow.keep_ratio: [0.25, 0.5]   # only multiplies conditions that use `shallow`
+    sweep: {max_failures: 2}     # Ray options, see SweepOptions
+
+Everything else (model, data, train, resources, checkpoint, output_root, study, ...) is the run
+spec that every run starts from. `load_study` reports every error of the study and of every
+expanded run at once (SpecError, one line each) before anything expensive starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import itertools
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.spec import RunSpec, SpecError, apply_overrides, format_validation_error, read_yaml, validate_spec
+
+STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
+STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
+LOCK_FILE = ".study.lock"
+RUNS_FILE = "runs.json"  # written into the study dir: run_id -> condition/ablation/seed (for humans and tools)
+
+
+class Condition(BaseModel):
+    """One named variant of the model: its strategies and any run-spec overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategies: list[dict[str, Any]] = Field(default_factory=list, description="Strategies ({name, params}) of this condition; [] is the baseline.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted run-spec field -> value applied to this condition's runs only.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Extra grid axes swept for this condition only.")
+
+
+class SweepOptions(BaseModel):
+    """How Ray Tune schedules the study's runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Upper bound on runs at once; default: as many as the cluster fits.")
+    max_failures: int = Field(2, ge=-1, description="Worker-group restarts per run (ray.train.FailureConfig); -1 = unlimited.")
+    trial_max_failures: int = Field(1, ge=0, description="Tune-level retries of a whole trial after its TorchTrainer failed.")
+    storage_path: str | None = Field(None, description="Where Ray keeps its state (local/shared path or cloud URI); default: the study dir.")
+    progress_every_s: float = Field(30.0, gt=0, description="Seconds between rows of Tune's live trial table.")
+
+
+class StudyAxes(BaseModel):
+    """The study-only keys of a study YAML (the run-spec part is validated by jobs.spec)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: str | None = Field(None, description="Run-spec YAML the study extends, relative to the study file.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds; every condition x grid point runs once per seed.")
+    conditions: dict[str, Condition] = Field(default_factory=lambda: {"baseline": Condition()}, min_length=1, description="Named model variants.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted run-spec field -> values (cartesian product over all conditions).")
+    sweep: SweepOptions = Field(default_factory=SweepOptions, description="Ray Tune options.")
+
+    @field_validator("conditions")
+    @classmethod
+    def _names_are_ids(cls, value: dict[str, Condition]) -> dict[str, Condition]:
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+]*", n)]
+        if bad:
+            raise ValueError(f"condition names must be letters/digits/_.+ (they become folder names): {bad}")
+        return value
+
+
+class StudySpec(BaseModel):
+    """A validated study: the axes and the expanded runs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    path: Path | None = Field(None, description="The study YAML it was loaded from.")
+    axes: StudyAxes = Field(description="Seeds, conditions, grid and sweep options.")
+    runs: list[RunSpec] = Field(description="Expanded runs, in a deterministic order.")
+
+    @property
+    def name(self) -> str:
+        return self.runs[0].study
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.runs[0].run_dir).parent
+
+    @property
+    def sweep(self) -> SweepOptions:
+        return self.axes.sweep
+
+    def expand(self) -> list[RunSpec]:
+        """One RunSpec per run (condition x grid point x seed), run_ids unique and stable."""
+        return list(self.runs)
+
+    def write_index(self) -> Path:
+        """runs.json in the study dir: what each run folder is (condition, ablation, seed)."""
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        index = {r.run_id: {"condition": r.condition, "ablation": r.ablation, "seed": r.seed} for r in self.runs}
+        path = self.study_dir / RUNS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a study YAML, apply `key=value` overrides, validate and expand it.
+
+    Raises SpecError with every problem (study keys, axes, each expanded run's spec) one line each.
+    Overrides whose first key is a study key (seeds, grid, conditions, sweep, base) change the study;
+    all others change the run spec every run starts from (typed by jobs.spec like `jobs train`'s).
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    errors: list[str] = []
+    study_raw = {k: raw.pop(k) for k in STUDY_KEYS if k in raw}
+    run_overrides: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            errors.append(f"override {item!r}: expected key=value (e.g. seeds=[0,1] or train.epochs=3)")
+        elif key.split(".")[0] in STUDY_KEYS:
+            _set_dotted(study_raw, key, _parse_value(value))
+        else:
+            run_overrides.append(item)
+
+    axes = None
+    try:
+        axes = StudyAxes.model_validate(study_raw)
+    except ValidationError as exc:
+        errors.extend(format_validation_error(exc))
+    base: dict[str, Any] = {}
+    if axes is not None and axes.base:
+        base_path = path.parent / axes.base
+        try:
+            base = read_yaml(base_path)
+        except SpecError as exc:
+            errors.extend(f"base: {e}" for e in exc.errors)
+    _deep_merge(base, raw)
+    errors.extend(apply_overrides(base, run_overrides))
+    if axes is not None:
+        errors.extend(_check_axes(axes))
+    if errors:
+        raise SpecError(errors)
+    runs, run_errors = _expand(axes, base)
+    if run_errors:
+        raise SpecError(run_errors)
+    return StudySpec(path=path, axes=axes, runs=runs)
+
+
+# ---------------------------------------------------------------------------------------------- axes
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every dotted field path of a pydantic model (nested models included)."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        out.add(dotted)
+        ann = info.annotation
+        for candidate in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                out |= _field_paths(candidate, dotted + ".")
+    return out
+
+
+def _dict_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted paths of free-form dict fields (e.g. model kwargs), under which any key is allowed."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        ann = info.annotation
+        origin = getattr(ann, "__origin__", None)
+        if origin is dict or ann is dict:
+            out.add(dotted)
+        for candidate in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                out |= _dict_fields(candidate, dotted + ".")
+    return out
+
+
+RESERVED_AXES = ("seed", "run_id", "study", "condition", "ablation", "strategies", "output_root")
+
+
+def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
+    fields = _field_paths(RunSpec)
+    if axis in RESERVED_AXES:
+        return [f"{where}: axis {axis!r} is set by the study itself; use `seeds`/`conditions` instead"]
+    if axis.startswith(STRATEGY_AXIS + "."):
+        parts = axis.split(".")
+        if len(parts) != 3:
+            return [f"{where}: axis {axis!r} must be strategy.<name>.<param> (e.g. strategy.shallow.keep_ratio)"]
+        if parts[1] not in strategy_names:
+            hint = difflib.get_close_matches(parts[1], sorted(strategy_names), n=1)
+            tip = f"; did you mean strategy.{hint[0]}.{parts[2]}?" if hint else ""
+            return [f"{where}: axis {axis!r}: no condition uses strategy {parts[1]!r}{tip}"]
+        return []
+    if axis in fields or any(axis.startswith(d + ".") for d in _dict_fields(RunSpec)):
+        return []
+    hint = difflib.get_close_matches(axis, sorted(fields), n=1)
+    tip = f"; did you mean {hint[0]!r}?" if hint else ""
+    return [f"{where}: unknown axis {axis!r} (not a run-spec field){tip}"]
+
+
+def _check_axes(axes: StudyAxes) -> list[str]:
+    errors: list[str] = []
+    used = {s.get("name") for c in axes.conditions.values() for s in c.strategies if isinstance(s, dict)}
+    if len(set(axes.seeds)) != len(axes.seeds):
+        errors.append(f"seeds: {axes.seeds} has duplicates; each seed must appear once")
+    for axis, values in axes.grid.items():
+        errors.extend(_check_axis(axis, used, "grid"))
+        if not values:
+            errors.append(f"grid: axis {axis!r} has no values; give at least one or remove the axis")
+    for name, cond in axes.conditions.items():
+        cond_used = {s.get("name") for s in cond.strategies if isinstance(s, dict)}
+        for axis, values in cond.grid.items():
+            errors.extend(_check_axis(axis, cond_used, f"conditions.{name}.grid"))
+            if not values:
+                errors.append(f"conditions.{name}.grid: axis {axis!r} has no values; give at least one or remove it")
+        for key in cond.overrides:
+            errors.extend(_check_axis(key, cond_used, f"conditions.{name}.overrides"))
+        for i, s in enumerate(cond.strategies):
+            if not isinstance(s, dict) or "name" not in s:
+                errors.append(f"conditions.{name}.strategies[{i}]: expected {{name: ..., params: {{...}}}}, got {s!r}")
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------- expansion
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+]", "_", text)
+
+
+def _short_names(axes: list[str]) -> dict[str, str]:
+    """Last dotted component as the run-id label, the full path where two axes would collide."""
+    last = [a.split(".")[-1] for a in axes]
+    return {a: (s if last.count(s) == 1 else a) for a, s in zip(axes, last)}
+
+
+def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str]]:
+    runs: list[RunSpec] = []
+    errors: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for cond_name, cond in axes.conditions.items():
+        cond_strategies = {s["name"] for s in cond.strategies}
+        grid = {k: v for k, v in axes.grid.items()
+                if not k.startswith(STRATEGY_AXIS + ".") or k.split(".")[1] in cond_strategies}
+        grid.update(cond.grid)
+        names = list(grid)
+        short = _short_names(names)
+        for point in itertools.product(*(grid[n] for n in names)):
+            ablation = dict(zip(names, point))
+            for seed in axes.seeds:
+                label = "-".join([cond_name, *(f"{short[n]}={_format_value(v)}" for n, v in ablation.items()), f"s{seed}"])
+                data = copy.deepcopy(base)
+                data["strategies"] = copy.deepcopy(cond.strategies)
+                for key, value in cond.overrides.items():
+                    _apply_axis(data, key, value)
+                for key, value in ablation.items():
+                    _apply_axis(data, key, value)
+                data.update(seed=seed, run_id=label, condition=cond_name, ablation=_jsonable(ablation))
+                if label in seen:
+                    errors.setdefault(label, []).append(f"run {label}: same run id as another run; rename a condition")
+                    continue
+                seen[label] = cond_name
+                spec, errs = _validate_run(data)
+                if errs:
+                    errors[label] = errs
+                else:
+                    runs.append(spec)
+    return runs, _merge_run_errors(errors)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _apply_axis(data: dict, key: str, value: Any) -> None:
+    if key.startswith(STRATEGY_AXIS + "."):
+        _, name, param = key.split(".")
+        for s in data["strategies"]:
+            if s.get("name") == name:
+                s.setdefault("params", {})[param] = value
+        return
+    _set_dotted(data, key, value)
+
+
+def _validate_run(data: dict) -> tuple[RunSpec | None, list[str]]:
+    """RunSpec from an expanded dict: the schema plus jobs.spec's cross-field checks."""
+    try:
+        return validate_spec(data), []
+    except SpecError as exc:
+        return None, list(exc.errors)
+
+
+def _merge_run_errors(errors: dict[str, list[str]]) -> list[str]:
+    """The same problem in many runs (e.g. every seed) is one line naming all of them."""
+    by_msg: dict[str, list[str]] = {}
+    for label, msgs in errors.items():
+        for m in msgs:
+            by_msg.setdefault(m, []).append(label)
+    out = []
+    for msg, labels in by_msg.items():
+        who = labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} more runs)"
+        out.append(f"run {who}: {msg}" if not msg.startswith("run ") else msg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _parse_value(text: str) -> Any:
+    """Override values are YAML scalars/flow collections: 3 -> int, [0,1] -> list, 1e-3 -> float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
+    return value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _deep_merge(dst: dict, src: dict) -> dict:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_merge(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------- cluster fit
+
+
+class ClusterShape(BaseModel):
+    """What the cluster can ever give: totals and the biggest single node."""
+
+    model_config = ConfigDict(frozen=True)
+    cpus: float = Field(description="Total CPUs of the cluster (or this machine for the embedded Ray).")
+    gpus: float = Field(0.0, description="Total GPUs.")
+    node_cpus: float = Field(description="CPUs of the largest node.")
+    node_gpus: float = Field(0.0, description="GPUs of the largest node.")
+    autoscaling: bool = Field(False, description="True when more nodes may appear (only totals are unknowable then).")
+
+    @classmethod
+    def this_machine(cls) -> ClusterShape:
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        gpus = 0.0
+        with contextlib.suppress(Exception):
+            import torch
+
+            gpus = float(torch.cuda.device_count())
+        return cls(cpus=cpus, gpus=gpus, node_cpus=cpus, node_gpus=gpus)
+
+
+def check_fits(runs: list[RunSpec], cluster: ClusterShape) -> list[str]:
+    """One line per distinct resource request the cluster can never satisfy."""
+    errors: list[str] = []
+    seen: set[tuple] = set()
+    for run in runs:
+        r = run.resources
+        gpus_per_worker = (r.gpus_per_worker if r.use_gpu else 0.0) or 0.0
+        key = (r.num_workers, r.cpus_per_worker, gpus_per_worker)
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f"run {run.run_id}: resources"
+        if r.cpus_per_worker > cluster.node_cpus:
+            errors.append(f"{where}.cpus_per_worker={r.cpus_per_worker:g} but the largest node has {cluster.node_cpus:g} CPUs; lower it")
+        if gpus_per_worker > cluster.node_gpus:
+            errors.append(f"{where}.gpus_per_worker={gpus_per_worker:g} but the largest node has {cluster.node_gpus:g} GPUs; "
+                          + ("set resources.use_gpu=false" if cluster.gpus == 0 else "lower it"))
+        if not cluster.autoscaling:
+            if r.num_workers * r.cpus_per_worker > cluster.cpus:
+                errors.append(f"{where}: {r.num_workers} workers x {r.cpus_per_worker:g} CPUs = {r.num_workers * r.cpus_per_worker:g} "
+                              f"> {cluster.cpus:g} CPUs in the cluster; lower resources.num_workers or resources.cpus_per_worker")
+            if gpus_per_worker and r.num_workers * gpus_per_worker > cluster.gpus:
+                errors.append(f"{where}: {r.num_workers} workers x {gpus_per_worker:g} GPUs > {cluster.gpus:g} GPUs in the cluster; "
+                              "lower resources.num_workers")
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------- lock
+
+
+class StudyLocked(RuntimeError):
+    """Another live process holds the study directory."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """Kernel start time of a process (guards against a recycled pid), None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"
+
+
+def _owner() -> dict:
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "start": _proc_start(pid), "since": time.time(),
+            "cmd": " ".join(os.sys.argv)[:300]}
+
+
+def _is_stale(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return False  # cannot see other hosts' processes: only the user can declare it stale
+    start = _proc_start(int(owner.get("pid", -1)))
+    return start is None or (owner.get("start") not in (None, "?") and start not in ("?", owner.get("start")))
+
+
+@contextlib.contextmanager
+def study_lock(study_dir: str | Path) -> Iterator[Path]:
+    """Hold `<study_dir>/.study.lock` (owner pid/host) for the duration; a second holder is refused.
+
+    A lock left by a dead process on this host is taken over with a warning. One held from another
+    host is refused with a message naming the file, since its owner's liveness cannot be checked."""
+    import warnings
+
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / LOCK_FILE
+    me = _owner()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            if owner and not _is_stale(owner):
+                raise StudyLocked(
+                    f"study {study_dir} is in use by pid {owner.get('pid')} on {owner.get('host')} "
+                    f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('since', 0)))}); "
+                    f"wait for it, or delete {path} if that process is gone") from None
+            if not owner and time.time() - path.stat().st_mtime < 5:
+                time.sleep(0.2)  # another process is between create and write
+                continue
+            warnings.warn(f"taking over stale lock {path} of dead pid {owner.get('pid')} on {owner.get('host')}", stacklevel=3)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        break
+    else:
+        raise StudyLocked(f"could not take the lock {path}; delete it if no other process uses the study")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
