@@ -63,18 +63,20 @@ def pareto(summary: pd.DataFrame, path: Path) -> Path:
     for i, (_, r) in enumerate(pts.iterrows()):
         ax.errorbar(r["params"] / 1e6, r["final_top1_mean"],
                     yerr=r["final_top1_std"] if np.isfinite(r["final_top1_std"]) else None,
-                    fmt="o", ms=7, capsize=4, color=COLORS[i % len(COLORS)], label=r["name"])
+                    fmt="o", ms=7, capsize=4, color=COLORS[i % len(COLORS)])
         ax.annotate(r["name"], (r["params"] / 1e6, r["final_top1_mean"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     front = _pareto_front(pts["params"].to_numpy(float), pts["final_top1_mean"].to_numpy(float))
     if len(front) > 1:
         f = pts.iloc[front]
         ax.plot(f["params"] / 1e6, f["final_top1_mean"], "--", color="gray", lw=1, label="Pareto front")
+    ax.margins(x=0.15, y=0.15)
     ax.set_xlabel("parameters (M)")
     ax.set_ylabel("final top-1 (%)")
     ax.set_title("Parameters vs accuracy (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(front) > 1:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -95,19 +97,26 @@ def throughput(summary: pd.DataFrame, path: Path) -> Path:
     names = list(summary["name"])
     x = np.arange(len(names))
     err = summary["throughput_std"].to_numpy(float)
-    ax_abs.bar(x, summary["throughput_img_s"].to_numpy(float), color=COLORS[0],
-               yerr=np.where(np.isfinite(err), err, 0), capsize=4)
+    img = summary["throughput_img_s"].to_numpy(float)
+    bars = ax_abs.bar(x, img, color=COLORS[0], yerr=np.where(np.isfinite(err), err, 0), capsize=4)
+    ax_abs.bar_label(bars, labels=[f"{v:,.0f}" if np.isfinite(v) else "" for v in img], fontsize=8)
+    ax_abs.set_ylim(0, np.nanmax(img) * 1.15 if np.isfinite(img).any() else 1)
     sources = sorted(set(summary["throughput_source"]))
     ax_abs.set_title("Throughput: " + ", ".join("training (all ranks)" if s == "train" else s for s in sources),
                      fontsize=10)
     ax_abs.set_ylabel("images / s")
-    ax_rel.bar(x, summary["speedup"].to_numpy(float), color=COLORS[1], label="measured speedup")
+    speed = summary["speedup"].to_numpy(float)
+    bars = ax_rel.bar(x, speed, color=COLORS[1], label="measured speedup")
+    ax_rel.bar_label(bars, labels=[f"{v:.2f}×" if np.isfinite(v) else "n/a" for v in speed], fontsize=8,
+                     label_type="center")
     mac = summary["mac_ratio"].to_numpy(float)
-    ax_rel.hlines(mac, x - 0.4, x + 0.4, colors="black", lw=2, label="MAC-ratio bound")
+    ax_rel.hlines(mac, x - 0.4, x + 0.4, colors="black", lw=2.5, label="MAC-ratio bound")
     ax_rel.axhline(1.0, color="gray", lw=0.8, ls=":")
+    top = np.nanmax(np.concatenate([speed, mac, [1.0]]))
+    ax_rel.set_ylim(0, top * 1.3)  # headroom keeps the legend off the bars
     ax_rel.set_title("Speedup over the model's baseline", fontsize=10)
     ax_rel.set_ylabel("× baseline")
-    ax_rel.legend(fontsize=8)
+    ax_rel.legend(fontsize=8, loc="upper left", ncol=2)
     for ax in (ax_abs, ax_rel):
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)

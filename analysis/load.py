@@ -30,6 +30,9 @@ REQUIRED_COLUMNS = ("model", "seed", "epoch", "epochs_total", "top1")
 CONSTANT_COLUMNS = ("model", "seed", "strategy_params", "ablation")
 JSON_COLUMNS = ("strategy_params", "ablation")
 RUN_MARKERS = (SPEC_FILE, METRICS_FILE, STATUS_FILE, EVENTS_FILE, CHECKPOINT_DIR)
+# Written by orchestrator.study into the study dir: {run_id: {"condition", "ablation", "seed"}} for every
+# planned run, so runs that have not started yet can be listed too.
+RUNS_INDEX_FILE = "runs.json"
 STATES = ("running", "finished", "failed")
 
 
@@ -47,6 +50,8 @@ class RunFolder:
     status: dict | None = None      # parsed status.json, None when absent or unreadable
     has_metrics: bool = False       # metrics.parquet exists
     usable: bool = False            # its rows made it into Study.metrics
+    planned_only: bool = False      # listed in the study's runs.json, no folder yet
+    info: dict = field(default_factory=dict)  # condition/seed/model/epochs_total from spec.yaml or runs.json
 
 
 @dataclass
@@ -57,6 +62,7 @@ class BenchEntry:
     img_s: float
     ratio: float
     mac_ratio: float
+    params: float = math.nan  # parameters of the benchmarked model, when the bench recorded them
 
 
 @dataclass
@@ -72,9 +78,13 @@ class Study:
         return [p for p in self.problems if p.run == run_id]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+def _first_line(exc: BaseException, path: Path | None = None, limit: int = 160) -> str:
+    """A one-line, bounded error text; the (already named) file's full path is dropped."""
+    text = " ".join(str(exc).split())
+    if path is not None:
+        text = text.replace(f"'{path}'", path.name).replace(str(path), path.name)
+    text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def canonical_json(text: str | None, default: str) -> str:
@@ -98,6 +108,39 @@ def find_run_dirs(study_dir: Path) -> list[Path]:
     )
 
 
+def read_spec_info(run_dir: Path) -> dict:
+    """Condition, seed, model and epochs of a run from its spec.yaml (for runs without metrics)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((run_dir / SPEC_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(spec, dict):
+        return {}
+    names = [s.get("name", "?") for s in spec.get("strategies") or [] if isinstance(s, dict)]
+    model = spec.get("model")
+    return {
+        "condition": spec.get("condition") or "+".join(names) or "baseline",
+        "seed": spec.get("seed"),
+        "model": model.get("name") if isinstance(model, dict) else model,
+        "epochs_total": (spec.get("train") or {}).get("epochs") if isinstance(spec.get("train"), dict) else None,
+    }
+
+
+def read_runs_index(study_dir: Path) -> tuple[dict[str, dict], str | None]:
+    path = study_dir / RUNS_INDEX_FILE
+    if not path.exists():
+        return {}, None
+    try:
+        index = json.loads(path.read_text())
+        if not isinstance(index, dict) or not all(isinstance(v, dict) for v in index.values()):
+            raise ValueError("expected an object of run_id -> {condition, ablation, seed}")
+    except (OSError, ValueError) as exc:
+        return {}, f"{RUNS_INDEX_FILE} unreadable, runs not started yet cannot be listed ({_first_line(exc, path)})"
+    return index, None
+
+
 def read_status(run_dir: Path) -> tuple[dict | None, str | None]:
     path = run_dir / STATUS_FILE
     if not path.exists():
@@ -105,7 +148,7 @@ def read_status(run_dir: Path) -> tuple[dict | None, str | None]:
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return None, f"{STATUS_FILE} unreadable ({_first_line(exc)})"
+        return None, f"{STATUS_FILE} unreadable ({_first_line(exc, path)})"
     if not isinstance(status, dict):
         return None, f"{STATUS_FILE} is not a JSON object"
     if status.get("state") not in STATES:
@@ -142,7 +185,7 @@ def read_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[st
     try:
         raw = ds.dataset(path, format="parquet").to_table()
     except (pa.ArrowException, OSError, ValueError) as exc:
-        return None, [f"{METRICS_FILE} is not readable parquet ({_first_line(exc)})"], []
+        return None, [f"{METRICS_FILE} is not readable parquet ({_first_line(exc, path)})"], []
     table, errors, warnings = _conform(raw)
     if errors:
         return None, errors, warnings
@@ -204,12 +247,12 @@ def read_bench(study_dir: Path) -> tuple[list[BenchEntry], str | None]:
         for d in docs:
             for r in d["results"]:
                 entries.append(BenchEntry(
-                    model=str(d["model"]), device=str(d.get("device", "?")), strategy=str(r["strategy"]),
-                    img_s=float(r["img_s"]), ratio=float(r.get("ratio", math.nan)),
-                    mac_ratio=float(r.get("mac_ratio", math.nan)),
+                    model=str(d["model"]), device=str(d.get("device_name") or d.get("device", "?")),
+                    strategy=str(r["strategy"]), img_s=float(r["img_s"]), ratio=float(r.get("ratio", math.nan)),
+                    mac_ratio=float(r.get("mac_ratio", math.nan)), params=float(r.get("params", math.nan)),
                 ))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [], f"{BENCH_FILE} unreadable, throughput falls back to training img/s ({_first_line(exc)})"
+        return [], f"{BENCH_FILE} unreadable, throughput falls back to training img/s ({_first_line(exc, path)})"
     return entries, None
 
 
@@ -218,9 +261,13 @@ def load_study(study_dir: str | Path) -> Study:
     if not root.is_dir():
         raise FileNotFoundError(f"study directory {root} does not exist")
     runs, problems, frames = [], [], []
+    index, index_problem = read_runs_index(root)
+    if index_problem:
+        problems.append(RunProblem("(study)", index_problem, excluded=False))
     for run_dir in find_run_dirs(root):
         run = RunFolder(run_id=run_dir.name, path=run_dir)
         runs.append(run)
+        run.info = {**index.get(run.run_id, {}), **read_spec_info(run_dir)}
         run.status, status_problem = read_status(run_dir)
         if status_problem:
             problems.append(RunProblem(run.run_id, status_problem, excluded=False))
@@ -243,6 +290,11 @@ def load_study(study_dir: str | Path) -> Study:
         df["run_id"] = run.run_id
         run.usable = True
         frames.append(df)
+    found = {r.run_id for r in runs}
+    for run_id in sorted(set(index) - found):
+        runs.append(RunFolder(run_id=run_id, path=root / run_id, planned_only=True, info=dict(index[run_id])))
+        problems.append(RunProblem(run_id, f"not started (planned in {RUNS_INDEX_FILE}, no run folder yet)",
+                                   excluded=True))
     metrics = (pd.concat(frames, ignore_index=True) if frames
                else METRICS_SCHEMA.empty_table().to_pandas())
     bench, bench_problem = read_bench(root)

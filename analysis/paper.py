@@ -81,7 +81,7 @@ def comparison_markdown(pairs: list[tuple[PaperRow, pd.Series]]) -> str:
                  + ", ".join(f"{p.name} {int(r['n_seeds'])}" for p, r in pairs) + " seeds.")
     if epochs != [PAPER_EPOCHS]:
         notes.append("The schedules differ, so accuracies and peak epochs are not directly comparable; "
-                     "the orderings and the Δ(P→F) trend are.")
+                     "compare the orderings and the Δ(P→F) trend instead.")
     for p, r in pairs:
         if p.strategy != "baseline" and math.isfinite(r["final_top1_mean"]) and \
                 math.isfinite(base["final_top1_mean"]):

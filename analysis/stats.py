@@ -80,9 +80,13 @@ def run_table(study: Study) -> pd.DataFrame:
         excluded = [p.reason for p in study.problems_of(run.run_id) if p.excluded]
         warnings = [p.reason for p in study.problems_of(run.run_id) if not p.excluded]
         status = run.status or {}
+        info = run.info
         row = {
             "run_id": run.run_id, "usable": run.usable, "problem": "; ".join(excluded + warnings),
-            "epochs_total": status.get("epochs_total"), "epochs_done": status.get("epoch"),
+            "condition": info.get("condition"), "model": info.get("model"),
+            "seed": info.get("seed"), "ablation": json.dumps(info["ablation"], sort_keys=True)
+            if isinstance(info.get("ablation"), dict) else None,
+            "epochs_total": status.get("epochs_total", info.get("epochs_total")), "epochs_done": status.get("epoch"),
         }
         df = by_run.get(run.run_id)
         if df is not None:
@@ -118,18 +122,27 @@ def run_table(study: Study) -> pd.DataFrame:
         else:
             complete = False
         row["complete"] = complete
-        row["state"] = run_state(run.status, complete)
+        row["state"] = "pending" if run.planned_only else run_state(run.status, complete)
         rows.append(row)
     out = pd.DataFrame(rows)
     for col in ("study", "condition", "strategy", "strategy_params", "ablation", "model", "seed", "host"):
         if col not in out:
             out[col] = None
+    for col in ("seed", "epochs_done", "epochs_total"):
+        out[col] = pd.array([_as_int(x) for x in out[col]], dtype="Int64")
     for col in AGG_METRICS + ARCH_COLUMNS:
         if col not in out:
             out[col] = math.nan
         out[col] = out[col].astype(float)
     out["condition_key"] = [_key(r) if r.usable else None for r in out.itertuples()]
     return out
+
+
+def _as_int(x) -> int | None:
+    try:
+        return int(x) if pd.notna(x) else None
+    except (TypeError, ValueError):
+        return None  # a hand-edited spec.yaml; the run is listed, just without this number
 
 
 def _key(r) -> str:
@@ -157,8 +170,19 @@ def _label(strategy: str | None, strategy_params: str, ablation: str) -> str:
     return "+".join(names) or "baseline"
 
 
+def _short(keys: list[str]) -> dict[str, str]:
+    """Last dotted component where it is unambiguous ('strategy.shallow.keep_ratio' -> 'keep_ratio')."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _varying(extras: list[dict]) -> list[str]:
+    keys = sorted({k for e in extras for k in e})
+    return [k for k in keys if len({json.dumps(e.get(k), sort_keys=True) for e in extras}) > 1]
+
+
 def _display_names(summary: pd.DataFrame) -> list[str]:
-    """Seed-paper names where they apply, disambiguated by model and ablation values only when needed."""
+    """Seed-paper names where they apply; conditions sharing a name get the values that tell them apart."""
     names = []
     for r in summary.itertuples():
         label = r.condition if isinstance(r.condition, str) and r.condition else _label(
@@ -166,14 +190,30 @@ def _display_names(summary: pd.DataFrame) -> list[str]:
         names.append(PRETTY_NAMES.get(label, label))
     if summary["model"].nunique() > 1:
         names = [f"{n} ({m})" for n, m in zip(names, summary["model"])]
-    counts = pd.Series(names).value_counts()
-    out = []
-    for n, r in zip(names, summary.itertuples()):
-        if counts[n] > 1:
-            extra = {**strategy_flat(r.strategy_params), **json.loads(r.ablation)}
-            n = f"{n} [{', '.join(f'{k}={v}' for k, v in sorted(extra.items()))}]"
-        out.append(n)
+    extras = []
+    for r in summary.itertuples():
+        ablation = json.loads(r.ablation)
+        leaves = {k.rsplit(".", 1)[-1] for k in ablation}
+        # a grid value of a strategy parameter also appears among the strategy params: show it once
+        params = {k: v for k, v in strategy_flat(r.strategy_params).items() if k.rsplit(".", 1)[-1] not in leaves}
+        extras.append({**params, **ablation})
+    out = list(names)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        if len(idx) < 2:
+            continue
+        keys = _varying([extras[i] for i in idx])
+        short = _short(keys)
+        for i in idx:
+            parts = [f"{short[k]}={_fmt_value(extras[i].get(k))}" for k in keys]
+            out[i] = f"{name} [{', '.join(parts)}]" if parts else f"{name} #{idx.index(i) + 1}"
     return out
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
 def _baseline_for(cond: pd.Series, summary: pd.DataFrame) -> tuple[int | None, str | None]:
@@ -301,19 +341,71 @@ def _add_tests(summary: pd.DataFrame, included: pd.DataFrame) -> None:
         summary[k] = v
 
 
+def parse_strategy_expression(text: str) -> list[dict]:
+    """`grouped:scale=0.707+shallow:keep_ratio=0.25` (the `jobs bench --strategies` syntax) -> specs.
+
+    Mirrors jobs.strategies.parse_expression without importing jobs (which imports torch).
+    """
+    import yaml
+
+    specs = []
+    for term in text.split("+"):
+        name, *pairs = term.strip().split(":")
+        params = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"strategy parameter {pair!r} is not key=value")
+            params[key.strip()] = yaml.safe_load(value)
+        specs.append({"name": name.strip(), "params": params})
+    return specs
+
+
+def _reduction_specs(specs: list[dict]) -> list[dict]:
+    return [s for s in specs if s.get("name") != "baseline"]
+
+
+def _bench_fits(entry, row: pd.Series) -> bool:
+    """Same model, same strategies, the parameters the bench names equal, same parameter count if known."""
+    if entry.model != row["model"]:
+        return False
+    try:
+        bench = _reduction_specs(parse_strategy_expression(entry.strategy))
+    except ValueError:
+        return False
+    mine = _reduction_specs(json.loads(row["strategy_params"]))
+    if [s["name"] for s in bench] != [s.get("name") for s in mine]:
+        return False
+    for b, m in zip(bench, mine):
+        if any((m.get("params") or {}).get(k) != v for k, v in b["params"].items()):
+            return False
+    return not (np.isfinite(entry.params) and np.isfinite(row["params"]) and entry.params != row["params"])
+
+
+def match_bench(summary: pd.DataFrame, bench) -> list:
+    """The bench entry standing for each condition, or None.
+
+    An entry named like the condition label wins; otherwise it must fit by strategy and parameters
+    (_bench_fits). An entry without a parameter count that fits several conditions (a bare "shallow"
+    in a keep_ratio sweep) stands for none of them: its numbers belong to one width only.
+    """
+    fits = {id(e): [i for i, (_, r) in enumerate(summary.iterrows()) if _bench_fits(e, r)] for e in bench}
+    out = []
+    for i, (_, r) in enumerate(summary.iterrows()):
+        named = [e for e in bench if e.model == r["model"] and e.strategy == r["condition"]]
+        fitting = [e for e in bench if i in fits[id(e)] and (np.isfinite(e.params) or len(fits[id(e)]) == 1)]
+        out.append((named or fitting or [None])[0])
+    return out
+
+
 def add_throughput(summary: pd.DataFrame, bench) -> None:
     """Throughput per condition: `jobs bench` results when the study has them, else training img/s.
 
     speedup is relative to the same model's baseline; mac_ratio (baseline GFLOPs / condition GFLOPs) is
     the speedup a purely compute-bound model would reach.
     """
-    lookup = {}
-    for e in bench:
-        lookup[(e.model, e.strategy)] = e
     img, std, source, speedup, mac = [], [], [], [], []
-    for _, r in summary.iterrows():
-        label = r["condition"] if isinstance(r["condition"], str) else None
-        e = lookup.get((r["model"], label)) or lookup.get((r["model"], r["strategy"]))
+    for e, (_, r) in zip(match_bench(summary, bench), summary.iterrows()):
         if e is not None:
             img.append(e.img_s)
             std.append(math.nan)

@@ -43,7 +43,7 @@ def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[st
             "run": run.run_id,
             "condition": str(r["condition"]) if isinstance(r["condition"], str) else "?",
             "seed": str(int(r["seed"])) if pd.notna(r["seed"]) else "?",
-            "state": r["state"] if r["usable"] or status.get("state") else "no metrics",
+            "state": r["state"] if r["usable"] or status.get("state") or run.planned_only else "no metrics",
             "epochs": f"{int(done) if pd.notna(done) else 0}/{int(total) if pd.notna(total) else '?'}",
             "last top-1": f"{r['final_top1']:.2f}" if pd.notna(r["final_top1"]) else "–",
             "best top-1": f"{r['peak_top1']:.2f}" if pd.notna(r["peak_top1"]) else "–",

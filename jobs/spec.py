@@ -284,7 +284,9 @@ def format_validation_error(exc: ValidationError, prefix: tuple = ()) -> list[st
     return lines
 
 
-def semantic_errors(model: ModelSpec | None, strategies: list[StrategySpec] | None, data: DataConfig | None) -> list[str]:
+def semantic_errors(
+    model: ModelSpec | None, strategies: list[StrategySpec] | None, data: DataConfig | None, num_classes: int | None = None
+) -> list[str]:
     """Checks that need more than one field: the model + strategies combination and the data files."""
     from jobs import models  # imports timm; kept out of module import so the schema stays cheap
 
@@ -298,12 +300,13 @@ def semantic_errors(model: ModelSpec | None, strategies: list[StrategySpec] | No
                 f"model.img_size: {model.img_size} differs from data.img_size {data.img_size}; "
                 "set one of them (model.img_size defaults to data.img_size)"
             )
-    if data is not None and model is not None:
-        errors += data.check(model.num_classes)
+    num_classes = model.num_classes if model is not None else num_classes
+    if data is not None and num_classes is not None:
+        errors += data.check(num_classes)
     return errors
 
 
-def _section(cls: Any, raw: Any, prefix: str) -> Any:
+def _section(cls: Any, raw: Any) -> Any:
     try:
         return cls.model_validate(raw) if isinstance(cls, type) else cls(raw)
     except (ValidationError, TypeError, ValueError):
@@ -323,12 +326,14 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
     else:
         # Run the cross-field checks on every section that is valid by itself, so one bad key
         # does not hide a missing dataset.
-        model = _section(ModelSpec, raw.get("model", {}), "model")
-        strategies = _section(lambda v: [StrategySpec.model_validate(s) for s in v], raw.get("strategies", []) or [], "")
-        data = _section(DataConfig, raw.get("data"), "data") if isinstance(raw.get("data"), dict) else None
-        if data is not None and raw.get("data_root"):
+        model = _section(ModelSpec, raw.get("model") or {})
+        strategies = _section(lambda v: [StrategySpec.model_validate(s) for s in v], raw.get("strategies") or [])
+        data = _section(DataConfig, raw.get("data")) if isinstance(raw.get("data"), dict) else None
+        if data is not None and isinstance(raw.get("data_root"), (str, Path)):
             data = resolve_data_paths(data, Path(raw["data_root"]))
-        errors += semantic_errors(model, strategies, data)
+        raw_classes = (raw.get("model") or {}).get("num_classes", ModelSpec.model_fields["num_classes"].default) \
+            if isinstance(raw.get("model") or {}, dict) else None
+        errors += semantic_errors(model, strategies, data, raw_classes if isinstance(raw_classes, int) else None)
     if errors:
         raise SpecError(errors)
     return spec

@@ -120,12 +120,14 @@ class StudySpec(BaseModel):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+               cluster: ClusterShape | None = None) -> StudySpec:
     """Read a study YAML, apply `key=value` overrides, validate and expand it.
 
     Raises SpecError with every problem (study keys, axes, each expanded run's spec) one line each.
     Overrides whose first key is a study key (seeds, grid, conditions, sweep, base) change the study;
     all others change the run spec every run starts from (typed by jobs.spec like `jobs train`'s).
+    With `cluster`, resource requests it can never satisfy are errors too.
     """
     path = Path(path)
     raw = read_yaml(path)
@@ -137,31 +139,33 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if not sep or not key:
             errors.append(f"override {item!r}: expected key=value (e.g. seeds=[0,1] or train.epochs=3)")
         elif key.split(".")[0] in STUDY_KEYS:
-            _set_dotted(study_raw, key, _parse_value(value))
+            _set_study_key(study_raw, key, _parse_value(value))
         else:
             run_overrides.append(item)
 
-    axes = None
     try:
         axes = StudyAxes.model_validate(study_raw)
     except ValidationError as exc:
         errors.extend(format_validation_error(exc))
+        axes = StudyAxes()  # still expand the runs with the defaults, to report their errors too
     base: dict[str, Any] = {}
-    if axes is not None and axes.base:
-        base_path = path.parent / axes.base
+    if axes.base:
         try:
-            base = read_yaml(base_path)
+            base = read_yaml(path.parent / axes.base)
         except SpecError as exc:
             errors.extend(f"base: {e}" for e in exc.errors)
     _deep_merge(base, raw)
     errors.extend(apply_overrides(base, run_overrides))
-    if axes is not None:
-        errors.extend(_check_axes(axes))
+    axis_errors = _check_axes(axes)
+    errors.extend(axis_errors)
+    if axis_errors:
+        axes = _without_bad_axes(axes)
+    runs, run_errors = _expand(axes, base)
+    errors.extend(run_errors)
+    if cluster is not None and runs:
+        errors.extend(check_fits(runs, cluster))
     if errors:
         raise SpecError(errors)
-    runs, run_errors = _expand(axes, base)
-    if run_errors:
-        raise SpecError(run_errors)
     return StudySpec(path=path, axes=axes, runs=runs)
 
 
@@ -196,11 +200,13 @@ def _dict_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     return out
 
 
+AXIS_ALIASES = {"model": "model.name"}  # the issue's spelling of the most common axis
 RESERVED_AXES = ("seed", "run_id", "study", "condition", "ablation", "strategies", "output_root")
 
 
 def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
     fields = _field_paths(RunSpec)
+    axis = AXIS_ALIASES.get(axis, axis)
     if axis in RESERVED_AXES:
         return [f"{where}: axis {axis!r} is set by the study itself; use `seeds`/`conditions` instead"]
     if axis.startswith(STRATEGY_AXIS + "."):
@@ -240,6 +246,20 @@ def _check_axes(axes: StudyAxes) -> list[str]:
             if not isinstance(s, dict) or "name" not in s:
                 errors.append(f"conditions.{name}.strategies[{i}]: expected {{name: ..., params: {{...}}}}, got {s!r}")
     return errors
+
+
+def _without_bad_axes(axes: StudyAxes) -> StudyAxes:
+    """The study minus the axes _check_axes rejected (so the runs can still be checked)."""
+    used = {s.get("name") for c in axes.conditions.values() for s in c.strategies if isinstance(s, dict)}
+    grid = {k: v for k, v in axes.grid.items() if v and not _check_axis(k, used, "")}
+    conditions = {}
+    for name, cond in axes.conditions.items():
+        cu = {s.get("name") for s in cond.strategies if isinstance(s, dict)}
+        conditions[name] = cond.model_copy(update={
+            "grid": {k: v for k, v in cond.grid.items() if v and not _check_axis(k, cu, "")},
+            "overrides": {k: v for k, v in cond.overrides.items() if not _check_axis(k, cu, "")},
+            "strategies": [x for x in cond.strategies if isinstance(x, dict) and "name" in x]})
+    return axes.model_copy(update={"grid": grid, "conditions": conditions})
 
 
 # ---------------------------------------------------------------------------------------------- expansion
@@ -292,7 +312,7 @@ def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str]]:
                     errors[label] = errs
                 else:
                     runs.append(spec)
-    return runs, _merge_run_errors(errors)
+    return runs, _merge_run_errors(errors, total=len(seen))
 
 
 def _jsonable(value: Any) -> Any:
@@ -306,7 +326,7 @@ def _apply_axis(data: dict, key: str, value: Any) -> None:
             if s.get("name") == name:
                 s.setdefault("params", {})[param] = value
         return
-    _set_dotted(data, key, value)
+    _set_dotted(data, AXIS_ALIASES.get(key, key), value)
 
 
 def _validate_run(data: dict) -> tuple[RunSpec | None, list[str]]:
@@ -317,7 +337,7 @@ def _validate_run(data: dict) -> tuple[RunSpec | None, list[str]]:
         return None, list(exc.errors)
 
 
-def _merge_run_errors(errors: dict[str, list[str]]) -> list[str]:
+def _merge_run_errors(errors: dict[str, list[str]], total: int) -> list[str]:
     """The same problem in many runs (e.g. every seed) is one line naming all of them."""
     by_msg: dict[str, list[str]] = {}
     for label, msgs in errors.items():
@@ -325,8 +345,13 @@ def _merge_run_errors(errors: dict[str, list[str]]) -> list[str]:
             by_msg.setdefault(m, []).append(label)
     out = []
     for msg, labels in by_msg.items():
-        who = labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} more runs)"
-        out.append(f"run {who}: {msg}" if not msg.startswith("run ") else msg)
+        if msg.startswith("run "):
+            out.append(msg)
+        elif len(labels) == total and total > 1:
+            out.append(f"all {total} runs: {msg}")
+        else:
+            who = labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} more runs)"
+            out.append(f"run {who}: {msg}")
     return out
 
 
@@ -343,6 +368,19 @@ def _parse_value(text: str) -> Any:
         with contextlib.suppress(ValueError):
             return float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
     return value
+
+
+def _set_study_key(study: dict, key: str, value: Any) -> None:
+    """Like _set_dotted, but grid axes and condition overrides are dotted names themselves:
+    `grid.train.lr=[..]` sets axis 'train.lr', `conditions.x.overrides.train.lr=..` sets key 'train.lr'."""
+    parts = key.split(".")
+    if parts[0] == "grid" and len(parts) > 1:
+        study.setdefault("grid", {})[".".join(parts[1:])] = value
+    elif parts[0] == "conditions" and len(parts) > 3 and parts[2] in ("grid", "overrides"):
+        cond = study.setdefault("conditions", {}).setdefault(parts[1], {})
+        cond.setdefault(parts[2], {})[".".join(parts[3:])] = value
+    else:
+        _set_dotted(study, key, value)
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -496,3 +534,19 @@ def study_lock(study_dir: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError, json.JSONDecodeError):
             if json.loads(path.read_text()).get("pid") == me["pid"]:
                 path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def absolute_paths(spec: RunSpec) -> RunSpec:
+    """The spec with output_root and data paths made absolute against this process's cwd, so the
+    workers (whose cwd Ray or Slurm chooses) read and write the same files. Cloud URIs are kept."""
+    def fix(p: Any) -> Any:
+        text = str(p)
+        return p if "://" in text or os.path.isabs(text) else type(p)(os.path.abspath(text))
+
+    data = spec.data.model_copy(update={"train_path": fix(spec.data.train_path), "val_path": fix(spec.data.val_path)})
+    # data_root is already folded into the data paths by the spec's validator; drop it so a reload
+    # of the dumped spec does not prefix it twice.
+    return spec.model_copy(update={"output_root": fix(spec.output_root), "data": data, "data_root": None})

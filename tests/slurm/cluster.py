@@ -65,6 +65,8 @@ PreemptMode=REQUEUE
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost={node}
 AccountingStoragePort={dbd_port}
+# For slurmdbd connections this names the munge socket (AuthInfo's socket= is not used for them).
+AccountingStoragePass={munge_socket}
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 {node_line}
@@ -243,7 +245,6 @@ class Cluster:
         dbd = self.base / "etc" / "slurmdbd.conf"
         dbd.write_text(SLURMDBD_CONF.format(**fmt))
         dbd.chmod(0o600)  # slurmdbd refuses a readable config (it may hold a password)
-        (self.base / "etc" / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
 
     def _start_slurmdbd(self) -> None:
         self._run("slurmdbd")

@@ -1,0 +1,80 @@
+"""Batch-tensor augmentation after decoding: flip -> RandAugment -> normalize -> random erasing.
+
+Runs on the loader's device (GPU when training on GPU). Every random choice of a batch comes from
+a generator seeded with the batch's key (seed, epoch, rank, world, batch number), so the stream
+of augmented batches is reproducible and a resumed epoch sees the same augmentations.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+from timm.data.random_erasing import RandomErasing
+
+from .config import DataConfig
+from .randaug import BatchRandAugment, parse_rand_augment
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class Normalize:
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        self.mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(cfg.std, device=device).view(1, 3, 1, 1) * 255)
+        self.dtype = _DTYPES[cfg.dtype]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self.mean) * self.inv_std)
+
+
+def to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """Source batches (uint8 NHWC from both backends) -> NCHW view."""
+    return images.permute(0, 3, 1, 2)
+
+
+class TrainAugment:
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.norm = Normalize(cfg, device)
+        img_mean = tuple(min(255, round(255 * m)) for m in cfg.mean)
+        self.randaug = BatchRandAugment(parse_rand_augment(cfg.auto_augment, img_mean)) if cfg.auto_augment else None
+        self.erase = RandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount, device=str(device)) \
+            if cfg.reprob > 0 else None
+
+    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(key)
+        x = to_nchw(images).to(self.device, non_blocking=True)
+        flip = (torch.rand(x.shape[0], generator=gen) < self.cfg.hflip).to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x).float()
+        if self.randaug is not None:
+            x = self.randaug(x, gen)
+        x = self.norm(x)
+        if self.erase is not None:
+            x = self._erase(x, int(torch.randint(2**62, (1,), generator=gen)))
+        return x.to(self.norm.dtype).contiguous()
+
+    def _erase(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        # timm's RandomErasing draws from the global `random` and the device's default torch
+        # generator; run it on private, seeded copies of both so training code is unaffected.
+        state = random.getstate()
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            random.seed(seed)
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                torch.cuda.manual_seed(seed)
+            try:
+                return self.erase(x)
+            finally:
+                random.setstate(state)
+
+
+class ValAugment:
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        self.device = device
+        self.norm = Normalize(cfg, device)
+
+    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
+        x = to_nchw(images).to(self.device, non_blocking=True)
+        return self.norm(x).to(self.norm.dtype).contiguous()

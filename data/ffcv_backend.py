@@ -1,0 +1,157 @@
+"""FFCV side of the loaders: a keyed (reproducible) RandomResizedCrop decoder that decodes JPEGs at a
+reduced DCT scale when the crop allows it, and traversal orders from data.order.
+
+Only jitted ops (the decoders) precede the non-jitted ToTensor/ToDevice, and everything after that
+(flip, RandAugment, normalize, erasing) runs on the batch tensor in data.augment: a jitted op after a
+non-jitted one makes ffcv's Graph.group_operations loop forever on CPU.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from numba import njit
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.loader import Loader
+from ffcv.pipeline.compiler import Compiler
+from ffcv.traversal_order.base import TraversalOrder
+from ffcv.transforms import ToDevice, ToTensor
+
+from .rng import batch_key, rrc_params, sample_key
+
+
+
+
+@njit(cache=True, nogil=True)
+def dct_denominator(crop_h, crop_w, out_h, out_w, max_denom):
+    """Largest d in {1, 2, 4, 8} with the crop still >= the output at 1/d scale (so no upsampling
+    is introduced and the resize stays a downscale)."""
+    d = 1
+    while d * 2 <= max_denom and crop_h // (d * 2) >= out_h and crop_w // (d * 2) >= out_w:
+        d *= 2
+    return d
+
+
+class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
+    """RandomResizedCrop whose parameters come from rng.rrc_params(key) with
+    key = sample_key(batch_key(salt, batch indices), position): reproducible across threads/resumes.
+
+    JPEGs whose crop is at least 2x the output size are decoded at 1/2, 1/4 or 1/8 scale by
+    libjpeg-turbo (DCT-domain scaling, much less IDCT work) and the crop box is mapped to that
+    scale; the crop distribution is unchanged (up to rounding of the box to scaled pixels).
+    """
+
+    def __init__(self, output_size: tuple[int, int], salt: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 dct_scaling: bool = True):
+        super().__init__(output_size)
+        self.salt = int(salt) & 0xFFFFFFFFFFFFFFFF
+        self.scale = scale
+        self.ratio = ratio
+        self.dct_scaling = dct_scaling
+
+    @property
+    def get_crop_generator(self):  # required by the abstract base; generate_code below does not use it
+        return rrc_params
+
+    def generate_code(self) -> Callable:
+        jpg = IMAGE_MODES["jpg"]
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        salt = np.uint64(self.salt)
+        s_lo, s_hi = float(self.scale[0]), float(self.scale[1])
+        r_lo, r_hi = float(self.ratio[0]), float(self.ratio[1])
+        out_h, out_w = int(self.output_size[0]), int(self.output_size[1])
+        max_denom = 8 if self.dct_scaling else 1
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            bkey = batch_key(salt, batch_indices)
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                i, j, h, w = rrc_params(sample_key(bkey, dst_ix), height, width, s_lo, s_hi, r_lo, r_hi)
+                if field["mode"] == jpg:
+                    d = dct_denominator(h, w, out_h, out_w, max_denom)
+                    sh = (height + d - 1) // d
+                    sw = (width + d - 1) // d
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, d, False, False)
+                    temp_buffer = temp_buffer.reshape(-1)[: 3 * sh * sw].reshape(sh, sw, 3)
+                    if d > 1:
+                        i0 = i // d
+                        j0 = j // d
+                        i1 = min(sh, max(i0 + 1, (i + h + d // 2) // d))
+                        j1 = min(sw, max(j0 + 1, (j + w + d // 2) // d))
+                        i, j, h, w = i0, j0, i1 - i0, j1 - j0
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+            return destination[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class IndexOrder(TraversalOrder):
+    """A TraversalOrder fed by a function epoch -> indices (data.order), with a resume offset.
+
+    ffcv's Loader accepts an *instance* and calls it with itself (`order(self)`), hence __call__.
+    """
+
+    def __init__(self, fn: Callable[[int], np.ndarray]):
+        self.fn = fn
+        self.skip = 0  # samples to drop at the start of the next epoch (mid-epoch resume)
+
+    def __call__(self, loader: Loader) -> "IndexOrder":
+        TraversalOrder.__init__(self, loader)
+        return self
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.fn(epoch)[self.skip:].astype(np.uint64)
+
+
+class FfcvSource:
+    """Batches of (uint8 NHWC images, int64 labels) on `device` from a .beton, for one rank."""
+
+    def __init__(self, path: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
+                 img_size: int, num_workers: int, device: torch.device, salt: int = 0,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, os_cache: bool = True,
+                 batches_ahead: int = 3, dct_scaling: bool = True):
+        self.order = IndexOrder(order_fn)
+        self.batch_size = batch_size
+        if train:
+            decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling)
+        else:
+            decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)
+        image = [decoder, ToTensor()]
+        label = [IntDecoder(), ToTensor()]
+        if device.type == "cuda":
+            image.append(ToDevice(device, non_blocking=True))
+            label.append(ToDevice(device, non_blocking=True))
+        self.loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
+                             order=self.order, drop_last=train, seed=0, batches_ahead=batches_ahead,
+                             pipelines={"image": image, "label": label})
+        self.num_samples = self.loader.reader.num_samples
+
+    def epoch_batches(self, epoch: int) -> int:
+        n = len(self.order.fn(epoch))
+        return n // self.batch_size if self.loader.drop_last else -(-n // self.batch_size)
+
+    def iterate(self, epoch: int, start_batch: int):
+        self.order.skip = start_batch * self.batch_size
+        self.loader.next_epoch = epoch
+        try:
+            it = iter(self.loader)
+        finally:
+            self.order.skip = 0
+        for images, labels in it:
+            yield images, labels.reshape(-1)

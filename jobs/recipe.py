@@ -1,0 +1,88 @@
+"""The seed's timm recipe, built from a TrainConfig: optimizer, schedule, mixup, loss, EMA, autocast.
+
+Every piece is timm's own implementation; this module only maps config fields onto it.
+"""
+from __future__ import annotations
+
+import contextlib
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from jobs.spec import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int) -> torch.optim.Optimizer:
+    # timm's param groups: no weight decay on 1-D params (norms, biases) and model.no_weight_decay()
+    # (pos_embed, cls_token); shared parameters appear once (named_parameters deduplicates).
+    return create_optimizer_v2(
+        model, opt=cfg.opt, lr=cfg.scaled_lr(world_size), weight_decay=cfg.weight_decay, **cfg.opt_kwargs
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int):
+    """Schedule in optimizer updates (step_update each update), warmup included; None for sched 'none'."""
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:
+    if not cfg.mixup_active:
+        return None
+    return Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def build_train_loss(cfg: TrainConfig) -> nn.Module:
+    # Same choice as timm's train.py: mixup makes soft targets (smoothing folded in).
+    if cfg.mixup_active:
+        return SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def build_ema(model: nn.Module, cfg: TrainConfig) -> ModelEmaV3 | None:
+    if not cfg.ema:
+        return None
+    # exclude_buffers=True averages model.parameters(), which lists a shared (GroupedMLP) tensor once;
+    # the default state_dict() path lists it once per block that uses it and would apply the decay
+    # twice per update to shared MLPs. A ViT has no float buffers, so nothing else changes.
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup, exclude_buffers=True)
+
+
+def autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    if not cfg.amp:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=getattr(torch, cfg.amp_dtype))
+    if device.type == "cpu" and cfg.amp_cpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_scaler(device: torch.device, cfg: TrainConfig) -> torch.amp.GradScaler | None:
+    """A GradScaler only for float16 autocast on CUDA; bfloat16 has fp32's range and needs none."""
+    if cfg.amp and device.type == "cuda" and cfg.amp_dtype == "float16":
+        return torch.amp.GradScaler("cuda")
+    return None

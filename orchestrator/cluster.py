@@ -1,0 +1,120 @@
+"""Connecting to Ray: an embedded local Ray by default, or an existing cluster by address.
+
+Embedded (no --address, no RAY_ADDRESS): `ray.init(address="local")` always starts a private
+instance sized to this machine (never attaches to another user's `ray start` on the same host), and
+it is shut down when the block exits: normally, on an exception, on Ctrl-C and on SIGTERM.
+With an address, we only connect; the cluster is never shut down by us.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .study import ClusterShape
+
+log = logging.getLogger(__name__)
+
+# Zero-cost resource that trial drivers reserve instead of a CPU (Tune's default of 1 CPU per trial
+# starves the Train workers, and a bundle of {"CPU": 0} alone is rejected). The embedded Ray and
+# cluster.yaml define plenty of it; on a cluster without it, 1 byte of `memory` serves the same role.
+DRIVER_TOKEN = "vitreduce_driver"
+DRIVER_TOKEN_AMOUNT = 10_000
+
+QUIET_ENV = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Setting up process group",
+    "RAY_AIR_NEW_OUTPUT": "0",  # keep Tune's classic live table (CLIReporter)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard/CSV/JSON loggers per trial: we write our own files
+}
+
+
+def quiet_env() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def resolve_address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+@dataclass(frozen=True)
+class RaySession:
+    address: str | None  # None = embedded
+    shape: ClusterShape
+
+    @property
+    def embedded(self) -> bool:
+        return self.address is None
+
+    def driver_resources(self) -> dict[str, float]:
+        """What a Tune trial driver reserves: a token, never a CPU."""
+        import ray
+
+        if ray.cluster_resources().get(DRIVER_TOKEN, 0) > 0:
+            return {"CPU": 0, DRIVER_TOKEN: 0.001}
+        return {"CPU": 0, "memory": 1}
+
+
+def cluster_shape() -> ClusterShape:
+    """Totals and the largest node of the connected cluster (alive nodes only)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [float(n["Resources"].get("CPU", 0)) for n in nodes] or [0.0]
+    gpus = [float(n["Resources"].get("GPU", 0)) for n in nodes] or [0.0]
+    # A cluster-launcher cluster may add nodes: per-node limits still hold, totals do not.
+    autoscaling = os.environ.get("VITREDUCE_AUTOSCALING", "0") == "1"
+    return ClusterShape(cpus=sum(cpus), gpus=sum(gpus), node_cpus=max(cpus), node_gpus=max(gpus), autoscaling=autoscaling)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. `kill`, a job stop) unwinds like Ctrl-C, so the finally blocks run."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[RaySession]:
+    """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray; always disconnect, and
+    stop the embedded one, when the block ends."""
+    quiet_env()
+    import ray
+
+    address = resolve_address(address)
+    with _sigterm_as_interrupt():
+        if address is None:
+            machine = ClusterShape.this_machine()
+            ray.init(
+                address="local",
+                num_cpus=int(num_cpus or machine.cpus),
+                num_gpus=int(machine.gpus),
+                resources={DRIVER_TOKEN: DRIVER_TOKEN_AMOUNT},
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": dict(QUIET_ENV)},
+            )
+        else:
+            # No runtime_env here: inside `ray job submit` it would replace the job's (its working_dir).
+            ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            yield RaySession(address=address, shape=cluster_shape())
+        finally:
+            # For an embedded Ray this stops it; for a cluster it only disconnects this driver.
+            ray.shutdown()

@@ -1,0 +1,171 @@
+"""Ray Train as an engine of the training loop: the worker-side context and the TorchTrainer.
+
+Checkpoints stay where the loop writes them (`run_dir/checkpoints/ckpt-N`, atomic and checksummed by
+jobs.checkpoint). Ray is handed a *pointer* checkpoint (a few bytes naming that folder) so that its
+checkpoint manager, failure handling and `get_checkpoint()` work as designed without copying
+gigabytes per epoch, and without Ray ever deleting or referencing the loop's own pruned folders.
+On restart the newer of Ray's pointer and the newest valid folder on disk wins: the last checkpoint
+written may not have been registered with Ray's controller before a crash.
+
+Fault injection for tests (and for rehearsing on a real cluster): with VITREDUCE_FAIL_AT_EPOCH=k and
+VITREDUCE_FAIL_MARKER=path in the driver's environment, one worker kills itself right after epoch k
+is reported, once (the marker file records that it happened).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POINTER_FILE = "pointer.json"
+FAIL_EPOCH_ENV = "VITREDUCE_FAIL_AT_EPOCH"
+FAIL_MARKER_ENV = "VITREDUCE_FAIL_MARKER"
+FAIL_RANK_ENV = "VITREDUCE_FAIL_RANK"
+
+# Environment every Ray worker gets: quiet logs, no print patching (the loop's own logging is enough).
+WORKER_ENV = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Ray ships metrics through its object store: plain scalars and strings only."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item") and callable(value.item):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+    return out
+
+
+class RayContext:
+    """jobs.context.EngineContext for a Ray Train worker."""
+
+    def __init__(self, run_dir: Path):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+        self.device = ray.train.torch.get_device()
+        self.run_dir = Path(run_dir)
+        self._fail_epoch = int(os.environ.get(FAIL_EPOCH_ENV, "0") or 0)
+        self._fail_marker = os.environ.get(FAIL_MARKER_ENV)
+        self._fail_rank = int(os.environ.get(FAIL_RANK_ENV, str(self.world_size - 1)))
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        """Every rank must call this once per epoch: ray.train.report is a barrier across workers."""
+        import ray.train
+
+        pointer_dir = None
+        if checkpoint_dir is not None and self.rank == 0:
+            pointer_dir = Path(tempfile.mkdtemp(prefix="vitreduce-ptr-"))
+            (pointer_dir / POINTER_FILE).write_text(json.dumps({
+                "checkpoint": str(Path(checkpoint_dir).resolve()), "epoch": metrics.get("epoch")}))
+        try:
+            ray.train.report(
+                _scalar_metrics(metrics),
+                checkpoint=ray.train.Checkpoint.from_directory(str(pointer_dir)) if pointer_dir else None,
+                checkpoint_dir_name=f"pointer-{Path(checkpoint_dir).name}" if checkpoint_dir is not None else None,
+            )
+        finally:
+            if pointer_dir is not None:
+                shutil.rmtree(pointer_dir, ignore_errors=True)
+        self._maybe_fail(metrics.get("epoch"))
+
+    def _maybe_fail(self, epoch: Any) -> None:
+        if not (self._fail_epoch and self._fail_marker and epoch == self._fail_epoch and self.rank == self._fail_rank):
+            return
+        marker = Path(self._fail_marker)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, f"rank {self.rank} pid {os.getpid()} killed itself after epoch {epoch}\n".encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> Path | None:
+        from jobs.checkpoint import checkpoint_number, latest_valid, verify
+
+        import ray.train
+
+        ours = latest_valid(self.run_dir / "checkpoints")
+        pointed = None
+        ray_ckpt = ray.train.get_checkpoint()
+        if ray_ckpt is not None:
+            try:
+                with ray_ckpt.as_directory() as d:
+                    pointed = Path(json.loads((Path(d) / POINTER_FILE).read_text())["checkpoint"])
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("ignoring Ray's checkpoint %s: %s", ray_ckpt, exc)
+        if pointed is not None and (ours is None or (checkpoint_number(pointed) or -1) > (checkpoint_number(ours) or -1)):
+            problem = verify(pointed) if pointed.exists() else f"{pointed} does not exist"
+            if problem is None:
+                return pointed
+            log.warning("Ray's latest checkpoint is unusable (%s); using %s", problem, ours)
+        return ours
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Entry point of every Ray Train worker: the engine-agnostic loop with a RayContext."""
+    from jobs.train import train_loop
+
+    spec = config["spec"]
+    train_loop(spec, RayContext(spec.run_dir))
+
+
+def scaling_config(spec):
+    import ray.train
+
+    r = spec.resources
+    per_worker: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
+    if r.use_gpu:
+        per_worker["GPU"] = float(r.gpus_per_worker)
+    return ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker)
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(WORKER_ENV)
+    for key in (FAIL_EPOCH_ENV, FAIL_MARKER_ENV, FAIL_RANK_ENV):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def build_trainer(spec, *, storage_path: str, max_failures: int, callbacks: list | None = None):
+    """A TorchTrainer running `spec`, named by its run_id so a restart with the same storage path
+    reloads Ray's checkpoint-manager snapshot of the same run (no timestamps in the name)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"spec": spec},
+        scaling_config=scaling_config(spec),
+        run_config=ray.train.RunConfig(
+            name=spec.run_id,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Ray's folders hold only pointers; the loop prunes its own checkpoint folders.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+    )

@@ -1,0 +1,91 @@
+"""What runs inside a Slurm (or submitit-local) job: the engine context and the checkpointable callable.
+
+Kept apart from `orchestrator.slurm` (the submitting side) so that unpickling a job in the compute node
+imports only this, jobs.train and submitit.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import submitit
+import torch
+
+from analysis.schema import CHECKPOINT_DIR, STATUS_FILE
+from jobs import checkpoint as ckpt
+from jobs.local import LocalContext
+from jobs.metrics import EventLog, read_status
+from jobs.spec import RunSpec
+
+
+class SlurmContext(LocalContext):
+    """EngineContext of one Slurm task: rank / world / local rank from submitit's JobEnvironment, the process
+    group joined through the env:// variables submitit's TorchDistributedEnvironment exports (gloo on CPU,
+    NCCL on GPU), checkpoints in the run directory."""
+
+    def __init__(self, run_dir: Path | str, use_gpu: bool, timeout_s: float = 600.0):
+        job_env = submitit.JobEnvironment()
+        self.job_id = job_env.job_id
+        self.hostname = job_env.hostname
+        # CUDA_VISIBLE_DEVICES stays as Slurm set it: with --gpus-per-node every task of a node sees the
+        # node's GPUs and picks cuda:<local_rank>.
+        dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and cpus.isdigit():
+            # Without task binding torch would start one thread per core of the node in every task.
+            torch.set_num_threads(int(cpus))
+        super().__init__(run_dir, use_gpu=use_gpu, env=dict(os.environ), timeout_s=timeout_s)
+        assert (self.rank, self.world_size) == (dist_env.rank, dist_env.world_size)
+        self.last_checkpoint: Path | None = None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.last_checkpoint = Path(checkpoint_dir)
+        if self.rank == 0:
+            # One line per epoch in the job's submitit log (slurm-status reads run files, not this).
+            print(f"[{self.job_id}] epoch {metrics.get('epoch')}/{metrics.get('epochs_total')} "
+                  f"loss {metrics.get('train_loss')} top1 {metrics.get('top1')} checkpoint {checkpoint_dir}", flush=True)
+
+
+class SlurmRun(submitit.helpers.Checkpointable):
+    """One run as a submitit job. On the preemption / time-limit signal (USR2) submitit calls `checkpoint()` on
+    rank 0, requeues the job and exits; the requeued job calls this again and resumes from the newest complete
+    checkpoint (jobs.train's exact resume). Atomic checkpoints mean an interrupted write leaves the previous
+    checkpoint as the latest; at most one checkpoint interval is recomputed."""
+
+    def __init__(self, spec: dict[str, Any]):
+        # A plain dict survives code changes between submission and a requeue better than a pickled model.
+        self.spec = spec
+        self.attempt = 0
+
+    @property
+    def run_spec(self) -> RunSpec:
+        return RunSpec.model_validate(self.spec)
+
+    def __call__(self) -> dict:
+        from jobs.train import train_loop
+
+        spec = self.run_spec
+        self.attempt += 1
+        with SlurmContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
+            if ctx.rank == 0:
+                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                EventLog(spec.run_dir, 0)("slurm", f"job {ctx.job_id} attempt {self.attempt} on {socket.gethostname()}, "
+                                                   f"{ctx.world_size} task(s), device {ctx.device}")
+            return train_loop(spec, ctx)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        spec = self.run_spec
+        run_dir = spec.run_dir
+        # The signal may have interrupted a checkpoint write: that one is a temp folder and is never picked;
+        # verifying here (checksums) means the requeued job starts from a checkpoint known to be complete.
+        latest = ckpt.latest_valid(run_dir / CHECKPOINT_DIR)
+        status = read_status(run_dir) if (run_dir / STATUS_FILE).exists() else None
+        done = status.get("epoch") if status else None
+        where = f"{latest.name} (epoch {ckpt.read_manifest(latest).get('epoch', '?')})" if latest else "the start"
+        if run_dir.is_dir():
+            EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from {where}")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
