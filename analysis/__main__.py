@@ -7,8 +7,13 @@ from pathlib import Path
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.load import find_run_dirs, read_runs_index
     from analysis.report import build_report
 
+    if not find_run_dirs(args.study_dir) and not read_runs_index(args.study_dir)[0]:
+        print(f"error: no run folders in {args.study_dir} (expected {args.study_dir}/<run>/metrics.parquet); "
+              "is this the study directory?", file=sys.stderr)
+        return 1
     out = args.out or args.study_dir / "report"
     rep = build_report(args.study_dir, out, include_incomplete=args.include_incomplete)
     excluded = [p for p in rep.study.problems if p.excluded]

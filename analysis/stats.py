@@ -24,7 +24,7 @@ AGG_METRICS = (
     "train_img_s", "wall_hours",
 )
 # Per-run architecture numbers: identical across seeds of a condition.
-ARCH_COLUMNS = ("params", "mlp_params", "unique_mlps", "mlp_hidden", "gflops", "expansion_ratio")
+ARCH_COLUMNS = ("params", "mlp_params", "unique_mlps", "mlp_hidden", "gflops", "gmacs", "expansion_ratio")
 # Paired tests against the baseline, on these per-run metrics.
 TESTED_METRICS = ("final_top1", "final_top5")
 # Seed-paper display names for single-strategy conditions labelled with the bare strategy name.
@@ -108,7 +108,7 @@ def run_table(study: Study) -> pd.DataFrame:
                 "ema_peak_top1": ema_peak, "ema_peak_epoch": ema_peak_epoch,
                 "ema_delta_pf": ema_peak - last["ema_top1"],
                 "params": last["params"], "mlp_params": last["mlp_params"], "unique_mlps": last["unique_mlps"],
-                "mlp_hidden": last["mlp_hidden"], "gflops": last["gflops"],
+                "mlp_hidden": last["mlp_hidden"], "gflops": last["gflops"], "gmacs": last["gmacs"],
                 "expansion_ratio": math.nan,
                 # The median skips the first epoch's warm-up (compilation, cache fill) and stragglers.
                 "train_img_s": df["train_img_s"].median(),
@@ -125,9 +125,10 @@ def run_table(study: Study) -> pd.DataFrame:
         row["state"] = "pending" if run.planned_only else run_state(run.status, complete)
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("study", "condition", "strategy", "strategy_params", "ablation", "model", "seed", "host"):
+    for col in ("run_id", "usable", "problem", "complete", "state", "epochs_done", "epochs_total", "resumed",
+                "study", "condition", "strategy", "strategy_params", "ablation", "model", "seed", "host"):
         if col not in out:
-            out[col] = None
+            out[col] = pd.Series(dtype=bool if col in ("usable", "complete") else object)
     for col in ("seed", "epochs_done", "epochs_total"):
         out[col] = pd.array([_as_int(x) for x in out[col]], dtype="Int64")
     for col in AGG_METRICS + ARCH_COLUMNS:
@@ -262,7 +263,8 @@ def paired_test(cond_runs: pd.DataFrame, base_runs: pd.DataFrame, metric: str) -
     diff = float(np.mean(a - b)) if n else math.nan
     if n < 2:
         return PairedTest(metric, n, seeds, diff, math.nan, math.nan,
-                          f"only {n} matched seed{'s' if n != 1 else ''}; a paired test needs at least 2")
+                          f"only {n} matched seed{'s' if n != 1 else ''} among the included runs; "
+                          "a paired test needs at least 2")
     if np.ptp(a - b) == 0:
         return PairedTest(metric, n, seeds, diff, math.nan, math.nan,
                           "the paired differences are identical across seeds; t is undefined")
@@ -385,14 +387,17 @@ def _bench_fits(entry, row: pd.Series) -> bool:
 def match_bench(summary: pd.DataFrame, bench) -> list:
     """The bench entry standing for each condition, or None.
 
-    An entry named like the condition label wins; otherwise it must fit by strategy and parameters
+    An entry named like the condition label wins (when no other condition of the model has that label);
+    otherwise it must fit by strategy and parameters
     (_bench_fits). An entry without a parameter count that fits several conditions (a bare "shallow"
     in a keep_ratio sweep) stands for none of them: its numbers belong to one width only.
     """
     fits = {id(e): [i for i, (_, r) in enumerate(summary.iterrows()) if _bench_fits(e, r)] for e in bench}
+    label_count = summary.groupby(["model", "condition"])["condition_key"].transform("count").tolist()
     out = []
     for i, (_, r) in enumerate(summary.iterrows()):
-        named = [e for e in bench if e.model == r["model"] and e.strategy == r["condition"]]
+        # a label shared by several grid points names none of them
+        named = [e for e in bench if e.model == r["model"] and e.strategy == r["condition"] and label_count[i] == 1]
         fitting = [e for e in bench if i in fits[id(e)] and (np.isfinite(e.params) or len(fits[id(e)]) == 1)]
         out.append((named or fitting or [None])[0])
     return out
@@ -401,8 +406,8 @@ def match_bench(summary: pd.DataFrame, bench) -> list:
 def add_throughput(summary: pd.DataFrame, bench) -> None:
     """Throughput per condition: `jobs bench` results when the study has them, else training img/s.
 
-    speedup is relative to the same model's baseline; mac_ratio (baseline GFLOPs / condition GFLOPs) is
-    the speedup a purely compute-bound model would reach.
+    speedup is relative to the same model's baseline; mac_ratio (baseline MACs / condition MACs) is the
+    speedup a purely compute-bound model would reach.
     """
     img, std, source, speedup, mac = [], [], [], [], []
     for e, (_, r) in zip(match_bench(summary, bench), summary.iterrows()):
@@ -431,7 +436,9 @@ def add_throughput(summary: pd.DataFrame, bench) -> None:
         if not np.isfinite(r["speedup"]) and b["throughput_source"] == r["throughput_source"]:
             summary.loc[i, "speedup"] = r["throughput_img_s"] / b["throughput_img_s"]
         if not np.isfinite(r["mac_ratio"]):
-            summary.loc[i, "mac_ratio"] = b["gflops"] / r["gflops"]
+            # all matmuls (gmacs, as jobs bench uses) when recorded; files without it have gflops only
+            col = "gmacs" if np.isfinite(r["gmacs"]) and np.isfinite(b["gmacs"]) else "gflops"
+            summary.loc[i, "mac_ratio"] = b[col] / r[col]
 
 
 def summarize(study: Study, include_incomplete: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:

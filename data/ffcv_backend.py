@@ -154,4 +154,6 @@ class FfcvSource:
         finally:
             self.order.skip = 0
         for images, labels in it:
-            yield images, labels.reshape(-1)
+            # ffcv reuses its batch buffers a few batches later: copy the labels out (the images are
+            # copied by the augmentation's first op)
+            yield images, labels.reshape(-1).clone()

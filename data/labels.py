@@ -37,9 +37,14 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_image_file(path: str | Path) -> bool:
+    """An image file name and not empty (cheap; decodability is checked by the converter)."""
+    return is_image_name(Path(path)) and os.path.getsize(path) > 0
+
+
 def folder_label_map(root: Path) -> dict[str, int]:
-    """Label map of a JPEG tree: class folders holding at least one image file, sorted."""
-    names = [n for n in class_folders(root) if any(is_image_name(p) for p in walk_class(root, n))]
+    """Label map of a JPEG tree: class folders holding at least one non-empty image file, sorted."""
+    names = [n for n in class_folders(root) if any(is_image_file(p) for p in walk_class(root, n))]
     return {n: i for i, n in enumerate(names)}
 
 

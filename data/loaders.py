@@ -46,6 +46,8 @@ def _num_samples(cfg: DataConfig, path: Path) -> int:
 def _ffcv_source(cfg: DataConfig, path: Path, **kw) -> Source:
     from .ffcv_backend import FfcvSource
 
+    if kw["train"]:
+        kw["dct_scaling"] = cfg.dct_scaling
     return FfcvSource(path, os_cache=cfg.os_cache, batches_ahead=cfg.batches_ahead, **kw)
 
 

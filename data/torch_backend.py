@@ -12,8 +12,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
-from .labels import IMAGE_EXTENSIONS
+from .labels import folder_label_map, is_image_file
 from .rng import batch_key, center_crop_params, rrc_params, sample_key
+
+
+class _Folder(ImageFolder):
+    """ImageFolder with the converter's class list (folders without images get no label)."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        mapping = folder_label_map(Path(directory))
+        return list(mapping), mapping
 
 
 class _CropFolder(Dataset):
@@ -21,7 +29,7 @@ class _CropFolder(Dataset):
     resized with OpenCV INTER_AREA like ffcv; returns (uint8 HWC array, label)."""
 
     def __init__(self, root: Path, train: bool, img_size: int, scale, ratio, crop_pct: float):
-        self.folder = ImageFolder(str(root), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        self.folder = _Folder(str(root), is_valid_file=is_image_file)
         self.train, self.size, self.scale, self.ratio, self.crop_pct = train, img_size, scale, ratio, crop_pct
 
     def __len__(self) -> int:

@@ -50,7 +50,7 @@ def _write_table(run_dir: Path, table: pa.Table) -> None:
 
 def _keep_before(table: pa.Table, epoch: int) -> pa.Table:
     epochs = table.column("epoch").to_pylist()
-    return table.take([i for i, e in enumerate(epochs) if e is not None and e < epoch])
+    return table.take(pa.array([i for i, e in enumerate(epochs) if e is not None and e < epoch], type=pa.int64()))
 
 
 def append_row(run_dir: Path, row: dict[str, Any]) -> None:

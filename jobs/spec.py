@@ -306,10 +306,26 @@ def semantic_errors(
     return errors
 
 
-def _section(cls: Any, raw: Any) -> Any:
+def _section(cls: type[BaseModel], raw: Any) -> Any:
+    """The section validated without its bad keys (their errors are already reported), or None."""
+    if not isinstance(raw, dict):
+        return None
     try:
-        return cls.model_validate(raw) if isinstance(cls, type) else cls(raw)
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        if not bad:
+            return None
+    try:
+        return cls.model_validate({k: v for k, v in raw.items() if k not in bad})
     except (ValidationError, TypeError, ValueError):
+        return None
+
+
+def _strategies(raw: Any) -> list[StrategySpec] | None:
+    try:
+        return [StrategySpec.model_validate(s) for s in raw or []]
+    except (ValidationError, TypeError):
         return None
 
 
@@ -327,8 +343,8 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
         # Run the cross-field checks on every section that is valid by itself, so one bad key
         # does not hide a missing dataset.
         model = _section(ModelSpec, raw.get("model") or {})
-        strategies = _section(lambda v: [StrategySpec.model_validate(s) for s in v], raw.get("strategies") or [])
-        data = _section(DataConfig, raw.get("data")) if isinstance(raw.get("data"), dict) else None
+        strategies = _strategies(raw.get("strategies"))
+        data = _section(DataConfig, raw.get("data"))
         if data is not None and isinstance(raw.get("data_root"), (str, Path)):
             data = resolve_data_paths(data, Path(raw["data_root"]))
         raw_classes = (raw.get("model") or {}).get("num_classes", ModelSpec.model_fields["num_classes"].default) \

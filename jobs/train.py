@@ -249,6 +249,7 @@ def _static_columns(spec: RunSpec, model: nn.Module) -> dict:
         "unique_mlps": stats.unique_mlps,
         "mlp_hidden": stats.mlp_hidden,
         "gflops": stats.gflops,
+        "gmacs": stats.gmacs,
         "host": socket.gethostname(),
     }
 
@@ -450,14 +451,20 @@ def _epoch_row(run: _Run, epoch: int, epoch_s: float, evals: dict, resumed_from:
     }
 
 
+def build_initial_model(spec: RunSpec) -> nn.Module:
+    """The run's model at initialisation: the same weights on every rank and in every process."""
+    from jobs.models import build_model
+
+    seed_everything(spec.seed)
+    return build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+
+
 def _build(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log) -> _Run:
     from data.loaders import build_train_loader, build_val_loader
-    from jobs.models import build_model
 
     device = torch.device(ctx.device)
     _setup_determinism(spec, device)
-    seed_everything(spec.seed)  # identical init on every rank
-    model = build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+    model = build_initial_model(spec)
     static = _static_columns(spec, model)
     model.to(device)
     if spec.train.channels_last and device.type == "cuda":

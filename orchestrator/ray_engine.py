@@ -167,5 +167,6 @@ def build_trainer(spec, *, storage_path: str, max_failures: int, callbacks: list
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
             worker_runtime_env={"env_vars": worker_env()},
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )

@@ -150,7 +150,8 @@ def _summary(runs: list[RunSpec], grid: Any) -> int:
     for result in grid:
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
-            failed[run_id] = " ".join(str(result.error).split())[:300]
+            lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()]
+            failed[run_id] = (lines[-1] if lines else repr(result.error))[:300]
     bad = 0
     print(f"{'run':<40} {'state':<9} {'epochs':>7}  top1")
     for spec in runs:

@@ -289,7 +289,10 @@ def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callab
     record["folder"] = str(folder)
     by_layout: dict[Layout, list[RunSpec]] = {}
     for r in runs:
-        by_layout.setdefault(layout(r, opts), []).append(r)
+        lay = layout(r, opts)
+        # spec.yaml must tell the truth about the world the run trained with (--nodes/--gpus-per-node win).
+        r = r.model_copy(update={"resources": r.resources.model_copy(update={"num_workers": lay.world_size})})
+        by_layout.setdefault(lay, []).append(r)
     jobs: list = []
     for lay, group in by_layout.items():
         ex = make_executor(folder, opts, lay, name=f"{group[0].study}")
@@ -351,13 +354,17 @@ def wait_for(jobs: list, log: Callable[[str], None]) -> int:
                 f"in {spec.run_dir}")
         except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the task's traceback
             failed += 1
-            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {_last_line(str(exc))}")
+            state = run_state(spec.run_dir) or {}
+            reason = state.get("error") if state.get("state") == "failed" else None
+            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {reason or _error_line(str(exc))}")
     return failed
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("  File ")]
-    return lines[-1] if lines else "no message"
+def _error_line(text: str) -> str:
+    """The exception line of a traceback in submitit's error text."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    found = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", ln)]
+    return (found or lines or ["no message"])[-1]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -426,7 +433,7 @@ def _options(args: argparse.Namespace) -> tuple[SlurmOptions | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     opts, errors = _options(args)
     if not args.local and shutil.which("sbatch") is None:
         errors.append("sbatch not found: this machine has no Slurm client; add --local to run the same jobs here "

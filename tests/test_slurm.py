@@ -1,0 +1,158 @@
+"""The Slurm path against a real private Slurm 22.05 (tests/slurm/cluster.py starts and stops it).
+
+Tiny ViT, 2 epochs on the shipped digits; each job pays ~30 s of imports on a loaded 2-core machine,
+so the scenarios share jobs where they can.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "slurm"))
+from harness import TIMING_COLUMNS, events, job_state, session_cluster, status, wait_until, write_config  # noqa: E402
+
+from orchestrator import slurm  # noqa: E402
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    yield from session_cluster(pytest.skip)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return pq.read_table(Path(run_dir) / "metrics.parquet").to_pylist()
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def _local_reference(spec, out: Path) -> list[dict]:
+    """The same run through the local engine (jobs.local.LocalContext), as `python -m jobs train` runs it."""
+    import torch
+
+    from jobs.local import LocalContext
+    from jobs.train import train_loop
+
+    spec = spec.model_copy(update={"output_root": out})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what the Slurm task gets (cpus_per_task=1)
+    try:
+        with LocalContext(spec.run_dir, use_gpu=False) as ctx:
+            train_loop(spec, ctx)
+    finally:
+        torch.set_num_threads(threads)
+    return _rows(spec.run_dir)
+
+
+@pytest.mark.slow
+def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data, tmp_path, capsys):
+    """4 runs as one array (2 at a time); one task fails, is reported, and --resume reruns only it;
+    the finished runs' metrics equal the local engine's for the same seed."""
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "study.yaml", demo_data.root, out, "arr", seeds=[0, 1],
+                       conditions={"baseline": {}, "grouped": {"strategies": [{"name": "grouped",
+                                                                               "params": {"group_size": 2}}]}})
+    broken = out / "arr" / "grouped-s1"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("a file where the run directory should be: this run's task fails")
+
+    rc = slurm.main([str(cfg), "--partition", "low", "--time", "10", "--array-parallelism", "2", "--wait"])
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    record = json.loads((out / "arr" / slurm.JOBS_FILE).read_text())
+    ids = {run: e["job_id"] for run, e in record["runs"].items()}
+    assert sorted(ids) == ["baseline-s0", "baseline-s1", "grouped-s0", "grouped-s1"]
+    assert len({j.split("_")[0] for j in ids.values()}) == 1 and all("_" in j for j in ids.values()), ids  # one array
+    failed = [ln for ln in text.splitlines() if "FAILED" in ln]
+    assert len(failed) == 1 and "grouped-s1" in failed[0], text
+    for run in ("baseline-s0", "baseline-s1", "grouped-s0"):
+        assert status(out / "arr" / run)["state"] == "finished"
+        assert [r["epoch"] for r in _rows(out / "arr" / run)] == [1, 2]
+
+    # The Slurm run and the local engine agree on every non-timing column, for the same seed.
+    from orchestrator.study import load_study
+
+    spec = next(r for r in load_study(cfg).expand() if r.run_id == "baseline-s0")
+    reference = _local_reference(spec, tmp_path / "local")
+    assert _comparable(_rows(out / "arr" / "baseline-s0")) == _comparable(reference)
+
+    # slurm-status sees accounting's states.
+    assert slurm.status_main([str(out / "arr")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("COMPLETED") == 3 and "FAILED" in table, table
+
+    broken.unlink()
+    rc = slurm.main([str(cfg), "--partition", "low", "--time", "10", "--resume", "--wait"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "submitting 1 run(s)" in text and "grouped-s1: job" in text, text
+    record2 = json.loads((out / "arr" / slurm.JOBS_FILE).read_text())
+    assert record2["runs"]["grouped-s1"]["history"][0] == ids["grouped-s1"]
+    assert len(record2["runs"]["grouped-s1"]["history"]) == 2
+    assert all(record2["runs"][r]["history"] == [ids[r]] for r in ids if r != "grouped-s1")
+    assert status(broken)["state"] == "finished"
+
+    # Nothing left to do: a second --resume submits nothing.
+    assert slurm.main([str(cfg), "--resume"]) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, capsys):
+    """One 4-epoch run, interrupted three ways: preempted by a high-priority job, USR2 from outside (both go
+    through checkpoint()), and a plain `scontrol requeue` (no checkpoint() call). It resumes each time from its
+    last checkpoint, finishes, records resumed_from, and has every epoch exactly once."""
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=4, run_id="r0")
+    run_dir = out / "pre" / "r0"
+    assert slurm.main([str(cfg), "--partition", "low", "--time", "15"]) == 0
+    capsys.readouterr()
+    job = json.loads((out / "pre" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+
+    def reached(epoch: int):
+        return lambda: status(run_dir).get("epoch", 0) >= epoch and status(run_dir).get("state") == "running"
+
+    # 1. preemption: a job on the high partition that needs the whole node.
+    wait_until("epoch 1", reached(1), 240)
+    subprocess.run(["sbatch", "-p", "high", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"], check=True,
+                   capture_output=True)
+    wait_until("requeue after preemption", lambda: len(events(run_dir, "requeue")) >= 1, 120)
+    wait_until("first resume", lambda: len(events(run_dir, "resume")) >= 1, 240)
+
+    # 2. USR2 from outside.
+    wait_until("epoch 2", reached(2), 240)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+    wait_until("requeue after USR2", lambda: len(events(run_dir, "requeue")) >= 2, 120)
+    wait_until("second resume", lambda: len(events(run_dir, "resume")) >= 2, 240)
+
+    # 3. plain requeue: no checkpoint() call, the job restarts from its last saved checkpoint.
+    wait_until("epoch 3", reached(3), 240)
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+    wait_until("third resume", lambda: len(events(run_dir, "resume")) >= 3, 240)
+    wait_until("the run to finish", lambda: status(run_dir).get("state") == "finished", 300)
+    wait_until("the job to leave the queue", lambda: job_state(job) in ("GONE", "COMPLETED"), 60)
+
+    assert len(events(run_dir, "requeue")) == 2  # only the signalled interruptions called checkpoint()
+    rows = _rows(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["resumed_from"] is None
+    assert rows[-1]["resumed_from"] == 3
+    assert {r["resumed_from"] for r in rows[1:]} <= {1, 2, 3}
+    attempts = events(run_dir, "slurm")
+    assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
+
+
+def test_unknown_partition_is_one_line(slurm_cluster, demo_data, tmp_path, capsys):
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "bad", run_id="r0")
+    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1 and "sbatch refused the job" in err[0] and "partition" in err[0].lower(), err
