@@ -60,18 +60,19 @@ def pareto(summary: pd.DataFrame, path: Path) -> Path:
     """Params vs final top-1, one marker per condition (error bar: std over seeds), Pareto front dashed."""
     fig, (ax,) = _new()
     pts = summary.dropna(subset=["params", "final_top1_mean"])
+    unit, scale = ("M", 1e6) if pts["params"].max() >= 1e6 else ("K", 1e3)
     for i, (_, r) in enumerate(pts.iterrows()):
-        ax.errorbar(r["params"] / 1e6, r["final_top1_mean"],
+        ax.errorbar(r["params"] / scale, r["final_top1_mean"],
                     yerr=r["final_top1_std"] if np.isfinite(r["final_top1_std"]) else None,
                     fmt="o", ms=7, capsize=4, color=COLORS[i % len(COLORS)])
-        ax.annotate(r["name"], (r["params"] / 1e6, r["final_top1_mean"]), textcoords="offset points",
+        ax.annotate(r["name"], (r["params"] / scale, r["final_top1_mean"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     front = _pareto_front(pts["params"].to_numpy(float), pts["final_top1_mean"].to_numpy(float))
     if len(front) > 1:
         f = pts.iloc[front]
-        ax.plot(f["params"] / 1e6, f["final_top1_mean"], "--", color="gray", lw=1, label="Pareto front")
+        ax.plot(f["params"] / scale, f["final_top1_mean"], "--", color="gray", lw=1, label="Pareto front")
     ax.margins(x=0.15, y=0.15)
-    ax.set_xlabel("parameters (M)")
+    ax.set_xlabel(f"parameters ({unit})")
     ax.set_ylabel("final top-1 (%)")
     ax.set_title("Parameters vs accuracy (mean ± std over seeds)")
     ax.grid(alpha=0.3)

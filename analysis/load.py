@@ -179,6 +179,16 @@ def _conform(table: pa.Table) -> tuple[pa.Table | None, list[str], list[str]]:
     return pa.Table.from_arrays(columns, schema=METRICS_SCHEMA), [], warnings
 
 
+def _is_spec_list(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("params", {}), dict)
+        for s in value)
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
 def read_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[str]]:
     """One run's rows, deduplicated per epoch. Returns (frame, errors, warnings); frame None on errors."""
     path = run_dir / METRICS_FILE
@@ -201,6 +211,11 @@ def read_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[st
             df[col] = [canonical_json(v, default) for v in df[col]]
         except ValueError as exc:
             return None, [f"{METRICS_FILE} column {col} is not valid JSON ({_first_line(exc)})"], warnings
+    for col, ok, what in (("strategy_params", _is_spec_list, 'a JSON list of {"name", "params"}'),
+                          ("ablation", _is_object, "a JSON object")):
+        bad = [v for v in df[col].unique() if not ok(json.loads(v))]
+        if bad:
+            return None, [f"{METRICS_FILE} column {col} must hold {what}, found {bad[0][:80]}"], warnings
     for col in CONSTANT_COLUMNS:
         values = df[col].dropna().unique()
         if len(values) > 1:

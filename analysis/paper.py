@@ -80,8 +80,12 @@ def claims_markdown(pairs: list[tuple[PaperRow, pd.Series]]) -> str:
         if not (math.isfinite(mine) and math.isfinite(ref)):
             rows.append([claim, paper_text, "–", "no data"])
             return
+        shown = f"{format(mine, fmt)} vs {format(ref, fmt)}"
+        if format(mine, fmt) == format(ref, fmt):
+            rows.append([claim, paper_text, shown, "tie"])
+            return
         holds = mine > ref if want_greater else mine < ref
-        rows.append([claim, paper_text, f"{format(mine, fmt)} vs {format(ref, fmt)}", "yes" if holds else "no"])
+        rows.append([claim, paper_text, shown, "yes" if holds else "no"])
 
     for p, r in pairs:
         if p.strategy == "baseline":

@@ -147,7 +147,10 @@ def _as_int(x) -> int | None:
 
 
 def _key(r) -> str:
-    return json.dumps([r.model, json.loads(r.strategy_params), json.loads(r.ablation)], sort_keys=True)
+    # The label is part of the key: a study's named conditions may differ only by run-spec overrides
+    # (say train.lr), which neither strategy_params nor ablation record.
+    label = r.condition if isinstance(r.condition, str) else ""
+    return json.dumps([r.model, label, json.loads(r.strategy_params), json.loads(r.ablation)], sort_keys=True)
 
 
 def is_baseline(strategy_params: str) -> bool:
@@ -164,7 +167,7 @@ def strategy_flat(strategy_params: str) -> dict[str, object]:
     return out
 
 
-def _label(strategy: str | None, strategy_params: str, ablation: str) -> str:
+def _label(strategy: str | None, strategy_params: str) -> str:
     if strategy:
         return strategy
     names = [s.get("name", "?") for s in json.loads(strategy_params)]
@@ -187,7 +190,7 @@ def _display_names(summary: pd.DataFrame) -> list[str]:
     names = []
     for r in summary.itertuples():
         label = r.condition if isinstance(r.condition, str) and r.condition else _label(
-            r.strategy, r.strategy_params, r.ablation)
+            r.strategy, r.strategy_params)
         names.append(PRETTY_NAMES.get(label, label))
     if summary["model"].nunique() > 1:
         names = [f"{n} ({m})" for n, m in zip(names, summary["model"])]
@@ -233,13 +236,13 @@ def _baseline_for(cond: pd.Series, summary: pd.DataFrame) -> tuple[int | None, s
         shared = set(mine) & set(theirs)
         if any(mine[k] != theirs[k] for k in shared):
             continue
-        scored.append((len(shared), -len(set(theirs) - shared), i))
+        scored.append((len(shared), -len(set(theirs) - shared), b["condition"] == "baseline", i))
     if not scored:
         return None, "no baseline condition with the same ablation values"
-    scored.sort(reverse=True)
-    if len(scored) > 1 and scored[0][:2] == scored[1][:2]:
+    scored.sort(key=lambda t: t[:3], reverse=True)
+    if len(scored) > 1 and scored[0][:3] == scored[1][:3]:
         return None, "several baseline conditions fit equally; not tested"
-    return scored[0][2], None
+    return scored[0][3], None
 
 
 @dataclass

@@ -35,6 +35,13 @@ def fmt_pm(mean, std, decimals: int = 2, thousands: bool = False) -> str:
     return f"{text}±{format(std, spec)}" if _finite(std) else text
 
 
+def fmt_gflops(x) -> str:
+    """One decimal like the paper (16.9); three significant digits for toy models (0.00435)."""
+    if not _finite(x):
+        return DASH
+    return f"{x:.1f}" if x >= 1 else f"{x:.3g}"
+
+
 def fmt_num(x, decimals: int = 1) -> str:
     return format(float(x), f".{decimals}f") if _finite(x) else DASH
 
@@ -64,7 +71,7 @@ def results_rows(summary: pd.DataFrame, prefix: str = "") -> list[list[str]]:
 
 def arch_rows(summary: pd.DataFrame) -> list[list[str]]:
     return [[r["name"], fmt_count(r["params"]), fmt_count(r["mlp_params"]),
-             fmt_num(r["unique_mlps"], 0), fmt_num(r["gflops"], 1 if r["gflops"] >= 1 else 3),
+             fmt_num(r["unique_mlps"], 0), fmt_gflops(r["gflops"]),
              fmt_num(r["expansion_ratio"], 1)]
             for _, r in summary.iterrows()]
 

@@ -44,7 +44,8 @@ def parse_rand_augment(config: str, img_mean: tuple[int, int, int] = (124, 116, 
 
 
 # --------------------------------------------------------------------------- tensor ops
-# x: float (B, 3, H, W) with values 0..255; a: (B,) float32 argument per sample (from level_fn).
+# x: float (B, 3, H, W) with integer values 0..255; a: (B,) argument per sample (from level_fn).
+# Each op returns integer values again (PIL works on uint8).
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """PIL's L conversion (ITU-R 601-2 luma), rounded like PIL."""
@@ -52,8 +53,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL Image.blend: computed in float, clipped, truncated to uint8."""
     f = factor.view(-1, 1, 1, 1)
-    return degenerate + f * (x - degenerate)
+    return torch.floor((degenerate + f * (x - degenerate)).clamp(0, 255))
 
 
 def _auto_contrast(x, a, fill):
@@ -120,7 +122,7 @@ def _affine(x: torch.Tensor, m: torch.Tensor, fill: torch.Tensor) -> torch.Tenso
     ones = torch.ones_like(x[:, :1])
     out = F.grid_sample(torch.cat([x, ones], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = out[:, 3:]
-    return out[:, :3] + (1 - inside) * fill.view(1, 3, 1, 1)
+    return torch.floor(out[:, :3] + (1 - inside) * fill.view(1, 3, 1, 1) + 0.5)
 
 
 def _matrix(B, device, **entries) -> torch.Tensor:
@@ -186,8 +188,8 @@ TENSOR_OPS: dict[str, TensorOp] = {
 
 
 def apply_op(name: str, x: torch.Tensor, arg: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """One op on a batch (every sample with its own argument), rounded to 0..255 integers like PIL."""
-    return torch.floor(TENSOR_OPS[name](x, arg.to(x.device, x.dtype), fill) + 0.5).clamp(0, 255)
+    """One op on a batch (every sample with its own argument); like PIL, values stay integers 0..255."""
+    return TENSOR_OPS[name](x, arg.to(x.device, x.dtype), fill).clamp(0, 255)
 
 
 # --------------------------------------------------------------------------- sampling

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import random
 import socket
@@ -354,7 +355,9 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
     bad = torch.zeros((), dtype=torch.int64, device=device)
     t0 = time.perf_counter()
     batch = start_batch
-    for images, labels in isolated_batches(run.train_loader, device):
+    # len() is the contract (every rank runs the same number of batches); never read past it.
+    batches = itertools.islice(isolated_batches(run.train_loader, device), n_batches - start_batch)
+    for images, labels in batches:
         group_start = (batch // accum) * accum
         group_size = min(accum, n_batches - group_start)
         last_micro = batch + 1 == group_start + group_size

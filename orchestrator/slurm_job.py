@@ -59,7 +59,6 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def __init__(self, spec: dict[str, Any]):
         # A plain dict survives code changes between submission and a requeue better than a pickled model.
         self.spec = spec
-        self.attempt = 0
 
     @property
     def run_spec(self) -> RunSpec:
@@ -69,11 +68,12 @@ class SlurmRun(submitit.helpers.Checkpointable):
         from jobs.train import train_loop
 
         spec = self.run_spec
-        self.attempt += 1
+        # Slurm counts requeues (preemption, USR2, scontrol requeue, node failure) itself.
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         with SlurmContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
             if ctx.rank == 0:
                 spec.run_dir.mkdir(parents=True, exist_ok=True)
-                EventLog(spec.run_dir, 0)("slurm", f"job {ctx.job_id} attempt {self.attempt} on {socket.gethostname()}, "
+                EventLog(spec.run_dir, 0)("slurm", f"job {ctx.job_id} restart {restarts} on {socket.gethostname()}, "
                                                    f"{ctx.world_size} task(s), device {ctx.device}")
             return train_loop(spec, ctx)
 

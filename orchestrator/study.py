@@ -147,7 +147,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         axes = StudyAxes.model_validate(study_raw)
     except ValidationError as exc:
         errors.extend(format_validation_error(exc))
-        axes = StudyAxes()  # still expand the runs with the defaults, to report their errors too
+        axes = _valid_part(study_raw)  # still expand with what is valid, to report the runs' errors too
     base: dict[str, Any] = {}
     if axes.base:
         try:
@@ -160,10 +160,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     errors.extend(axis_errors)
     if axis_errors:
         axes = _without_bad_axes(axes)
-    runs, run_errors = _expand(axes, base)
+    runs, run_errors, invalid = _expand(axes, base)
     errors.extend(run_errors)
-    if cluster is not None and runs:
-        errors.extend(check_fits(runs, cluster))
+    judged = runs + invalid
+    if cluster is not None and judged:
+        errors.extend(check_fits(judged, cluster))
     if errors:
         raise SpecError(errors)
     return StudySpec(path=path, axes=axes, runs=runs)
@@ -248,6 +249,17 @@ def _check_axes(axes: StudyAxes) -> list[str]:
     return errors
 
 
+def _valid_part(study_raw: dict) -> StudyAxes:
+    good = {}
+    for key, value in study_raw.items():
+        try:
+            StudyAxes.model_validate({key: value})
+            good[key] = value
+        except ValidationError:
+            pass
+    return StudyAxes.model_validate(good)
+
+
 def _without_bad_axes(axes: StudyAxes) -> StudyAxes:
     """The study minus the axes _check_axes rejected (so the runs can still be checked)."""
     used = {s.get("name") for c in axes.conditions.values() for s in c.strategies if isinstance(s, dict)}
@@ -281,8 +293,10 @@ def _short_names(axes: list[str]) -> dict[str, str]:
     return {a: (s if last.count(s) == 1 else a) for a, s in zip(axes, last)}
 
 
-def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str]]:
+def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str], list]:
+    """(valid runs, error lines, resource requests of the invalid runs: still judged against the cluster)."""
     runs: list[RunSpec] = []
+    invalid: list = []
     errors: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
     for cond_name, cond in axes.conditions.items():
@@ -310,9 +324,22 @@ def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str]]:
                 spec, errs = _validate_run(data)
                 if errs:
                     errors[label] = errs
+                    invalid.append(_resources_only(label, data))
                 else:
                     runs.append(spec)
-    return runs, _merge_run_errors(errors, total=len(seen))
+    return runs, _merge_run_errors(errors, total=len(seen)), [r for r in invalid if r is not None]
+
+
+def _resources_only(label: str, data: dict):
+    """run_id + resources of an invalid run, when its resources section is valid by itself."""
+    from types import SimpleNamespace
+
+    from jobs.spec import ResourcesConfig
+
+    try:
+        return SimpleNamespace(run_id=label, resources=ResourcesConfig.model_validate(data.get("resources", {})))
+    except ValidationError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:

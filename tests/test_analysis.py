@@ -55,15 +55,16 @@ SPECS = {"baseline": BASELINE, "grouped": GROUPED, "shallow": SHALLOW}
 
 def write_run(study: Path, run_id: str, condition: str, seed: int, top1: list[float], *,
               strategy_params=None, ablation: dict | None = None, model: str = MODEL,
-              epochs_total: int = EPOCHS, arch=None, img_s=None, state: str | None = None) -> Path:
+              epochs_total: int = EPOCHS, arch=None, img_s=None, state: str | None = None,
+              strategy: str | None = None) -> Path:
     run = study / run_id
     run.mkdir(parents=True)
-    strategy = condition.split("[")[0]
+    strategy = strategy or condition.split("[")[0]
     params, mlp_params, unique, hidden, gflops, *gmacs = arch or ARCH[strategy]
     img_s = img_s or TRAIN_IMG_S[strategy]
     rows = [{
         "study": study.name, "run_id": run_id, "condition": condition, "strategy": strategy,
-        "strategy_params": json.dumps(strategy_params or SPECS[strategy]),
+        "strategy_params": json.dumps(SPECS[strategy] if strategy_params is None else strategy_params),
         "ablation": json.dumps(ablation or {}), "model": model, "seed": seed, "epoch": e + 1,
         "epochs_total": epochs_total, "lr": 1e-3, "train_loss": 5.0 - e * 0.1,
         "top1": v, "top5": v + 30.0, "ema_top1": v + 0.5, "ema_top5": v + 30.5,
@@ -276,6 +277,23 @@ def test_ablation_axis_bench_and_malformed_runs(tmp_path):
     assert rows["not-started"]["condition"] == "shallow" and rows["not-started"]["seed"] == "3"
 
 
+def test_include_incomplete_and_conditions_told_apart_by_label(paper_study, tmp_path):
+    rep = build_report(paper_study, tmp_path / "all", include_incomplete=True)
+    sh = _row(rep.summary, "shallow")
+    assert sh["n_seeds"] == 3 and sh["final_top1_mean"] == pytest.approx((41.0 + 42.5 + 28.0) / 3)
+    # same strategies and ablation, different run-spec overrides: only the label tells them apart
+    study = tmp_path / "labels"
+    for seed in (0, 1):
+        write_run(study, f"baseline-s{seed}", "baseline", seed, CURVES[("baseline", seed)], strategy_params=[])
+        write_run(study, f"baseline_lowlr-s{seed}", "baseline_lowlr", seed, [5.0] * EPOCHS, strategy_params=[],
+                  strategy="baseline")
+        write_run(study, f"grouped-s{seed}", "grouped", seed, CURVES[("grouped", seed)])
+    s = build_report(study, tmp_path / "labels-out").summary.set_index("name")
+    assert s.loc["baseline_lowlr", "final_top1_mean"] == 5.0 and s.loc["Baseline", "final_top1_mean"] == 40.5
+    assert s.loc["GroupedMLP", "baseline"] == "Baseline"
+    assert s.loc["GroupedMLP", "diff_final_top1"] == pytest.approx(2.75)
+
+
 def test_resumed_duplicate_epochs_use_later_rows(tmp_path):
     study = tmp_path / "resumed"
     run = write_run(study, "baseline-s0", "baseline", 0, [10.0, 20.0, 30.0, 40.0], epochs_total=4)
@@ -289,6 +307,25 @@ def test_resumed_duplicate_epochs_use_later_rows(tmp_path):
     assert study_obj.metrics.loc[study_obj.metrics["epoch"] == 3, "top1"].tolist() == [31.0]
     assert bool(runs.loc[0, "resumed"])
     assert any("epochs 3 recorded more than once" in p.reason for p in study_obj.problems)
+
+
+def test_malformed_runs_each_get_a_reason(tmp_path):
+    study = tmp_path / "malformed"
+    write_run(study, "dict-spec", "baseline", 0, [1.0, 2.0], strategy_params={"name": "x"}, epochs_total=2)
+    mixed = write_run(study, "mixed-seeds", "baseline", 0, [1.0, 2.0], epochs_total=2)
+    rows = pq.read_table(mixed / "metrics.parquet").to_pylist()
+    rows[1]["seed"] = 7
+    pq.write_table(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), mixed / "metrics.parquet")
+    bad_status = write_run(study, "bad-status", "baseline", 0, [1.0, 2.0], epochs_total=2)
+    (bad_status / "status.json").write_text("{not json")
+    st = load_study(study)
+    reasons = {p.run: (p.reason, p.excluded) for p in st.problems}
+    assert reasons["dict-spec"] == ('metrics.parquet column strategy_params must hold a JSON list of '
+                                    '{"name", "params"}, found {"name": "x"}', True)
+    assert reasons["mixed-seeds"][0].startswith("metrics.parquet mixes several values of seed (0, 7)")
+    assert reasons["bad-status"][0].startswith("status.json unreadable (JSONDecodeError")
+    assert reasons["bad-status"][1] is False  # its metrics are still used
+    assert [r.run_id for r in st.runs if r.usable] == ["bad-status"]
 
 
 def test_embed_dim_from_mlp_counts():

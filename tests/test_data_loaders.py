@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from data.config import DataConfig
 from data.demo import prepare_demo
 from data.loaders import build_train_loader, build_val_loader
 from data.order import train_order, val_order
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers
 
 PLAIN = dict(auto_augment=None, reprob=0.0, hflip=0.0)  # no random augmentation beyond the crop
 IDENTITY_CROP = dict(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0))  # 32x32 images: the crop is the image
@@ -33,8 +36,8 @@ def cfg_for(demo, backend="ffcv", **kw) -> DataConfig:
     return DataConfig(**{**base, **kw})
 
 
-def collect(loader):
-    xs, ys = zip(*[(x.clone(), y.clone()) for x, y in loader])
+def collect(loader, max_batches: int | None = None):
+    xs, ys = zip(*[(x.clone(), y.clone()) for x, y in islice(loader, max_batches)])
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -67,14 +70,13 @@ def test_train_deterministic_resume_and_reshuffle(demo):
     b.set_epoch(1, start_batch=15)
     xb, yb = collect(b)
     assert torch.equal(xb, xa[15 * 64:]) and torch.equal(yb, ya[15 * 64:])
-    b.set_epoch(1)
-    assert torch.equal(collect(b)[0], xa)  # start_batch applies to one iteration only
+    assert torch.equal(collect(b, 2)[0], xa[:128])  # start_batch applies to one iteration only
     b.set_epoch(2)
-    x2, y2 = collect(b)
-    assert not torch.equal(y2, ya)
+    x2, y2 = collect(b, 2)
+    assert not torch.equal(y2, ya[:128])
     c = build_train_loader(cfg, batch_size=64, seed=8)
     c.set_epoch(1)
-    assert not torch.equal(collect(c)[1], ya)
+    assert not torch.equal(collect(c, 2)[1], ya[:128])
     # augmentation is on: the same sample never comes out twice identical within an epoch
     assert (xa[0::64] - xa[1::64]).abs().mean() > 0.1
 
@@ -83,8 +85,8 @@ def test_sharding_two_ranks_disjoint_and_covering(demo):
     # identify samples by their (deterministic) pixels: identity crop, no augmentation
     cfg = cfg_for(demo, aug_repeats=1, **PLAIN, **IDENTITY_CROP)
     ref_x, ref_y = collect(build_val_loader(cfg_for(demo, crop_pct=1.0), batch_size=360))
-    ref_train = torch.cat([collect(build_val_loader(cfg.model_copy(update={"val_path": demo.train_beton}),
-                                                    batch_size=512))[0]])
+    ref_train = collect(build_val_loader(cfg.model_copy(update={"val_path": demo.train_beton, "crop_pct": 1.0}),
+                                         batch_size=512))[0]
     keys = {tuple(v.flatten()[::37].tolist()): i for i, v in enumerate(ref_train)}
     assert len(keys) == len(ref_train) == 1437
     seen = []
@@ -104,42 +106,41 @@ def test_sharding_two_ranks_disjoint_and_covering(demo):
     assert torch.equal(parts[1][0], ref_x[1::2]) and torch.equal(parts[0][1], ref_y[0::2])
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
 def test_repeated_augmentation_order(world):
+    """DeiT RASampler: each kept sample has `reps` views spread over the ranks, the epoch keeps
+    floor(n/256)*256 samples in total (as many as without repetition), reshuffled per epoch."""
     n, reps = 1000, 3
     ranks = [train_order(n, seed=1, epoch=0, rank=r, world_size=world, aug_repeats=reps) for r in range(world)]
-    assert all(len(o) == n // 256 * 256 // world for o in ranks)  # DeiT epoch length
-    # before truncation every sample has exactly `reps` copies (plus DeiT's wrap-around padding)
-    full = [train_order(n, seed=1, epoch=0, rank=r, world_size=world, aug_repeats=reps, selected_round=0)
-            for r in range(world)]
-    untruncated = np.concatenate([np.repeat(np.random.default_rng(0).permutation(4), 1)])  # placeholder type
-    assert untruncated.dtype.kind == "i"
+    keep = n // 256 * 256 // world
+    assert all(len(o) == keep for o in ranks)
     counts = Counter(np.concatenate(ranks).tolist())
-    assert max(counts.values()) <= reps
-    if world >= reps:
-        # the copies of a sample go to different ranks
-        for o in ranks:
+    assert max(counts.values()) == reps
+    full_views = sum(1 for c in counts.values() if c == reps)
+    assert full_views * reps >= keep * world - 2 * reps * world  # only the cut at the end splits a sample
+    if world == reps:
+        # the three views of a sample go to the three ranks, at the same position
+        assert all(np.array_equal(o, ranks[0]) for o in ranks) and len(set(ranks[0].tolist())) == keep
+    if world == 1:
+        o = ranks[0][: keep // reps * reps]
+        assert np.array_equal(o[0::3], o[1::3]) and np.array_equal(o[0::3], o[2::3])
+    if world > reps:
+        for o in ranks:  # never two views of one sample on the same rank
             assert len(set(o.tolist())) == len(o)
-    else:
-        # one rank gets several consecutive copies of the same sample
-        assert any((o[1:] == o[:-1]).any() for o in ranks)
-    assert all(len(f) == -(-n // world) for f in full)
-    epoch1 = train_order(n, seed=1, epoch=1, rank=0, world_size=world, aug_repeats=reps)
-    assert not np.array_equal(epoch1, ranks[0])
+    epoch1 = [train_order(n, seed=1, epoch=1, rank=r, world_size=world, aug_repeats=reps) for r in range(world)]
+    assert not np.array_equal(epoch1[0], ranks[0])
+    # small datasets (< selected_round) keep ceil(n / world) per rank instead of nothing
+    assert len(train_order(100, seed=1, epoch=0, rank=0, world_size=world, aug_repeats=reps)) == -(-100 // world)
 
 
-def test_repeated_augmentation_covers_every_sample_reps_times():
-    n, reps, world = 512, 3, 2
-    per_rank = -(-n * reps // world)
-    lists = [train_order(n, seed=5, epoch=0, rank=r, world_size=world, aug_repeats=reps, selected_round=1)
-             for r in range(world)]
-    # selected_round=1 keeps floor(n/1)*1/world = n/world per rank: a 1/reps share of the repeated list
-    assert all(len(o) == n // world for o in lists)
-    from data.order import train_order as to
-    assert per_rank * world >= n * reps
-    whole = np.concatenate([np.asarray(to(n, seed=5, epoch=0, rank=r, world_size=world, aug_repeats=reps,
-                                          selected_round=0)) for r in range(world)])
-    assert len(whole) == 2 * -(-n // world)
+def test_plain_sharding_order_covers_each_sample_once():
+    n, world = 1001, 4
+    ranks = [train_order(n, seed=2, epoch=5, rank=r, world_size=world) for r in range(world)]
+    allidx = np.concatenate(ranks)
+    assert len(allidx) == 4 * 251 and set(allidx.tolist()) == set(range(n))  # DistributedSampler padding: 3 repeats
+    assert len(allidx) - len(set(allidx.tolist())) == 3
+    assert sorted(np.concatenate([val_order(n, rank=r, world_size=world) for r in range(world)]).tolist()) == \
+        list(range(n))
 
 
 def test_repeated_augmentation_in_loader_gives_different_views(demo):

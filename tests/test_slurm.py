@@ -30,8 +30,8 @@ def _rows(run_dir: Path) -> list[dict]:
     return pq.read_table(Path(run_dir) / "metrics.parquet").to_pylist()
 
 
-def _comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+def _comparable(rows: list[dict], drop: tuple[str, ...] = ()) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS + drop} for r in rows]
 
 
 def _local_reference(spec, out: Path) -> list[dict]:
@@ -107,11 +107,14 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
 
 @pytest.mark.slow
 def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, capsys):
-    """One 4-epoch run, interrupted three ways: preempted by a high-priority job, USR2 from outside (both go
-    through checkpoint()), and a plain `scontrol requeue` (no checkpoint() call). It resumes each time from its
-    last checkpoint, finishes, records resumed_from, and has every epoch exactly once."""
+    """One run, interrupted three ways: preempted by a high-priority job, USR2 from outside (both go through
+    checkpoint()), and a plain `scontrol requeue` (no checkpoint() call). It resumes each time from its last
+    checkpoint, finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
+    uninterrupted run."""
     out = tmp_path / "runs"
-    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=4, run_id="r0")
+    # 4 repeats per sample make an epoch a few seconds, so each interruption lands mid-run.
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=6, run_id="r0",
+                       overrides={"data": {"aug_repeats": 4}})
     run_dir = out / "pre" / "r0"
     assert slurm.main([str(cfg), "--partition", "low", "--time", "15"]) == 0
     capsys.readouterr()
@@ -120,34 +123,47 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     def reached(epoch: int):
         return lambda: status(run_dir).get("epoch", 0) >= epoch and status(run_dir).get("state") == "running"
 
+    def resumes() -> list[int]:
+        return [int(ln.split(": epoch ")[1].split()[0]) for ln in events(run_dir, "resume")]
+
     # 1. preemption: a job on the high partition that needs the whole node.
-    wait_until("epoch 1", reached(1), 240)
+    wait_until("epoch 1", reached(1), 240, every=0.1)
     subprocess.run(["sbatch", "-p", "high", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"], check=True,
                    capture_output=True)
     wait_until("requeue after preemption", lambda: len(events(run_dir, "requeue")) >= 1, 120)
-    wait_until("first resume", lambda: len(events(run_dir, "resume")) >= 1, 240)
+    wait_until("first resume", lambda: len(resumes()) >= 1, 240)
 
-    # 2. USR2 from outside.
-    wait_until("epoch 2", reached(2), 240)
+    # 2. USR2 from outside, one epoch after the resume.
+    wait_until("an epoch after the resume", reached(resumes()[-1] + 1), 240, every=0.1)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
     wait_until("requeue after USR2", lambda: len(events(run_dir, "requeue")) >= 2, 120)
-    wait_until("second resume", lambda: len(events(run_dir, "resume")) >= 2, 240)
+    wait_until("second resume", lambda: len(resumes()) >= 2, 240)
 
     # 3. plain requeue: no checkpoint() call, the job restarts from its last saved checkpoint.
-    wait_until("epoch 3", reached(3), 240)
+    wait_until("an epoch after the resume", reached(resumes()[-1] + 1), 240, every=0.1)
+    requeued_at = status(run_dir)["epoch"]
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-    wait_until("third resume", lambda: len(events(run_dir, "resume")) >= 3, 240)
+    wait_until("third resume", lambda: len(resumes()) >= 3, 240)
     wait_until("the run to finish", lambda: status(run_dir).get("state") == "finished", 300)
     wait_until("the job to leave the queue", lambda: job_state(job) in ("GONE", "COMPLETED"), 60)
 
     assert len(events(run_dir, "requeue")) == 2  # only the signalled interruptions called checkpoint()
-    rows = _rows(run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["resumed_from"] is None
-    assert rows[-1]["resumed_from"] == 3
-    assert {r["resumed_from"] for r in rows[1:]} <= {1, 2, 3}
     attempts = events(run_dir, "slurm")
     assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
+    starts = resumes()
+    assert starts[0] >= 1 and starts[1] > starts[0] and starts[2] >= requeued_at, starts
+    assert starts[2] < 6, "the plain requeue came after the run finished: nothing was tested"
+    rows = _rows(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(1, 7))
+    # Each row names the checkpoint epoch its process resumed from (None before the first interruption).
+    expected = [next((s for s in reversed(starts) if s < r["epoch"]), None) for r in rows]
+    assert [r["resumed_from"] for r in rows] == expected
+    assert rows[-1]["resumed_from"] == starts[-1]
+
+    # Exact resume: the same metrics as an uninterrupted run through the local engine.
+    spec, = slurm.load_runs(cfg, [])[0]
+    assert _comparable(_rows(run_dir), drop=("resumed_from",)) == _comparable(
+        _local_reference(spec, tmp_path / "local"), drop=("resumed_from",))
 
 
 def test_unknown_partition_is_one_line(slurm_cluster, demo_data, tmp_path, capsys):

@@ -9,7 +9,7 @@ from jobs.spec import RunSpec, SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
-PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+PAPER = [ROOT / "configs" / "paper" / f"{name}.yaml" for name in ("baseline", "grouped", "shallow", "thin")]
 
 
 def _errors(path, overrides) -> list[str]:

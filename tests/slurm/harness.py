@@ -51,7 +51,8 @@ def session_cluster(skip: Callable[[str], None]) -> Iterator[Cluster]:
 
 
 def write_config(path: Path, demo_root: Path, output_root: Path, study: str, *, epochs: int = 2,
-                 seeds: list[int] | None = None, conditions: dict | None = None, run_id: str | None = None) -> Path:
+                 seeds: list[int] | None = None, conditions: dict | None = None, run_id: str | None = None,
+                 overrides: dict | None = None) -> Path:
     """A run spec (no seeds/conditions) or a study YAML with the tiny ViT on the shipped digits."""
     cfg: dict = {
         "model": TINY_MODEL, "data_root": str(demo_root), "data": TINY_DATA,
@@ -60,6 +61,8 @@ def write_config(path: Path, demo_root: Path, output_root: Path, study: str, *, 
         "checkpoint": {"every_epochs": 1, "keep_last": 2}, "seed": 0,
         "output_root": str(output_root), "study": study,
     }
+    for section, values in (overrides or {}).items():
+        cfg[section] = {**cfg.get(section, {}), **values}
     if run_id:
         cfg["run_id"] = run_id
     if seeds is not None:

@@ -1,0 +1,148 @@
+"""Loader throughput on one machine: our FFCV loader vs stock FFCV vs torchvision vs the decode ceiling.
+
+    python bench/loader_bench.py --images 5000 --workers 2
+
+Same JPEG tree (bench/data_synth.py: synthetic photos 400-500 px), same output (224 px
+RandomResizedCrop + flip + normalize, float32 NCHW), same number of worker threads/processes. The
+ceiling is libjpeg-turbo (ffcv's imdecode, full decode, no crop/resize) over the same JPEG bytes with
+the same number of threads. Each measurement: a warm-up (compilation, page cache), then full passes
+until --seconds have elapsed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_paths import default_dir  # noqa: E402  (local helper next to this file)
+
+
+def _rate(make_iter, warmup_batches: int, min_seconds: float) -> float:
+    it = make_iter()
+    for _ in range(warmup_batches):
+        next(it)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for x, _ in it:
+            n += x.shape[0]
+        if time.perf_counter() - t0 >= min_seconds:
+            return n / (time.perf_counter() - t0)
+        it = make_iter()
+
+
+def bench_ours(beton: Path, workers: int, bs: int, seconds: float, dct: bool = True) -> float:
+    from data.config import DataConfig
+    from data.loaders import build_train_loader
+
+    cfg = DataConfig(train_path=beton, val_path=beton, img_size=224, num_workers=workers, auto_augment=None,
+                     reprob=0.0, aug_repeats=1, dct_scaling=dct)
+    loader = build_train_loader(cfg, batch_size=bs, seed=0)
+    epoch = iter(range(1000))
+
+    def make():
+        loader.set_epoch(next(epoch))
+        return iter(loader)
+    return _rate(make, 2, seconds)
+
+
+def bench_stock_ffcv(beton: Path, workers: int, bs: int, seconds: float) -> float:
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    loader = Loader(str(beton), batch_size=bs, num_workers=workers, order=OrderOption.RANDOM, drop_last=True,
+                    pipelines={"image": [RandomResizedCropRGBImageDecoder((224, 224)), RandomHorizontalFlip(),
+                                         ToTensor(), ToTorchImage(channels_last=False)],
+                               "label": [IntDecoder(), ToTensor()]})
+
+    def make():
+        return ((((x.float() - mean) / std), y) for x, y in loader)
+    return _rate(make, 2, seconds)
+
+
+def bench_torchvision(tree: Path, workers: int, bs: int, seconds: float) -> float:
+    from torch.utils.data import DataLoader
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    dl = DataLoader(ImageFolder(str(tree), tf), batch_size=bs, shuffle=True, num_workers=workers, drop_last=True,
+                    persistent_workers=True, prefetch_factor=4)
+    return _rate(lambda: iter(dl), 2, seconds)
+
+
+def bench_decode_ceiling(tree: Path, workers: int, seconds: float, limit: int = 2000) -> float:
+    from numba import njit, prange, set_num_threads
+    from PIL import Image
+    from ffcv.libffcv import imdecode
+
+    files = sorted(tree.rglob("*.JPEG"))[:limit]
+    blobs = [np.fromfile(f, dtype=np.uint8) for f in files]
+    dims = np.array([Image.open(f).size[::-1] for f in files], dtype=np.uint32)  # (h, w)
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    data = np.concatenate(blobs)
+    out = np.zeros((workers, int(dims[:, 0].max()) * int(dims[:, 1].max()) * 3), np.uint8)
+    dec = njit(nogil=True)(imdecode)
+
+    @njit(parallel=True, nogil=True)
+    def run(data, offsets, dims, out, nthreads):
+        n = len(dims)
+        per = (n + nthreads - 1) // nthreads
+        for t in prange(nthreads):
+            for k in range(t * per, min(n, (t + 1) * per)):
+                h, w = dims[k, 0], dims[k, 1]
+                dec(data[offsets[k]:offsets[k + 1]], out[t], h, w, h, w, 0, 0, 1, 1, False, False)
+        return n
+
+    set_num_threads(workers)
+    run(data[: offsets[8]], offsets[:9], dims[:8], out, workers)  # compile
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        n += run(data, offsets, dims, out, workers)
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", type=Path, default=default_dir())
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=15.0, help="minimum measured time per loader")
+    p.add_argument("--only", default="ceiling,ours,ours_nodct,stock_ffcv,torchvision")
+    args = p.parse_args(argv)
+    from bench_paths import prepare
+
+    tree, beton = prepare(args.dir, args.images, args.workers)
+    runs = {
+        "ceiling": lambda: bench_decode_ceiling(tree, args.workers, args.seconds),
+        "ours": lambda: bench_ours(beton, args.workers, args.batch_size, args.seconds),
+        "ours_nodct": lambda: bench_ours(beton, args.workers, args.batch_size, args.seconds, dct=False),
+        "stock_ffcv": lambda: bench_stock_ffcv(beton, args.workers, args.batch_size, args.seconds),
+        "torchvision": lambda: bench_torchvision(tree, args.workers, args.batch_size, args.seconds),
+    }
+    res = {}
+    for name in args.only.split(","):
+        res[name] = runs[name]()
+        print(f"{name:12s} {res[name]:8.0f} img/s", flush=True)
+    if "ceiling" in res:
+        for k in res:
+            print(f"{k:12s} {res[k] / res['ceiling']:6.1%} of the decode ceiling")
+    if "torchvision" in res:
+        for k in res:
+            print(f"{k:12s} {res[k] / res['torchvision']:6.2f}x torchvision")
+    print(json.dumps({"images": args.images, "workers": args.workers, "batch_size": args.batch_size,
+                      "img_per_s": {k: round(v, 1) for k, v in res.items()}}))
+    return res
+
+
+if __name__ == "__main__":
+    main()
