@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.stats import strategy_flat
 
@@ -49,6 +50,7 @@ def curves(metrics: pd.DataFrame, runs: pd.DataFrame, summary: pd.DataFrame, pat
             ax.plot(per_epoch.index, per_epoch["mean"], color=color, lw=1.6, label=f"{cond['name']} (n={n})")
             ax.fill_between(per_epoch.index, per_epoch["min"], per_epoch["max"], color=color, alpha=0.2, lw=0)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")

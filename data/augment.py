@@ -1,4 +1,5 @@
-"""Batch-tensor augmentation after decoding: flip -> RandAugment -> normalize -> random erasing.
+"""Batch-tensor augmentation after decoding (crop + flip happen in the source, keyed per sample):
+RandAugment -> normalize -> random erasing.
 
 Runs on the loader's device (GPU when training on GPU). Every random choice of a batch comes from
 a generator seeded with the batch's key (seed, epoch, rank, world, batch number), so the stream
@@ -24,12 +25,18 @@ class Normalize:
         self.dtype = _DTYPES[cfg.dtype]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - self.mean) * self.inv_std)
+        """float NCHW 0..255 (contiguous, owned) -> normalized, in place."""
+        return x.sub_(self.mean).mul_(self.inv_std)
 
 
-def to_nchw(images: torch.Tensor) -> torch.Tensor:
-    """Source batches (uint8 NHWC from both backends) -> NCHW view."""
-    return images.permute(0, 3, 1, 2)
+def to_float_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Source batch (uint8 NHWC, possibly the source's reused buffer) -> new contiguous float NCHW
+    tensor on device, in one pass (after a uint8 host->device copy when needed)."""
+    images = images.to(device, non_blocking=True)
+    n, h, w, c = images.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=device)
+    out.copy_(images.permute(0, 3, 1, 2))
+    return out
 
 
 class TrainAugment:
@@ -44,15 +51,13 @@ class TrainAugment:
 
     def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(key)
-        x = to_nchw(images).to(self.device, non_blocking=True)
-        flip = (torch.rand(x.shape[0], generator=gen) < self.cfg.hflip).to(x.device).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x).float()
+        x = to_float_nchw(images, self.device)
         if self.randaug is not None:
             x = self.randaug(x, gen)
         x = self.norm(x)
         if self.erase is not None:
             x = self._erase(x, int(torch.randint(2**62, (1,), generator=gen)))
-        return x.to(self.norm.dtype).contiguous()
+        return x.to(self.norm.dtype)
 
     def _erase(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         # timm's RandomErasing draws from the global `random` and the device's default torch
@@ -76,5 +81,4 @@ class ValAugment:
         self.norm = Normalize(cfg, device)
 
     def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
-        x = to_nchw(images).to(self.device, non_blocking=True)
-        return self.norm(x).to(self.norm.dtype).contiguous()
+        return self.norm(to_float_nchw(images, self.device)).to(self.norm.dtype)

@@ -90,6 +90,11 @@ class DataConfig(BaseModel):
                 errors.append(f"data.{field}: backend torch needs an ImageNet-layout folder, got {path} "
                               f"(or set data.backend=ffcv for .beton files)")
                 continue
+            if self.backend == "ffcv":
+                problem = beton_problem(path)
+                if problem:
+                    errors.append(f"data.{field}: {path} {problem} (convert it again with python -m data convert)")
+                    continue
             try:
                 maps[field] = read_label_map(path)
             except (OSError, ValueError) as e:
@@ -102,3 +107,32 @@ class DataConfig(BaseModel):
             errors.append(f"data: the class->index maps of {self.train_path} and {self.val_path} differ "
                           f"(convert val with the same class folders as train)")
         return errors
+
+
+def beton_problem(path: Path) -> str | None:
+    """Why a .beton cannot be read (truncated copy, not a .beton, other ffcv version), or None.
+
+    Cheap: reads the header and the allocation table (tens of bytes per sample), not the images. ffcv's
+    own Reader fails on a truncated file with a bare numpy error, and its memory-mapped sample reads
+    past the end would crash the loader process (SIGBUS) instead of raising."""
+    import numpy as np
+    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
+
+    size = path.stat().st_size
+    if size < HeaderType.itemsize:
+        return f"is {size} bytes, shorter than a .beton header (truncated?)"
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    if int(header["version"]) != CURRENT_VERSION:
+        return f"has format version {int(header['version'])}, this ffcv reads {CURRENT_VERSION} (or it is not a .beton)"
+    table_at = int(header["alloc_table_ptr"])
+    if table_at > size or (size - table_at) % ALLOC_TABLE_TYPE.itemsize:
+        return f"is truncated: {size} bytes, but its allocation table starts at byte {table_at}"
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=table_at)
+    if int(header["num_samples"]) and not len(table):
+        return f"is truncated: no allocation table for its {int(header['num_samples'])} samples"
+    if len(table) and len(np.unique(table["sample_id"])) != int(header["num_samples"]):
+        return (f"is truncated: its allocation table covers {len(np.unique(table['sample_id']))} of "
+                f"{int(header['num_samples'])} samples")
+    if len(table) and int((table["ptr"] + table["size"]).max()) > table_at:
+        return f"is damaged: sample data points past its allocation table at byte {table_at}"
+    return None

@@ -21,9 +21,21 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor
 
-from .rng import batch_key, rrc_params, sample_key
+from .rng import batch_key, flip_draw, rrc_params, sample_key
 
 
+
+
+@njit(cache=True, nogil=True)
+def hflip_inplace(img):
+    """Mirror an (H, W, 3) image left-right in place."""
+    w = img.shape[1]
+    for r in range(img.shape[0]):
+        for c in range(w // 2):
+            for k in range(3):
+                t = img[r, c, k]
+                img[r, c, k] = img[r, w - 1 - c, k]
+                img[r, w - 1 - c, k] = t
 
 
 @njit(cache=True, nogil=True)
@@ -37,8 +49,8 @@ def dct_denominator(crop_h, crop_w, out_h, out_w, max_denom):
 
 
 class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
-    """RandomResizedCrop whose parameters come from rng.rrc_params(key) with
-    key = sample_key(batch_key(salt, batch indices), position): reproducible across threads/resumes.
+    """RandomResizedCrop (+ horizontal flip) whose parameters come from rng.rrc_params(key) / flip_draw(key)
+    with key = sample_key(batch_key(salt, batch indices), position): reproducible across threads/resumes.
 
     JPEGs whose crop is at least 2x the output size are decoded at 1/2, 1/4 or 1/8 scale by
     libjpeg-turbo (DCT-domain scaling, much less IDCT work) and the crop box is mapped to that
@@ -46,8 +58,9 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     """
 
     def __init__(self, output_size: tuple[int, int], salt: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 dct_scaling: bool = True):
+                 dct_scaling: bool = True, hflip: float = 0.0):
         super().__init__(output_size)
+        self.hflip = float(hflip)
         self.salt = int(salt) & 0xFFFFFFFFFFFFFFFF
         self.scale = scale
         self.ratio = ratio
@@ -68,6 +81,7 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
         r_lo, r_hi = float(self.ratio[0]), float(self.ratio[1])
         out_h, out_w = int(self.output_size[0]), int(self.output_size[1])
         max_denom = 8 if self.dct_scaling else 1
+        p_flip = self.hflip
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
@@ -78,7 +92,8 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height = np.uint32(field["height"])
                 width = np.uint32(field["width"])
-                i, j, h, w = rrc_params(sample_key(bkey, dst_ix), height, width, s_lo, s_hi, r_lo, r_hi)
+                key = sample_key(bkey, dst_ix)
+                i, j, h, w = rrc_params(key, height, width, s_lo, s_hi, r_lo, r_hi)
                 if field["mode"] == jpg:
                     d = dct_denominator(h, w, out_h, out_w, max_denom)
                     sh = (height + d - 1) // d
@@ -95,6 +110,8 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     temp_buffer = image_data.reshape(height, width, 3)
                 resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                if flip_draw(key, p_flip):
+                    hflip_inplace(destination[dst_ix])
             return destination[: len(batch_indices)]
 
         decode.is_parallel = True
@@ -125,11 +142,11 @@ class FfcvSource:
     def __init__(self, path: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, os_cache: bool = True,
-                 batches_ahead: int = 3, dct_scaling: bool = True):
+                 batches_ahead: int = 3, dct_scaling: bool = True, hflip: float = 0.0):
         self.order = IndexOrder(order_fn)
         self.batch_size = batch_size
         if train:
-            decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling)
+            decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling, hflip)
         else:
             decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)
         image = [decoder, ToTensor()]

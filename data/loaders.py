@@ -96,6 +96,12 @@ def _check_path(cfg: DataConfig, path: Path, field: str) -> None:
     if not path.exists():
         raise FileNotFoundError(f"data.{field}: {path} does not exist")
     read_label_map(path)  # raises ValueError when the label map is missing or malformed
+    if cfg.backend == "ffcv":
+        from .config import beton_problem
+
+        problem = beton_problem(path)
+        if problem:
+            raise ValueError(f"data.{field}: {path} {problem} (convert it again with python -m data convert)")
 
 
 def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -111,7 +117,7 @@ def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int
     source = BACKENDS[cfg.backend](
         cfg, cfg.train_path, train=True, order_fn=order_fn, batch_size=batch_size, img_size=cfg.img_size,
         num_workers=cfg.num_workers, device=device, salt=stream_seed(_CROP_TAG, seed),
-        scale=cfg.rrc_scale, ratio=cfg.rrc_ratio)
+        scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, hflip=cfg.hflip)
     return ImageLoader(source, TrainAugment(cfg, device), seed=seed, rank=rank, world_size=world_size,
                        device=device, batch_size=batch_size)
 

@@ -76,6 +76,15 @@ def rrc_params(key, height, width, scale_lo, scale_hi, ratio_lo, ratio_hi):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+FLIP_DRAW = 40  # counter of the flip draw: after rrc_params' 4 x 10 draws
+
+
+@njit(cache=True, nogil=True)
+def flip_draw(key, p):
+    """True with probability p: whether the sample with this key is flipped horizontally."""
+    return uniform(key, FLIP_DRAW) < p
+
+
 @njit(cache=True, nogil=True)
 def center_crop_params(height, width, crop_pct):
     """Square of side crop_pct * shorter side, centred (FFCV CenterCropRGBImageDecoder's geometry)."""

@@ -1,5 +1,5 @@
 """Plain PyTorch reference source (`data.backend: torch`): torchvision ImageFolder files, a
-torch DataLoader, and the same crop geometry/keys as the FFCV decoder (data.rng), so both backends
+torch DataLoader, and the same crop/flip geometry and keys as the FFCV decoder (data.rng), so both backends
 produce the same crops of the same samples in the same order."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
 from .labels import folder_label_map, is_image_file
-from .rng import batch_key, center_crop_params, rrc_params, sample_key
+from .rng import batch_key, center_crop_params, flip_draw, rrc_params, sample_key
 
 
 class _Folder(ImageFolder):
@@ -28,8 +28,9 @@ class _CropFolder(Dataset):
     """ImageFolder samples; item (index, key): RandomResizedCrop from key (train) or center crop (val),
     resized with OpenCV INTER_AREA like ffcv; returns (uint8 HWC array, label)."""
 
-    def __init__(self, root: Path, train: bool, img_size: int, scale, ratio, crop_pct: float):
+    def __init__(self, root: Path, train: bool, img_size: int, scale, ratio, crop_pct: float, hflip: float = 0.0):
         self.folder = _Folder(str(root), is_valid_file=is_image_file)
+        self.hflip = hflip
         self.train, self.size, self.scale, self.ratio, self.crop_pct = train, img_size, scale, ratio, crop_pct
 
     def __len__(self) -> int:
@@ -45,6 +46,8 @@ class _CropFolder(Dataset):
         else:
             i, j, ch, cw = center_crop_params(h, w, self.crop_pct)
         crop = cv2.resize(img[i:i + ch, j:j + cw], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if self.train and flip_draw(np.uint64(key), self.hflip):
+            crop = np.ascontiguousarray(crop[:, ::-1])
         return torch.from_numpy(crop), label
 
 
@@ -71,8 +74,8 @@ class TorchSource:
 
     def __init__(self, root: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875):
-        self.dataset = _CropFolder(root, train, img_size, scale, ratio, crop_pct)
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, hflip: float = 0.0):
+        self.dataset = _CropFolder(root, train, img_size, scale, ratio, crop_pct, hflip)
         self.order_fn, self.batch_size, self.drop_last = order_fn, batch_size, train
         self.num_workers, self.device, self.salt = num_workers, device, salt
         self.num_samples = len(self.dataset)

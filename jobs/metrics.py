@@ -21,11 +21,16 @@ from analysis.schema import EVENTS_FILE, METRICS_COLUMNS, METRICS_FILE, METRICS_
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a full or read-only disk: leave the previous file as it was and no half-written temp behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_row(row: dict[str, Any]) -> None:

@@ -43,6 +43,17 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stops and its last good checkpoint is kept."""
 
 
+class Preempted(RuntimeError):
+    """The engine asked the run to stop (e.g. Slurm's pre-timeout signal); a checkpoint was just written."""
+
+
+def _stop_requested(ctx: EngineContext) -> bool:
+    # Optional engine member (not in the EngineContext protocol): `stop_requested() -> bool`, polled at
+    # every optimizer update. A Slurm engine sets it from its signal handler and requeues on Preempted.
+    fn = getattr(ctx, "stop_requested", None)
+    return bool(fn()) if callable(fn) else False
+
+
 # ---- hooks (tests use them to watch the loop and to simulate a kill by raising) -------------
 
 
@@ -385,7 +396,9 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
         state.epoch, state.batch, state.images, state.targets = epoch, batch, images, targets
         if not last_micro:
             continue
-        nonfinite = _all_reduce_sum([bad.item()], run.ctx, device, dtype=torch.int64)[0] > 0
+        bad_total, stop_total = _all_reduce_sum([bad.item(), int(_stop_requested(run.ctx))], run.ctx, device,
+                                                dtype=torch.int64)
+        nonfinite, stop = bad_total > 0, stop_total > 0
         bad.zero_()
         if nonfinite and not tc.skip_nonfinite:
             last = run.ctx.latest_checkpoint() if run.ctx.rank == 0 else None
@@ -420,13 +433,16 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
             run.scheduler.step_update(num_updates=num_updates)
         state.num_updates = num_updates
         every = spec.checkpoint.every_steps
-        if every and num_updates % every == 0 and batch < n_batches:
+        if stop or (every and num_updates % every == 0 and batch < n_batches):
             run.partial.loss_sum += float(loss_sum)
             run.partial.loss_count += int(loss_count)
             run.partial.train_s += time.perf_counter() - t0
             loss_sum.zero_(), loss_count.zero_()
             t0 = time.perf_counter()
             state.checkpoint = _save_checkpoint(run, epoch, batch, num_updates)
+        if stop:
+            raise Preempted(f"stop requested by the engine at epoch {epoch + 1} batch {batch}; "
+                            f"checkpoint written at update {num_updates}")
         if run.hooks.after_step:
             run.hooks.after_step(state)
     run.partial.loss_sum += float(loss_sum)
@@ -510,6 +526,20 @@ def _quarantine_corrupt(run_dir: Path, chosen: Path | None, log) -> None:
             log("warning", f"corrupt checkpoint {bad.name} moved to {target.name}: {reason}")
 
 
+def _choose_checkpoint(ctx: EngineContext, run_dir: Path) -> tuple[Path | None, str | None]:
+    """(checkpoint to resume from, None), or (None, error) when every checkpoint of the run is damaged:
+    starting over would silently discard the run's progress, so the run stops and nothing is moved."""
+    chosen = ctx.latest_checkpoint()
+    if chosen is not None:
+        return chosen, None
+    _, skipped = ckpt.scan(run_dir / CHECKPOINT_DIR)
+    if not skipped:
+        return None, None
+    reasons = "; ".join(f"{bad.name}: {reason}" for bad, reason in skipped)
+    return None, (f"all {len(skipped)} checkpoints in {run_dir / CHECKPOINT_DIR} are damaged ({reasons}); "
+                  f"nothing was deleted. Restore them from a copy, or move the folder aside to start the run over")
+
+
 def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) -> dict:
     """Train `spec` under engine `ctx` (resuming from ctx.latest_checkpoint()); returns the last row."""
     hooks = hooks or Hooks()
@@ -534,7 +564,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             run_files.write_status(run_dir, "running", 0, epochs)
         run = _build(spec, ctx, hooks, log)
         start_epoch, start_batch, num_updates = 0, 0, 0
-        chosen = _broadcast(ctx.latest_checkpoint() if rank0 else None, ctx)
+        chosen, unusable = _broadcast(_choose_checkpoint(ctx, run_dir) if rank0 else (None, None), ctx)
+        if unusable:
+            raise ckpt.CheckpointError(unusable)
         if rank0:
             _quarantine_corrupt(run_dir, chosen, log)
         if chosen is not None:
@@ -580,8 +612,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
                 path = _save_checkpoint(run, epoch + 1, 0, num_updates)
             if rank0:
                 run_files.write_status(run_dir, "running", epoch + 1, epochs)
+            ema_text = f"{evals['ema_top1']:.2f}" if evals["ema_top1"] is not None else "-"
             log("epoch", f"{epoch + 1}/{epochs} loss {row['train_loss']:.4f} top1 {top1:.2f} "
-                         f"ema_top1 {evals['ema_top1'] if evals['ema_top1'] is not None else '-'} lr {row['lr']:.3g} "
+                         f"ema_top1 {ema_text} lr {row['lr']:.3g} "
                          f"({row['epoch_s']:.1f} s, {n_val} val samples)")
             ctx.report(row, path if rank0 else None)
             run.state.row, run.state.val_count, run.state.checkpoint = row, n_val, path or run.state.checkpoint
@@ -597,8 +630,11 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
     except BaseException as exc:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         if rank0 and run_dir.exists():
-            run_files.write_status(run_dir, "failed", epoch, epochs, message)
-            events("error", message)
+            # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
+            with contextlib.suppress(OSError):
+                run_files.write_status(run_dir, "failed", epoch, epochs, message)
+            with contextlib.suppress(OSError):
+                events("error", message)
         raise
 
 
@@ -625,7 +661,7 @@ def main(argv: list[str]) -> int:
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
             row = train_loop(spec, ctx)
-        except (NonFiniteLossError, SpecError) as exc:
+        except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except Exception:

@@ -75,7 +75,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from jobs.spec import SpecError
 
     from .cluster import resolve_address
-    from .study import ClusterShape, StudyLocked, check_fits, load_study
+    from .study import ClusterShape, load_study
 
     embedded = resolve_address(args.address) is None
     try:
@@ -91,14 +91,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _sweep(study, address: str | None, resume: bool, embedded: bool) -> int:
     from .cluster import ray_session
     from .ray_run import sweep
-    from .study import StudyLocked, check_fits
+    from .study import StudyLocked, check_fits, study_lock
 
     try:
-        with ray_session(address) as session:
+        # The lock before Ray: a second driver on the same study is refused without starting anything.
+        with study_lock(study.study_dir), ray_session(address) as session:
             errors = [] if embedded else check_fits(study.runs, session.shape)
             if errors:
                 return _print_errors("the study does not fit the cluster", errors)
-            return sweep(study, session, resume=resume)
+            return sweep(study, session, resume=resume, locked=True)
     except StudyLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED

@@ -37,6 +37,14 @@ WORKER_ENV = {
 }
 
 
+def _quiet_ray_train_loggers() -> None:
+    """Some Ray Train modules log per report at INFO under their file path (not `ray.train.*`), which
+    LoggingConfig(log_level) does not reach; one line per epoch per worker would drown the trial table."""
+    for name in list(logging.root.manager.loggerDict):
+        if "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Ray ships metrics through its object store: plain scalars and strings only."""
     out: dict[str, Any] = {}
@@ -64,6 +72,7 @@ class RayContext:
         self._fail_epoch = int(os.environ.get(FAIL_EPOCH_ENV, "0") or 0)
         self._fail_marker = os.environ.get(FAIL_MARKER_ENV)
         self._fail_rank = int(os.environ.get(FAIL_RANK_ENV, str(self.world_size - 1)))
+        _quiet_ray_train_loggers()
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -102,9 +111,9 @@ class RayContext:
     # -- resuming ----------------------------------------------------------------------------
 
     def latest_checkpoint(self) -> Path | None:
-        from jobs.checkpoint import checkpoint_number, latest_valid, verify
-
         import ray.train
+
+        from jobs.checkpoint import checkpoint_number, latest_valid, verify
 
         ours = latest_valid(self.run_dir / "checkpoints")
         pointed = None
@@ -141,8 +150,11 @@ def scaling_config(spec):
     return ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker)
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(spec=None) -> dict[str, str]:
     env = dict(WORKER_ENV)
+    if spec is not None and not spec.resources.use_gpu:
+        # CPU training: intra-op threads = the CPUs reserved for the worker (as a bare run pinned alike).
+        env["OMP_NUM_THREADS"] = str(spec.resources.cpus_per_worker)
     for key in (FAIL_EPOCH_ENV, FAIL_MARKER_ENV, FAIL_RANK_ENV):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -166,7 +178,7 @@ def build_trainer(spec, *, storage_path: str, max_failures: int, callbacks: list
             # Ray's folders hold only pointers; the loop prunes its own checkpoint folders.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
-            worker_runtime_env={"env_vars": worker_env()},
+            worker_runtime_env={"env_vars": worker_env(spec)},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )

@@ -103,8 +103,16 @@ def trial_driver(config: dict, specs: dict[str, RunSpec], storage_path: str, max
     trainer.fit()
 
 
-def sweep(study: StudySpec, session, *, resume: bool) -> int:
-    """Run every run of the study as a Tune trial; 0 when all finished."""
+def _trial_name(trial) -> str:
+    """Tune's table and folders show the run id rather than a generated trial name."""
+    return trial.config["run_id"]
+
+
+def sweep(study: StudySpec, session, *, resume: bool, locked: bool = False) -> int:
+    """Run every run of the study as a Tune trial; 0 when all finished. `locked`: the caller already
+    holds the study lock (taken before Ray started)."""
+    import contextlib
+
     from ray import tune
 
     from .cluster import quiet_env
@@ -122,19 +130,20 @@ def sweep(study: StudySpec, session, *, resume: bool) -> int:
         tune.with_parameters(trial_driver, specs=specs, storage_path=f"{root}/train", max_failures=study.sweep.max_failures),
         session.driver_resources(),
     )
-    with study_lock(study_dir):
+    with contextlib.nullcontext() if locked else study_lock(study_dir):
         study.write_index()
         if resume and tune.Tuner.can_restore(exp_path):
             print(f"resuming {exp_path}: finished runs are kept, the others continue from their checkpoints")
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             reporter = tune.CLIReporter(
-                metric_columns=TABLE_COLUMNS, parameter_columns={"run_id": "run"},
+                metric_columns=TABLE_COLUMNS, parameter_columns=[],
                 max_report_frequency=int(study.sweep.progress_every_s), print_intermediate_tables=False)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"run_id": tune.grid_search(list(specs))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False),
+                tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
                 run_config=tune.RunConfig(
                     name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
                     failure_config=tune.FailureConfig(max_failures=study.sweep.trial_max_failures),

@@ -16,7 +16,7 @@ import torch
 from analysis.schema import CHECKPOINT_DIR, STATUS_FILE
 from jobs import checkpoint as ckpt
 from jobs.local import LocalContext
-from jobs.metrics import EventLog, read_status
+from jobs.metrics import EventLog, read_status, write_status
 from jobs.spec import RunSpec
 
 
@@ -59,6 +59,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def __init__(self, spec: dict[str, Any]):
         # A plain dict survives code changes between submission and a requeue better than a pickled model.
         self.spec = spec
+        self._requeueing = False
 
     @property
     def run_spec(self) -> RunSpec:
@@ -68,6 +69,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
         from jobs.train import train_loop
 
         spec = self.run_spec
+        self._requeueing = False  # the pickled copy of a requeued job carries the flag set in checkpoint()
         # Slurm counts requeues (preemption, USR2, scontrol requeue, node failure) itself.
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         with SlurmContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
@@ -75,7 +77,15 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 spec.run_dir.mkdir(parents=True, exist_ok=True)
                 EventLog(spec.run_dir, 0)("slurm", f"job {ctx.job_id} restart {restarts} on {socket.gethostname()}, "
                                                    f"{ctx.world_size} task(s), device {ctx.device}")
-            return train_loop(spec, ctx)
+            try:
+                return train_loop(spec, ctx)
+            except SystemExit:
+                # submitit exits the task after requeueing it; the loop recorded that as a failure, but the
+                # run is only waiting to resume.
+                if self._requeueing and ctx.rank == 0 and spec.run_dir.is_dir():
+                    done = (read_status(spec.run_dir) or {}).get("epoch", 0)
+                    write_status(spec.run_dir, "running", done, spec.train.epochs)
+                raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         spec = self.run_spec
@@ -88,4 +98,5 @@ class SlurmRun(submitit.helpers.Checkpointable):
         where = f"{latest.name} (epoch {ckpt.read_manifest(latest).get('epoch', '?')})" if latest else "the start"
         if run_dir.is_dir():
             EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from {where}")
+        self._requeueing = True
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

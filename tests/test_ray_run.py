@@ -100,6 +100,7 @@ def test_two_worker_run_survives_a_worker_death(tmp_path, demo_data):
     assert (tmp_path / "demo" / ".ray" / "train" / "two").is_dir()  # Ray's state next to the run, named by run_id
 
 
+@pytest.mark.slow
 def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     """A 4-trial sweep (2 conditions x 2 seeds); the driver (and its embedded Ray) is SIGKILLed once a run
     finished; `sweep --resume` keeps the finished runs untouched and completes the others."""

@@ -112,9 +112,10 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     checkpoint, finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
     uninterrupted run."""
     out = tmp_path / "runs"
-    # 4 repeats per sample make an epoch a few seconds, so each interruption lands mid-run.
-    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=6, run_id="r0",
-                       overrides={"data": {"aug_repeats": 4}})
+    # Batches of 16 make an epoch a few seconds: after a plain requeue's SIGTERM (which submitit ignores) the
+    # task trains on until KillWait's SIGKILL, and must not reach the end of the run in that time.
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=8, run_id="r0",
+                       overrides={"train": {"batch_size": 16}})
     run_dir = out / "pre" / "r0"
     assert slurm.main([str(cfg), "--partition", "low", "--time", "15"]) == 0
     capsys.readouterr()
@@ -122,6 +123,11 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
 
     def reached(epoch: int):
         return lambda: status(run_dir).get("epoch", 0) >= epoch and status(run_dir).get("state") == "running"
+
+    # --resume never duplicates a job that is still queued or running.
+    assert slurm.main([str(cfg), "--partition", "low", "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert f"job {job} is still" in text and "nothing to submit" in text, text
 
     def resumes() -> list[int]:
         return [int(ln.split(": epoch ")[1].split()[0]) for ln in events(run_dir, "resume")]
@@ -152,9 +158,9 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
     starts = resumes()
     assert starts[0] >= 1 and starts[1] > starts[0] and starts[2] >= requeued_at, starts
-    assert starts[2] < 6, "the plain requeue came after the run finished: nothing was tested"
+    assert starts[2] < 8, "the plain requeue came after the run finished: nothing was tested"
     rows = _rows(run_dir)
-    assert [r["epoch"] for r in rows] == list(range(1, 7))
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
     # Each row names the checkpoint epoch its process resumed from (None before the first interruption).
     expected = [next((s for s in reversed(starts) if s < r["epoch"]), None) for r in rows]
     assert [r["resumed_from"] for r in rows] == expected

@@ -15,7 +15,7 @@ from jobs import metrics
 from jobs.local import LocalContext
 from jobs.models import build_model
 from jobs.spec import load_spec
-from jobs.train import Hooks, NonFiniteLossError, train_loop
+from jobs.train import Hooks, NonFiniteLossError, Preempted, train_loop
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Timing and provenance differ between runs by nature; every other column must be bitwise equal.
@@ -137,10 +137,27 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
     assert ckpt.read_manifest(latest)["batch"] == 2 and ckpt.read_manifest(latest)["epoch"] == 1
 
+    # The engine asks for a stop (Slurm's pre-timeout signal) at update 7, between step checkpoints.
+    class StoppingContext(LocalContext):
+        def stop_requested(self) -> bool:
+            return self._updates_seen == 7
+
+    stop_ctx = StoppingContext(spec.run_dir, use_gpu=False)
+    stop_ctx._updates_seen = 0
+
+    def count(state):
+        stop_ctx._updates_seen = state.num_updates + 1  # the update the next poll belongs to
+
+    with stop_ctx, pytest.raises(Preempted):
+        train_loop(spec, stop_ctx, Hooks(before_update=count))
+    latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
+    assert ckpt.read_manifest(latest)["num_updates"] == 7
+    assert [r["resumed_from"] for r in rows(spec.run_dir)] == [None, 1]
+
     run(spec)
     table = rows(spec.run_dir)
     assert stable(table) == expected
-    assert [r["resumed_from"] for r in table] == [None, 1, 1]
+    assert [r["resumed_from"] for r in table] == [None, 1, 2]
 
     # A torn latest checkpoint: skipped with a warning, the previous (mid-epoch 3) one is used, and
     # the recomputed last epoch is again bitwise equal, its row replaced rather than duplicated.
@@ -152,7 +169,7 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
     assert stable(table) == expected
     assert [r["resumed_from"] for r in table] == [None, 1, 2]
     events = (spec.run_dir / EVENTS_FILE).read_text()
-    assert "moved to corrupt-" in events and events.count("resume:") == 3
+    assert "moved to corrupt-" in events and events.count("resume:") == 4
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
