@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.load import Study
+from jobs.expression import split_expression
 
 # Per-run metrics averaged per condition (mean and std columns in summary).
 AGG_METRICS = (
@@ -346,26 +347,6 @@ def _add_tests(summary: pd.DataFrame, included: pd.DataFrame) -> None:
         summary[k] = v
 
 
-def parse_strategy_expression(text: str) -> list[dict]:
-    """`grouped:scale=0.707+shallow:keep_ratio=0.25` (the `jobs bench --strategies` syntax) -> specs.
-
-    Mirrors jobs.strategies.parse_expression without importing jobs (which imports torch).
-    """
-    import yaml
-
-    specs = []
-    for term in text.split("+"):
-        name, *pairs = term.strip().split(":")
-        params = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ValueError(f"strategy parameter {pair!r} is not key=value")
-            params[key.strip()] = yaml.safe_load(value)
-        specs.append({"name": name.strip(), "params": params})
-    return specs
-
-
 def _reduction_specs(specs: list[dict]) -> list[dict]:
     return [s for s in specs if s.get("name") != "baseline"]
 
@@ -375,7 +356,7 @@ def _bench_fits(entry, row: pd.Series) -> bool:
     if entry.model != row["model"]:
         return False
     try:
-        bench = _reduction_specs(parse_strategy_expression(entry.strategy))
+        bench = _reduction_specs(split_expression(entry.strategy))
     except ValueError:
         return False
     mine = _reduction_specs(json.loads(row["strategy_params"]))

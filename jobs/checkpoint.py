@@ -67,13 +67,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_fsynced(path: Path, obj: Any) -> None:
-    with open(path, "wb") as f:
-        if isinstance(obj, bytes):
-            f.write(obj)
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            if isinstance(obj, bytes):
+                f.write(obj)
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.filename is None:  # write()/fsync() errors (disk full) name no file: say which one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def write_atomic_dir(target: Path, files: dict[str, Any], meta: dict[str, Any]) -> Path:

@@ -27,9 +27,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # a full or read-only disk: leave the previous file as it was and no half-written temp behind
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # write()/fsync() errors name no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

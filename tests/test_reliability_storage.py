@@ -155,14 +155,16 @@ class Disk:
         """Disk full: a filler file takes every free byte."""
         if not self.mounted:
             return self._fail_writes(errno.ENOSPC)
-        with open(self.path / f"filler-{uuid.uuid4().hex}", "wb") as f:
+        fd = os.open(self.path / f"filler-{uuid.uuid4().hex}", os.O_WRONLY | os.O_CREAT)
+        try:
             for chunk in (1 << 20, 1 << 12, 1):
                 try:
-                    while True:
-                        f.write(b"\0" * chunk)
-                        f.flush()
+                    while os.write(fd, b"\0" * chunk):
+                        pass
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
         return None
 
     def free(self) -> None:
@@ -212,7 +214,6 @@ def _after_epoch_one(action):
 def _check_intact(spec, row1: list[dict], code: int, exc: OSError) -> None:
     ckpts = spec.run_dir / CHECKPOINT_DIR
     assert exc.errno == code, exc
-    import traceback; traceback.print_exception(exc)
     assert exc.filename and str(spec.run_dir) in str(exc.filename), "the error must name the file it failed on"
     latest = ckpt.latest_valid(ckpts)
     assert latest is not None and latest.name == "ckpt-000001" and ckpt.verify(latest) is None

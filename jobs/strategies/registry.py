@@ -12,6 +12,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.expression import split_expression
+
 
 class StrategyError(ValueError):
     """A bad strategy name, parameter or model combination; the message is one line."""
@@ -104,21 +106,14 @@ def _one_line(name: str, err: dict) -> str:
 
 
 def parse_expression(text: str) -> list[StrategySpec]:
-    """`grouped:scale=0.707+shallow:keep_ratio=0.25` -> two specs (values parsed as YAML scalars)."""
-    import yaml
-
-    specs = []
-    for term in text.split("+"):
-        name, *pairs = term.strip().split(":")
-        params = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise StrategyError(f"strategy {name}: parameter {pair!r} is not key=value (e.g. shallow:keep_ratio=0.25)")
-            params[key.strip()] = yaml.safe_load(value)
-        get_strategy(name.strip())
-        specs.append(StrategySpec(name=name.strip(), params=params))
-    return specs
+    """`grouped:scale=0.707+shallow:keep_ratio=0.25` -> two specs of registered strategies."""
+    try:
+        terms = split_expression(text)
+    except ValueError as exc:
+        raise StrategyError(str(exc)) from None
+    for term in terms:
+        get_strategy(term["name"])
+    return [StrategySpec(**term) for term in terms]
 
 
 def as_specs(strategies) -> list[StrategySpec]:
