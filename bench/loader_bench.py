@@ -7,19 +7,23 @@ RandomResizedCrop + flip + normalize, float32 NCHW), same number of worker threa
 ceiling is libjpeg-turbo (ffcv's imdecode, full decode, no crop/resize) over the same JPEG bytes with
 the same number of threads. Each loader is built and warmed up (compilation, worker start, page
 cache), then the loaders are measured in interleaved rounds of --round-images images and each one's
-best round is reported (the machine is shared; the median is printed too).
+best round is reported (the machine is shared; the median is printed too). Each round first consumes
+--drain images untimed, so what a loader prefetched while the others ran does not count.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_paths import default_dir  # noqa: E402  (local helper next to this file)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_paths import default_dir  # noqa: E402  (helpers next to this file)
 
 
 class Stream:
@@ -36,7 +40,12 @@ class Stream:
             self.it = self.make_iter()
             return next(self.it)
 
-    def measure(self, images: int) -> float:
+    def measure(self, images: int, drain: int = 0) -> float:
+        """Rate over `images` images, after consuming `drain` images untimed: batches the loader
+        prefetched while other loaders were measured must not count."""
+        n = 0
+        while n < drain:
+            n += self._next()[0].shape[0]
         n, t0 = 0, time.perf_counter()
         while n < images:
             n += self._next()[0].shape[0]
@@ -84,7 +93,7 @@ def bench_torchvision(tree: Path, workers: int, bs: int) -> Stream:
     tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     dl = DataLoader(ImageFolder(str(tree), tf), batch_size=bs, shuffle=True, num_workers=workers, drop_last=True,
-                    persistent_workers=True, prefetch_factor=4)
+                    persistent_workers=True)
     return Stream(lambda: iter(dl))
 
 
@@ -117,7 +126,7 @@ def bench_decode_ceiling(tree: Path, workers: int, limit: int = 2000):
     class Ceiling:
         pos = 0
 
-        def measure(self, images: int) -> float:
+        def measure(self, images: int, drain: int = 0) -> float:
             set_num_threads(workers)
             n, t0 = 0, time.perf_counter()
             while n < images:
@@ -137,6 +146,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (best round counts)")
     p.add_argument("--round-images", type=int, default=1280, help="images per loader per round")
+    p.add_argument("--drain", type=int, default=1024,
+                   help="images consumed untimed before each round (more than any loader prefetches)")
     p.add_argument("--only", default="ceiling,ours,ours_nodct,stock_ffcv,torchvision")
     args = p.parse_args(argv)
     from bench_paths import prepare
@@ -158,7 +169,7 @@ def main(argv=None) -> dict:
     rounds: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.rounds):
         for name in names:
-            rounds[name].append(streams[name].measure(args.round_images))
+            rounds[name].append(streams[name].measure(args.round_images, drain=args.drain))
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rounds.items()), flush=True)
     res = {k: max(v) for k, v in rounds.items()}
     for name in names:

@@ -1,12 +1,13 @@
 """Ray overheads, measured side by side on one machine (issue 6; issue 8's P3 and P4).
 
     python bench/ray_bench.py --epochs 4 --threads 1          # all three figures, JSON on stdout
-    python bench/ray_bench.py p3 --epochs 6
+    python bench/ray_bench.py p3 --epochs 6 --rounds 3
 
 P3  Ray Train epoch time / bare loop epoch time: the same run spec (the demo ViT on the shipped
     dataset) trained by `python -m jobs train` (LocalContext, one process) and by
     `python -m orchestrator run` (TorchTrainer, one worker), both with OMP_NUM_THREADS = --threads.
-    Median epoch_s of epochs 2.. (epoch 1 holds one-off warm-up). Target <= 1.05.
+    Median epoch_s of epochs 2.. (epoch 1 holds one-off warm-up) over --rounds alternating pairs.
+    Target <= 1.05.
 T1  time from `python -m orchestrator run` to the first training step (process start -> start of
     epoch 1 = wall_time - epoch_s of the first metrics row), embedded Ray start included.
 P4  sweep wall time / ideal: a 4-run study (2 conditions x 2 seeds) with `sweep`, concurrency from
@@ -62,17 +63,21 @@ def _run(cmd: list[str], threads: int) -> float:
     return t0
 
 
-def p3_t1(data_root: Path, work: Path, epochs: int, threads: int) -> dict:
+def p3_t1(data_root: Path, work: Path, epochs: int, threads: int, rounds: int) -> dict:
+    """Bare and Ray runs alternate (bare, ray, bare, ray, ...) so that drifting background load hits both."""
     common = _common(data_root, work, epochs, threads)
-    _run([sys.executable, "-m", "jobs", "train", str(DEMO), *common, "study=p3", "run_id=bare"], threads)
-    t0 = _run([sys.executable, "-m", "orchestrator", "run", str(DEMO), *common, "study=p3", "run_id=ray"], threads)
-    bare, ray = _rows(work / "p3" / "bare"), _rows(work / "p3" / "ray")
-    med = lambda rows: statistics.median(r["epoch_s"] for r in rows[1:])  # noqa: E731
-    first = ray[0]
+    bare_s, ray_s, first_step = [], [], []
+    for i in range(rounds):
+        _run([sys.executable, "-m", "jobs", "train", str(DEMO), *common, "study=p3", f"run_id=bare{i}"], threads)
+        t0 = _run([sys.executable, "-m", "orchestrator", "run", str(DEMO), *common, "study=p3", f"run_id=ray{i}"], threads)
+        bare, ray = _rows(work / "p3" / f"bare{i}"), _rows(work / "p3" / f"ray{i}")
+        bare_s += [r["epoch_s"] for r in bare[1:]]  # epoch 1 holds one-off warm-up
+        ray_s += [r["epoch_s"] for r in ray[1:]]
+        first_step.append((ray[0]["wall_time"] - ray[0]["epoch_s"]) - t0)
     return {
-        "p3_ray_over_bare": med(ray) / med(bare),
-        "bare_epoch_s": med(bare), "ray_epoch_s": med(ray),
-        "t1_run_to_first_step_s": (first["wall_time"] - first["epoch_s"]) - t0,
+        "p3_ray_over_bare": statistics.median(ray_s) / statistics.median(bare_s),
+        "bare_epoch_s": statistics.median(bare_s), "ray_epoch_s": statistics.median(ray_s),
+        "t1_run_to_first_step_s": statistics.median(first_step),
     }
 
 
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("which", nargs="?", default="all", choices=["all", "p3", "p4"])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
-    p.add_argument("--data-dir", type=Path, default=REPO / ".data" / "demo")
+    p.add_argument("--rounds", type=int, default=2, help="P3: alternating bare/Ray pairs")
+    p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     from data.demo import prepare_demo
 
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
               "cpus": len(os.sched_getaffinity(0)), "epochs": args.epochs, "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as d:
         if args.which in ("all", "p3"):
-            result.update(p3_t1(paths.root, Path(d), args.epochs, args.threads))
+            result.update(p3_t1(paths.root, Path(d), args.epochs, args.threads, args.rounds))
         if args.which in ("all", "p4"):
             result.update(p4(paths.root, Path(d), args.epochs, args.threads))
     print(json.dumps(result, indent=1))

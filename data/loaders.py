@@ -33,28 +33,25 @@ class Source(Protocol):
     def iterate(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
-def _num_samples(cfg: DataConfig, path: Path) -> int:
-    if cfg.backend == "ffcv":
-        from ffcv.reader import Reader
+def _ffcv_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callable[[int], np.ndarray]],
+                 **kw) -> Source:
+    from ffcv.reader import Reader
 
-        return int(Reader(str(path)).num_samples)
-    from .torch_backend import _CropFolder
-
-    return len(_CropFolder(path, False, cfg.img_size, cfg.rrc_scale, cfg.rrc_ratio, cfg.crop_pct))
-
-
-def _ffcv_source(cfg: DataConfig, path: Path, **kw) -> Source:
     from .ffcv_backend import FfcvSource
 
-    if kw["train"]:
+    if not kw["train"]:
+        kw.pop("hflip", None)
+    else:
         kw["dct_scaling"] = cfg.dct_scaling
-    return FfcvSource(path, os_cache=cfg.os_cache, batches_ahead=cfg.batches_ahead, **kw)
+    order_fn = make_order(int(Reader(str(path)).num_samples))
+    return FfcvSource(path, order_fn=order_fn, os_cache=cfg.os_cache, batches_ahead=cfg.batches_ahead, **kw)
 
 
-def _torch_source(cfg: DataConfig, path: Path, **kw) -> Source:
+def _torch_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callable[[int], np.ndarray]],
+                  **kw) -> Source:
     from .torch_backend import TorchSource
 
-    return TorchSource(path, **kw)
+    return TorchSource(path, make_order=make_order, **kw)
 
 
 BACKENDS: dict[str, Callable[..., Source]] = {"ffcv": _ffcv_source, "torch": _torch_source}
@@ -108,14 +105,17 @@ def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int
                        device: torch.device | str = "cpu") -> ImageLoader:
     device = torch.device(device)
     _check_path(cfg, cfg.train_path, "train_path")
-    n = _num_samples(cfg, cfg.train_path)
-    order_fn = partial(_train_order, n=n, seed=seed, rank=rank, world_size=world_size,
-                       aug_repeats=cfg.aug_repeats, selected_round=cfg.ra_selected_round)
-    if len(order_fn(0)) < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(order_fn(0))} samples rank {rank} reads "
-                         f"per epoch from {cfg.train_path}; lower the batch size")
+
+    def make_order(n: int) -> Callable[[int], np.ndarray]:
+        order_fn = partial(_train_order, n=n, seed=seed, rank=rank, world_size=world_size,
+                           aug_repeats=cfg.aug_repeats, selected_round=cfg.ra_selected_round)
+        if len(order_fn(0)) < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(order_fn(0))} samples rank {rank} "
+                             f"reads per epoch from {cfg.train_path}; lower the batch size")
+        return order_fn
+
     source = BACKENDS[cfg.backend](
-        cfg, cfg.train_path, train=True, order_fn=order_fn, batch_size=batch_size, img_size=cfg.img_size,
+        cfg, cfg.train_path, train=True, make_order=make_order, batch_size=batch_size, img_size=cfg.img_size,
         num_workers=cfg.num_workers, device=device, salt=stream_seed(_CROP_TAG, seed),
         scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, hflip=cfg.hflip)
     return ImageLoader(source, TrainAugment(cfg, device), seed=seed, rank=rank, world_size=world_size,
@@ -126,10 +126,9 @@ def build_val_loader(cfg: DataConfig, *, batch_size: int, rank: int = 0, world_s
                      device: torch.device | str = "cpu") -> ImageLoader:
     device = torch.device(device)
     _check_path(cfg, cfg.val_path, "val_path")
-    n = _num_samples(cfg, cfg.val_path)
-    order_fn = partial(_val_order, n=n, rank=rank, world_size=world_size)
     source = BACKENDS[cfg.backend](
-        cfg, cfg.val_path, train=False, order_fn=order_fn, batch_size=batch_size, img_size=cfg.img_size,
+        cfg, cfg.val_path, train=False, make_order=lambda n: partial(_val_order, n=n, rank=rank, world_size=world_size),
+        batch_size=batch_size, img_size=cfg.img_size,
         num_workers=cfg.num_workers, device=device, crop_pct=cfg.crop_pct)
     return ImageLoader(source, ValAugment(cfg, device), seed=0, rank=rank, world_size=world_size,
                        device=device, batch_size=batch_size)

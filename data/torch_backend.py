@@ -72,11 +72,13 @@ class _KeyedBatches(Sampler):
 class TorchSource:
     """Batches of (uint8 NHWC images, int64 labels) from an ImageNet-layout folder, for one rank."""
 
-    def __init__(self, root: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
+    def __init__(self, root: Path, *, train: bool, make_order: Callable[[int], Callable[[int], np.ndarray]],
+                 batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, hflip: float = 0.0):
         self.dataset = _CropFolder(root, train, img_size, scale, ratio, crop_pct, hflip)
-        self.order_fn, self.batch_size, self.drop_last = order_fn, batch_size, train
+        self.order_fn = make_order(len(self.dataset))
+        self.batch_size, self.drop_last = batch_size, train
         self.num_workers, self.device, self.salt = num_workers, device, salt
         self.num_samples = len(self.dataset)
 

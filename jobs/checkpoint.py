@@ -66,13 +66,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _WriteErrors:
+    """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a bare
+    `RuntimeError: unexpected pos ...`, which says nothing about a full or read-only disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def _write_fsynced(path: Path, obj: Any) -> None:
     try:
         with open(path, "wb") as f:
             if isinstance(obj, bytes):
                 f.write(obj)
             else:
-                torch.save(obj, f)
+                sink = _WriteErrors(f)
+                try:
+                    torch.save(obj, sink)
+                except RuntimeError:
+                    if sink.error is None:
+                        raise
+                    raise sink.error from None
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:

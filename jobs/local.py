@@ -6,7 +6,6 @@ runs DDP; it leaves the group on close.
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from datetime import timedelta
@@ -18,8 +17,6 @@ import torch.distributed as dist
 
 from analysis.schema import CHECKPOINT_DIR
 from jobs import checkpoint
-
-log = logging.getLogger(__name__)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -5,6 +5,7 @@ Every piece is timm's own implementation; this module only maps config fields on
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy

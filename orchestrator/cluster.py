@@ -29,7 +29,6 @@ QUIET_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Setting up process group",
     "RAY_AIR_NEW_OUTPUT": "0",  # keep Tune's classic live table (CLIReporter)
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard/CSV/JSON loggers per trial: we write our own files
 }
 
 

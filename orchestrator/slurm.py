@@ -263,6 +263,8 @@ def make_executor(folder: Path, opts: SlurmOptions, lay: Layout, name: str):
         job_name=name, time=opts.time_min, nodes=lay.nodes, ntasks_per_node=lay.tasks_per_node,
         cpus_per_task=lay.cpus_per_task, signal_delay_s=opts.signal_delay_s,
         array_parallelism=opts.array_parallelism, stderr_to_stdout=True,
+        # One task failing ends the others at once instead of leaving them in a collective until its timeout.
+        srun_args=["--kill-on-bad-exit=1"],
     )
     if lay.gpus_per_node:
         params["gpus_per_node"] = lay.gpus_per_node
@@ -348,7 +350,7 @@ def wait_for(jobs: list, log: Callable[[str], None]) -> int:
     failed = 0
     for spec, job in jobs:
         try:
-            job.result()
+            job.results()  # one result per task
             state = run_state(spec.run_dir) or {}
             log(f"  {spec.run_id}: finished ({state.get('epoch')}/{state.get('epochs_total')} epochs) "
                 f"in {spec.run_dir}")

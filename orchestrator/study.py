@@ -271,7 +271,8 @@ def _without_bad_axes(axes: StudyAxes) -> StudyAxes:
             "grid": {k: v for k, v in cond.grid.items() if v and not _check_axis(k, cu, "")},
             "overrides": {k: v for k, v in cond.overrides.items() if not _check_axis(k, cu, "")},
             "strategies": [x for x in cond.strategies if isinstance(x, dict) and "name" in x]})
-    return axes.model_copy(update={"grid": grid, "conditions": conditions})
+    # duplicate seeds are reported once by _check_axes, not again as colliding run ids
+    return axes.model_copy(update={"grid": grid, "conditions": conditions, "seeds": list(dict.fromkeys(axes.seeds))})
 
 
 # ---------------------------------------------------------------------------------------------- expansion

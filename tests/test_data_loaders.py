@@ -210,11 +210,14 @@ def test_config_check(demo, tmp_path):
     errs = DataConfig(train_path=tmp_path / "no.beton", val_path=demo.val_dir).check(10)
     assert len(errs) == 2 and "does not exist" in errs[0] and "needs a .beton file" in errs[1]
     other = tmp_path / "other.beton"
-    other.write_bytes(b"x")
+    other.write_bytes(demo.val_beton.read_bytes())
     (tmp_path / "other.labels.json").write_text('{"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5, "g": 6, '
                                                  '"h": 7, "i": 8, "j": 9}')
     errs = DataConfig(train_path=demo.train_beton, val_path=other).check(10)
     assert len(errs) == 1 and "differ" in errs[0]
+    (tmp_path / "cut.beton").write_bytes(demo.val_beton.read_bytes()[:5000])
+    errs = DataConfig(train_path=tmp_path / "cut.beton", val_path=demo.val_beton).check(10)
+    assert len(errs) == 1 and "truncated" in errs[0]
     with pytest.raises(ValueError, match="extra"):
         DataConfig(train_path=demo.train_beton, val_path=demo.val_beton, nope=1)
     with pytest.raises(ValueError, match="auto_augment"):

@@ -54,8 +54,8 @@ def _local_reference(spec, out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data, tmp_path, capsys):
-    """4 runs as one array (2 at a time); one task fails, is reported, and --resume reruns only it;
-    the finished runs' metrics equal the local engine's for the same seed."""
+    """4 runs as one array (2 at a time); one task fails, is reported, and --resume reruns only it (here with
+    2 workers, i.e. a distributed job); the finished runs' metrics equal the local engine's for the same seed."""
     out = tmp_path / "runs"
     cfg = write_config(tmp_path / "study.yaml", demo_data.root, out, "arr", seeds=[0, 1],
                        conditions={"baseline": {}, "grouped": {"strategies": [{"name": "grouped",
@@ -89,11 +89,13 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     table = capsys.readouterr().out
     assert table.count("COMPLETED") == 3 and "FAILED" in table, table
 
+    # Resubmitted with 2 workers: a job of 2 tasks that join one gloo process group through srun's variables.
     broken.unlink()
-    rc = slurm.main([str(cfg), "--partition", "low", "--time", "10", "--resume", "--wait"])
+    rc = slurm.main([str(cfg), "--partition", "low", "--time", "10", "--resume", "--wait", "resources.num_workers=2"])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "submitting 1 run(s)" in text and "grouped-s1: job" in text, text
+    assert "submitting 1 run(s)" in text and "grouped-s1: job" in text and "x 2 task(s)" in text, text
+    assert any("on 2 worker(s)" in ln for ln in events(broken, "start"))
     record2 = json.loads((out / "arr" / slurm.JOBS_FILE).read_text())
     assert record2["runs"]["grouped-s1"]["history"][0] == ids["grouped-s1"]
     assert len(record2["runs"]["grouped-s1"]["history"]) == 2

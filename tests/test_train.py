@@ -139,17 +139,18 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
 
     # The engine asks for a stop (Slurm's pre-timeout signal) at update 7, between step checkpoints.
     class StoppingContext(LocalContext):
-        def stop_requested(self) -> bool:
-            return self._updates_seen == 7
+        updates_done = 0
+
+        def stop_requested(self) -> bool:  # polled while finishing the next update
+            return self.updates_done == 6
 
     stop_ctx = StoppingContext(spec.run_dir, use_gpu=False)
-    stop_ctx._updates_seen = 0
 
     def count(state):
-        stop_ctx._updates_seen = state.num_updates + 1  # the update the next poll belongs to
+        stop_ctx.updates_done = state.num_updates
 
     with stop_ctx, pytest.raises(Preempted):
-        train_loop(spec, stop_ctx, Hooks(before_update=count))
+        train_loop(spec, stop_ctx, Hooks(after_step=count))
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
     assert ckpt.read_manifest(latest)["num_updates"] == 7
     assert [r["resumed_from"] for r in rows(spec.run_dir)] == [None, 1]
@@ -198,3 +199,20 @@ def test_dataset_class_count_must_match(demo_data, tmp_path):
 
     with pytest.raises(SpecError, match="has 10 classes but the model has num_classes=12"):
         run(bad)
+
+
+def test_skip_nonfinite_skips_updates_instead_of_stopping(demo_data, tmp_path):
+    spec = tiny_spec(demo_data, tmp_path, "train.epochs=1", "train.grad_accum=1", "train.ema=false",
+                     "train.skip_nonfinite=true")
+
+    def poison(state):
+        if state.num_updates == 4:
+            with torch.no_grad():
+                state.model.head.bias.fill_(math.inf)
+
+    run(spec, Hooks(after_step=poison))
+    events = (spec.run_dir / EVENTS_FILE).read_text()
+    assert events.count("non-finite loss") == 1  # update 5 of 5 skipped
+    assert "skipped update 5" in events
+    assert metrics.read_status(spec.run_dir)["state"] == "finished"
+    assert math.isfinite(rows(spec.run_dir)[0]["train_loss"])  # skipped batches are left out of the mean
