@@ -5,10 +5,14 @@
 Same JPEG tree (bench/data_synth.py: synthetic photos 400-500 px), same output (224 px
 RandomResizedCrop + flip + normalize, float32 NCHW), same number of worker threads/processes. The
 ceiling is libjpeg-turbo (ffcv's imdecode, full decode, no crop/resize) over the same JPEG bytes with
-the same number of threads. Each loader is built and warmed up (compilation, worker start, page
-cache), then the loaders are measured in interleaved rounds of --round-images images and each one's
-best round is reported (the machine is shared; the median is printed too). Each round first consumes
---drain images untimed, so what a loader prefetched while the others ran does not count.
+the same number of threads.
+
+Each loader runs alone in a child process: built, warmed up on --drain images (compilation, worker
+start, page cache), then timed over --measure-images images. Two figures: wall-clock img/s, and
+images per CPU-second of the process and its DataLoader workers. On a shared, oversubscribed
+machine the wall figure mostly measures the neighbours; the CPU figure is the loader's own cost and
+is what the ratios are about (on a dedicated machine, wall img/s ~ cores x img per CPU-second when
+the loader keeps its workers busy).
 """
 from __future__ import annotations
 
@@ -138,18 +142,24 @@ def bench_decode_ceiling(tree: Path, workers: int, limit: int = 2000):
     return Ceiling()
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", type=Path, default=default_dir())
-    p.add_argument("--images", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (best round counts)")
-    p.add_argument("--round-images", type=int, default=1280, help="images per loader per round")
-    p.add_argument("--drain", type=int, default=1024,
-                   help="images consumed untimed before each round (more than any loader prefetches)")
-    p.add_argument("--only", default="ceiling,ours,ours_nodct,stock_ffcv,torchvision")
-    args = p.parse_args(argv)
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and its children (DataLoader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def child(name: str, args) -> dict:
+    """One loader alone in this process: warm up, then wall and CPU time over --images-measured."""
     from bench_paths import prepare
 
     tree, beton = prepare(args.dir, args.images, args.workers)
@@ -160,29 +170,50 @@ def main(argv=None) -> dict:
         "stock_ffcv": lambda: bench_stock_ffcv(beton, args.workers, args.batch_size),
         "torchvision": lambda: bench_torchvision(tree, args.workers, args.batch_size),
     }
-    names = args.only.split(",")
-    streams = {}
-    for name in names:  # build + warm up (compilation, worker start, page cache)
-        streams[name] = makers[name]()
-        streams[name].measure(2 * args.batch_size)
-    # the machine is shared: interleave the loaders and keep each one's best round
-    rounds: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(args.rounds):
-        for name in names:
-            rounds[name].append(streams[name].measure(args.round_images, drain=args.drain))
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rounds.items()), flush=True)
-    res = {k: max(v) for k, v in rounds.items()}
-    for name in names:
-        print(f"{name:12s} {res[name]:8.0f} img/s (best of {args.rounds}; median {np.median(rounds[name]):.0f})")
-    if "ceiling" in res:
-        for k in res:
-            print(f"{k:12s} {res[k] / res['ceiling']:6.1%} of the decode ceiling")
-    if "torchvision" in res:
-        for k in res:
-            print(f"{k:12s} {res[k] / res['torchvision']:6.2f}x torchvision")
+    stream = makers[name]()
+    stream.measure(args.drain)  # compilation, worker start-up, page cache
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    wall_rate = stream.measure(args.measure_images)
+    cpu = _cpu_seconds() - c0
+    return {"name": name, "img_s": wall_rate, "img_per_cpu_s": args.measure_images / cpu,
+            "wall_s": time.perf_counter() - t0}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", type=Path, default=default_dir())
+    p.add_argument("--images", type=int, default=5000, help="size of the generated JPEG tree")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--measure-images", type=int, default=3840, help="images timed per loader")
+    p.add_argument("--drain", type=int, default=1024, help="warm-up images (untimed)")
+    p.add_argument("--only", default="ceiling,ours,ours_nodct,stock_ffcv,torchvision")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args)), flush=True)
+        return {}
+    import subprocess
+
+    from bench_paths import prepare
+
+    prepare(args.dir, args.images, args.workers)
+    res = {}
+    for name in args.only.split(","):
+        cmd = [sys.executable, __file__, "--child", name] + [a for a in (argv or sys.argv[1:]) if a]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        res[name] = json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
+        r = res[name]
+        print(f"{name:12s} {r['img_s']:7.0f} img/s wall   {r['img_per_cpu_s']:7.1f} img per CPU-second", flush=True)
+    for ref in ("ceiling", "torchvision"):
+        if ref in res:
+            print(f"relative to {ref}: " + ", ".join(
+                f"{k} {v['img_per_cpu_s'] / res[ref]['img_per_cpu_s']:.2f}x (wall {v['img_s'] / res[ref]['img_s']:.2f}x)"
+                for k, v in res.items()))
+    import os
+
     print(json.dumps({"images": args.images, "workers": args.workers, "batch_size": args.batch_size,
-                      "best_img_per_s": {k: round(v, 1) for k, v in res.items()},
-                      "rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}}))
+                      "load_avg_1min": os.getloadavg()[0], "results": res}))
     return res
 
 

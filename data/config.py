@@ -45,6 +45,7 @@ class DataConfig(BaseModel):
     # ffcv reader
     os_cache: bool = Field(True, description="ffcv: memory-map the .beton through the OS page cache (shared by the ranks of a node).")
     batches_ahead: int = Field(3, ge=1, description="ffcv: batches prepared in advance.")
+    fast_resize: bool = Field(True, description="ffcv train crops: bilinear resize when shrinking < 2x (7x cheaper than INTER_AREA; same crops).")
     dct_scaling: bool = Field(True, description="ffcv: decode JPEGs at 1/2-1/8 scale when the crop is >= 2x the output (faster, same crops).")
 
     @field_validator("rrc_scale", "rrc_ratio")

@@ -129,25 +129,37 @@ def load_rgb(path: Path, max_res: int | None) -> tuple[np.ndarray, str]:
         return np.asarray(im, dtype=np.uint8), mode
 
 
-def probe(path: str) -> tuple[str | None, str]:
-    """(None, mode) when the file converts, else (reason, '')."""
+def probe(path: str) -> tuple[str | None, str, tuple[int, int]]:
+    """(None, mode, (w, h)) when the file converts, else (reason, '', (0, 0))."""
     try:
         if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)", ""
+            return "empty file (0 bytes)", "", (0, 0)
         with Image.open(path) as im:
-            mode = im.mode
+            mode, size = im.mode, im.size
             if im.format == "JPEG":
                 im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
             im.load()
-            if min(im.size) < 1:
-                return "image has a zero side", ""
-        return None, mode
+            if min(size) < 1:
+                return "image has a zero side", "", (0, 0)
+        return None, mode, size
     except Image.DecompressionBombError as e:
-        return f"too large ({e})", ""
+        return f"too large ({e})", "", (0, 0)
     except Image.UnidentifiedImageError:
-        return "not an image (PIL cannot identify it)", ""
+        return "not an image (PIL cannot identify it)", "", (0, 0)
     except (OSError, SyntaxError, ValueError) as e:
-        return f"unreadable ({type(e).__name__}: {e})", ""
+        return f"unreadable ({type(e).__name__}: {e})", "", (0, 0)
+
+
+def page_size_for(max_pixels: int) -> int:
+    """ffcv's writer stores each sample inside one page and fills pages per writer process: a power of
+    two >= 2 MiB that holds the largest raw image, and ~8 of them when that stays <= 64 MiB (less
+    space lost at page ends), so huge images fit and tiny datasets stay small."""
+    need = 3 * max_pixels + 4096
+    target = max(min(8 * need, 64 << 20), need)
+    page = 2 << 20
+    while page < target:
+        page *= 2
+    return page
 
 
 class _TreeDataset:
@@ -179,7 +191,12 @@ def _scan(src: Path, label_map: dict[str, int] | None):
     fp = hashlib.sha256()
     for name in class_folders(src):
         for p in walk_class(src, name):
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError as e:  # a dangling symlink, a file removed or unreadable meanwhile
+                fp.update(f"{p.relative_to(src)}\0{type(e).__name__}\n".encode())
+                skipped.append((str(p), f"unreadable ({type(e).__name__}: {e.strerror})"))
+                continue
             fp.update(f"{p.relative_to(src)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             if st.st_size == 0:
                 skipped.append((str(p), "empty file (0 bytes)"))
@@ -192,7 +209,7 @@ def _scan(src: Path, label_map: dict[str, int] | None):
     return candidates, skipped, fp.hexdigest()
 
 
-def _check_files(paths: list[str], workers: int) -> list[tuple[str | None, str]]:
+def _check_files(paths: list[str], workers: int) -> list[tuple[str | None, str, tuple[int, int]]]:
     bar = dict(total=len(paths), desc="check", unit="img", file=sys.stderr, mininterval=1.0)
     if workers <= 1 or len(paths) < 2000:
         return [probe(p) for p in tqdm(paths, **bar)]
@@ -200,7 +217,8 @@ def _check_files(paths: list[str], workers: int) -> list[tuple[str | None, str]]
         return list(tqdm(pool.imap(probe, paths, chunksize=64), **bar))
 
 
-def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, failures: Path) -> None:
+def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, failures: Path,
+           max_pixels: int) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -210,7 +228,8 @@ def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOpti
                                compress_probability=opts.compress_probability),
         "label": IntField(),
     }
-    writer = DatasetWriter(str(out_tmp), fields, num_workers=min(opts.workers, max(1, len(paths))))
+    writer = DatasetWriter(str(out_tmp), fields, page_size=page_size_for(max_pixels),
+                           num_workers=min(opts.workers, max(1, len(paths))))
     writer.from_indexed_dataset(_TreeDataset(paths, labels, opts.max_res, str(failures)),
                                 chunksize=opts.chunk_size)
 
@@ -259,9 +278,13 @@ def convert(src: Path | str, out: Path | str, opts: ConvertOptions | None = None
     verdicts = _check_files([p for p, _ in candidates], opts.workers)
     good: list[tuple[str, str]] = []
     recoded: Counter[str] = Counter()
-    for (p, name), (reason, mode) in zip(candidates, verdicts):
+    max_pixels = 1
+    for (p, name), (reason, mode, (w, h)) in zip(candidates, verdicts):
         if reason is None:
             good.append((p, name))
+            if opts.max_res is not None and max(w, h) > opts.max_res:
+                w, h = opts.max_res, opts.max_res
+            max_pixels = max(max_pixels, w * h)
             if mode != "RGB":
                 recoded[mode] += 1
         else:
@@ -279,7 +302,7 @@ def convert(src: Path | str, out: Path | str, opts: ConvertOptions | None = None
     try:
         for _attempt in range(3):
             failures.unlink(missing_ok=True)
-            _write(tmp, [p for p, _ in good], [mapping[n] for _, n in good], opts, failures)
+            _write(tmp, [p for p, _ in good], [mapping[n] for _, n in good], opts, failures, max_pixels)
             failed = failures.read_text().splitlines() if failures.exists() else []
             if not failed:
                 break

@@ -82,24 +82,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         study = load_study(args.config, args.overrides, cluster=ClusterShape.this_machine() if embedded else None)
     except SpecError as exc:
         return _print_errors(f"{args.config} is not a valid study", exc.errors)
-    errors = _check_fresh(study.runs, args.resume)
-    if errors:
-        return _print_errors(f"{args.config} cannot start", errors)
-    return _sweep(study, args.address, args.resume, embedded)
+    return _sweep(study, args.address, args.resume, embedded, refuse_existing=not args.resume)
 
 
-def _sweep(study, address: str | None, resume: bool, embedded: bool) -> int:
+def _sweep(study, address: str | None, resume: bool, embedded: bool, *, refuse_existing: bool) -> int:
+    """Lock the study dir, then (only then) start or join Ray and run the sweep."""
     from .cluster import ray_session
     from .ray_run import sweep
     from .study import StudyLocked, check_fits, study_lock
 
     try:
-        # The lock before Ray: a second driver on the same study is refused without starting anything.
-        with study_lock(study.study_dir), ray_session(address) as session:
-            errors = [] if embedded else check_fits(study.runs, session.shape)
+        with study_lock(study.study_dir):
+            errors = _check_fresh(study.runs, resume=not refuse_existing)
             if errors:
-                return _print_errors("the study does not fit the cluster", errors)
-            return sweep(study, session, resume=resume, locked=True)
+                return _print_errors("the study cannot start", errors)
+            with ray_session(address) as session:
+                errors = [] if embedded else check_fits(study.runs, session.shape)
+                if errors:
+                    return _print_errors("the study does not fit the cluster", errors)
+                return sweep(study, session, resume=resume, locked=True)
     except StudyLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED

@@ -85,7 +85,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -96,24 +96,25 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     import ray
 
     address = resolve_address(address)
-    with _sigterm_as_interrupt():
-        if address is None:
-            machine = ClusterShape.this_machine()
-            ray.init(
-                address="local",
-                num_cpus=int(num_cpus or machine.cpus),
-                num_gpus=int(machine.gpus),
-                resources={DRIVER_TOKEN: DRIVER_TOKEN_AMOUNT},
-                include_dashboard=False,
-                log_to_driver=True,
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": dict(QUIET_ENV)},
-            )
-        else:
-            # No runtime_env here: inside `ray job submit` it would replace the job's (its working_dir).
-            ray.init(address=address, logging_level=logging.WARNING)
-        try:
+    if address is None:
+        machine = ClusterShape.this_machine()
+        ray.init(
+            address="local",
+            num_cpus=int(num_cpus or machine.cpus),
+            num_gpus=int(machine.gpus),
+            resources={DRIVER_TOKEN: DRIVER_TOKEN_AMOUNT},
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": dict(QUIET_ENV)},
+        )
+    else:
+        # No runtime_env here: inside `ray job submit` it would replace the job's (its working_dir).
+        ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        # After ray.init: Ray installs its own SIGTERM handler (it aborts the process), ours replaces it.
+        with _sigterm_as_interrupt():
             yield RaySession(address=address, shape=cluster_shape())
-        finally:
-            # For an embedded Ray this stops it; for a cluster it only disconnects this driver.
-            ray.shutdown()
+    finally:
+        # For an embedded Ray this stops it; for a cluster it only disconnects this driver.
+        ray.shutdown()

@@ -29,7 +29,7 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
         return _print_errors(f"{config} is not a valid study", exc.errors)
     # A fresh Tune experiment each time; finished runs are skipped by their files, unfinished ones
     # continue from their checkpoints (so a changed epoch count is honoured, unlike a Tune restore).
-    code = _sweep(study, address, resume=False, embedded=embedded)
+    code = _sweep(study, address, resume=False, embedded=embedded, refuse_existing=False)
     if code != 0:
         print(f"error: the demo study did not finish (exit {code}); rerun `make demo` to continue it", file=sys.stderr)
         return code

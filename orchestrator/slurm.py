@@ -23,14 +23,13 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from analysis.schema import CHECKPOINT_DIR, METRICS_FILE, STATUS_FILE
+from analysis.schema import METRICS_FILE, STATUS_FILE
 from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
 
 JOBS_FILE = "slurm_jobs.json"
@@ -475,15 +474,16 @@ def _submit_study(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, conf
         raise SlurmError(f"{study_dir} was already submitted ({len(known)} job(s) in {JOBS_FILE}); add --resume to "
                          "resubmit its unfinished runs, or use another study name")
     if opts.resume and record.get("executor", "slurm") != ("local" if opts.local else "slurm"):
-        warnings.warn(f"{study_dir} was submitted with the {record.get('executor')} executor; resuming with the other")
+        print(f"warning: {study_dir} was submitted with the {record.get('executor')} executor; resuming with the "
+              "other one", file=sys.stderr)
     live = {} if opts.local or not opts.resume else squeue_states(known)
+    live = {job: state for job, state in live.items() if state in LIVE_STATES}
     print(f"study {study_dir} ({len(runs)} run(s))")
     todo = select_unfinished(runs, record, live, print) if opts.resume else runs
     if not todo:
         print("nothing to submit: every run is finished or still queued")
         return 0
     for line in time_warnings(todo, opts, epoch_seconds_estimate(study_dir)):
-        warnings.warn(line, stacklevel=1)
         print(f"warning: {line}", file=sys.stderr)
     where = "locally (submitit LocalExecutor)" if opts.local else f"to Slurm{f' partition {opts.partition}' if opts.partition else ''}"
     print(f"submitting {len(todo)} run(s) {where}:")
@@ -520,7 +520,7 @@ def study_status(study_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run_id, entry in sorted(entries.items()):
         job = entry.get("job_id", "")
-        slurm = states.get(job) or _state_from_files(folder, job)
+        slurm = states.get(job) or _state_from_files(folder, job, local=record.get("executor") == "local")
         st = run_state(study_dir / run_id) or {}
         rows.append({"run_id": run_id, "job_id": job, "slurm_state": slurm, "run_state": st.get("state", "-"),
                      "epoch": st.get("epoch", 0), "epochs_total": st.get("epochs_total"),
@@ -528,10 +528,12 @@ def study_status(study_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _state_from_files(folder: Path, job_id: str) -> str:
+def _state_from_files(folder: Path, job_id: str, local: bool) -> str:
     """Without accounting/queue: submitit's result pickle says how the job ended."""
     result = folder / f"{job_id}_0_result.pkl"
     if not result.exists():
+        if local and job_id.isdigit() and Path(f"/proc/{job_id}").exists():
+            return "RUNNING"  # a LocalExecutor job id is its controller's pid
         return "UNKNOWN"
     try:
         import pickle

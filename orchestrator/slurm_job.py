@@ -36,7 +36,13 @@ class SlurmContext(LocalContext):
         if cpus and cpus.isdigit():
             # Without task binding torch would start one thread per core of the node in every task.
             torch.set_num_threads(int(cpus))
-        super().__init__(run_dir, use_gpu=use_gpu, env=dict(os.environ), timeout_s=timeout_s)
+        env = dict(os.environ)
+        visible = torch.cuda.device_count() if use_gpu and torch.cuda.is_available() else 0
+        if visible and job_env.local_rank >= visible:
+            # The cluster binds GPUs per task (--gpu-bind / gpus-per-task): each task sees only its own.
+            env["LOCAL_RANK"] = str(job_env.local_rank % visible)
+        super().__init__(run_dir, use_gpu=use_gpu, env=env, timeout_s=timeout_s)
+        self.local_rank = job_env.local_rank
         assert (self.rank, self.world_size) == (dist_env.rank, dist_env.world_size)
         self.last_checkpoint: Path | None = None
 

@@ -98,6 +98,15 @@ def test_rgb_conversion_of_special_modes(tmp_path):
     assert mode == "RGBA" and np.abs(alpha - expected).max() <= 1.5  # composited over white
 
 
+def test_page_size_fits_the_largest_image():
+    from data.convert import page_size_for
+
+    assert page_size_for(32 * 32) == 2 << 20  # the demo: small file
+    assert page_size_for(500 * 500) == 8 << 20  # ffcv-imagenet's default for max side 500
+    big = 6000 * 4000  # --max-res none with a 24 MP photo: must still fit in one page
+    assert page_size_for(big) >= 3 * big and page_size_for(big) & (page_size_for(big) - 1) == 0
+
+
 def test_label_map_round_trip(tmp_path):
     m = {"n02": 1, "n01": 0, "zebra": 2}
     beton = tmp_path / "x.beton"

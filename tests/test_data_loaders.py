@@ -178,11 +178,17 @@ def test_dct_scaled_decode_matches_full_decode(tmp_path):
     convert(src, beton, ConvertOptions(max_res=None, write_mode="jpg", workers=1), log=lambda *_: None)
     base = dict(train_path=beton, val_path=beton, img_size=40, num_workers=1, rrc_scale=(0.5, 1.0), **PLAIN)
     outs = []
-    for dct in (False, True):
-        loader = build_train_loader(DataConfig(**base, dct_scaling=dct), batch_size=16, seed=0)
+    for dct, fast in ((False, False), (True, False)):
+        loader = build_train_loader(DataConfig(**base, dct_scaling=dct, fast_resize=fast), batch_size=16, seed=0)
         outs.append(collect(loader)[0])
     diff = (outs[0] - outs[1]).abs().mean()
     assert 0 < diff < 0.08, diff  # decoded at 1/2..1/8 scale, same crops: nearly the same pixels
+    # img_size 200 on 400x320 images: most crops shrink by 1-2x, where fast_resize is bilinear
+    base.update(img_size=200, rrc_scale=(0.3, 1.0))
+    outs = [collect(build_train_loader(DataConfig(**base, dct_scaling=False, fast_resize=fast), batch_size=16,
+                                       seed=0))[0] for fast in (False, True)]
+    diff = (outs[0] - outs[1]).abs().mean()
+    assert 0 < diff < 0.05, diff  # same crops, bilinear instead of INTER_AREA: ~1 grey level
 
 
 def test_cpu_pipeline_builds_without_hanging(demo):

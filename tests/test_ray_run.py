@@ -192,3 +192,39 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
         subprocess.run(["rm", "-rf", str(temp_dir)])
     left = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes of the test's Ray head survived: {left}"
+
+
+def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_data):
+    """No namespace here on purpose: the CLI itself must stop the Ray it started when it gets SIGTERM."""
+    temp_dir = Path(f"/tmp/rt{os.getpid()}")  # every process of that Ray has it in its command line
+    run_dir = tmp_path / "demo" / "term"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}",
+         f"output_root={tmp_path}", "run_id=term", *SMALL, "train.epochs=50"],
+        cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and not events(run_dir, "start"):
+            time.sleep(0.5)
+        if not events(run_dir, "start"):
+            driver.kill()
+            pytest.fail("training never started:\n" + driver.communicate()[0][-3000:])
+        assert subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split()
+        driver.send_signal(signal.SIGTERM)
+        out, _ = driver.communicate(timeout=120)
+        assert driver.returncode == 130, out[-3000:]
+        assert "--resume" in out
+        left: list[bytes] = []
+        for _ in range(30):  # raylet & co exit within a few seconds of ray.shutdown()
+            left = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split()
+            if not left:
+                break
+            time.sleep(1)
+        assert not left, f"Ray processes left after the driver exited: {left}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)  # only processes of the Ray this test started
+        subprocess.run(["rm", "-rf", str(temp_dir)])

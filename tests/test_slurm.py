@@ -180,3 +180,19 @@ def test_unknown_partition_is_one_line(slurm_cluster, demo_data, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "sbatch refused the job" in err[0] and "partition" in err[0].lower(), err
+    assert not (tmp_path / "runs" / "bad" / slurm.JOBS_FILE).exists()
+
+
+def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path, capsys):
+    """A time limit shorter than one checkpoint interval (epochs measured earlier in the study) is a warning,
+    printed before sbatch is asked (which here refuses the partition, so nothing runs)."""
+    from analysis.schema import METRICS_COLUMNS
+    from jobs.metrics import append_row
+
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "tl", run_id="r0")
+    (tmp_path / "runs" / "tl" / "earlier").mkdir(parents=True)
+    append_row(tmp_path / "runs" / "tl" / "earlier", {**{c: None for c in METRICS_COLUMNS}, "epoch": 1, "epoch_s": 900.0})
+    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "10", "--signal-delay", "60"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "warning: --time 10 min leaves 540 s before the USR2 signal, shorter than one checkpoint interval" in err, err

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import yaml
-
 from cluster import Cluster, ClusterError, install_packages
 
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "num_classes": 10, "patch_size": 8, "depth": 2, "embed_dim": 32,

@@ -1,0 +1,137 @@
+"""Reliability (issue 8, item 9): two drivers on one study directory.
+
+A second `python -m orchestrator sweep` on a study whose lock is held by a live driver is refused with
+the owner's pid and host, exit status 3, before Ray starts and before it writes anything. Stale locks
+(dead owner, or a recycled pid) are taken over; when several drivers race for a stale lock exactly one
+gets it.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.study import LOCK_FILE, StudyLocked, study_lock
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+
+HOLDER = """
+import sys, time
+from orchestrator.study import study_lock
+with study_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def _study(tmp_path: Path, demo_data) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(DEMO), "data_root": str(demo_data.root), "output_root": str(tmp_path / "runs"), "study": "st",
+        "seeds": [0], "conditions": {"baseline": {}}, "train": {"epochs": 1},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False},
+    }))
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_second_sweep_on_a_locked_study_is_refused_before_ray_starts(tmp_path, demo_data):
+    config = _study(tmp_path, demo_data)
+    study_dir = tmp_path / "runs" / "st"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(study_dir)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock_before = (study_dir / LOCK_FILE).read_bytes()
+        env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+        env.pop("RAY_ADDRESS", None)
+        # both at once (each CLI spends its time importing): a plain sweep, and one asking to resume
+        procs = [subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(config), *extra], cwd=REPO,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for extra in ([], ["--resume"])]
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=240)
+            assert proc.returncode == 3, stdout[-2000:] + stderr[-2000:]
+            line = stderr.strip().splitlines()[-1]
+            assert f"in use by pid {holder.pid} on {socket.gethostname()}" in line, stderr
+            assert str(study_dir / LOCK_FILE) in line  # where to look if the holder is gone
+            assert not (tmp_path / "ray").exists(), "Ray was started by the refused sweep"
+            assert sorted(p.name for p in study_dir.iterdir()) == [LOCK_FILE], "the refused sweep wrote files"
+            assert (study_dir / LOCK_FILE).read_bytes() == lock_before
+    finally:
+        for proc in locals().get("procs", []):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert not (study_dir / LOCK_FILE).exists(), "the holder releases its lock on exit"
+
+
+def _contender(study_dir: str, start, results, release) -> None:
+    start.wait()
+    try:
+        with study_lock(study_dir):
+            results.put(("won", os.getpid()))
+            release.wait(30)  # hold it until every contender has tried
+    except StudyLocked as exc:
+        results.put(("refused", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - report anything else to the test
+        results.put(("crashed", repr(exc)))
+
+
+@pytest.mark.parametrize("stale", ["dead_pid", "recycled_pid"])
+def test_racing_drivers_take_over_a_stale_lock_exactly_once(tmp_path, stale):
+    study_dir = tmp_path / "st"
+    ctx = multiprocessing.get_context("fork")  # this process has the imports already: no 7 s per child
+    n = 4
+    for round_ in range(3):
+        study_dir.mkdir(exist_ok=True)
+        # recycled: the pid is alive (this test process) but started at another time than recorded
+        pid, start = (_dead_pid(), "1") if stale == "dead_pid" else (os.getpid(), "1")
+        (study_dir / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "start": start,
+                                                       "since": time.time() - 60}))
+        start_all, release, results = ctx.Barrier(n), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_contender, args=(str(study_dir), start_all, results, release)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        try:
+            outcomes = [results.get(timeout=60) for _ in range(n)]
+        finally:
+            release.set()
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        kinds = sorted(kind for kind, _ in outcomes)
+        assert kinds == ["refused"] * (n - 1) + ["won"], f"round {round_}: {outcomes}"
+        winner = next(v for k, v in outcomes if k == "won")
+        assert all(f"in use by pid {winner}" in v or "could not take the lock" in v for k, v in outcomes if k == "refused"), \
+            outcomes
+        assert not (study_dir / LOCK_FILE).exists()
+
+
+def test_lock_held_from_another_host_is_refused_not_taken_over(tmp_path):
+    study_dir = tmp_path / "st"
+    study_dir.mkdir()
+    owner = {"pid": 12345, "host": "other-node-7", "start": "1", "since": time.time()}
+    (study_dir / LOCK_FILE).write_text(json.dumps(owner))
+    with pytest.raises(StudyLocked, match=f"in use by pid 12345 on other-node-7.*delete {study_dir / LOCK_FILE}"):
+        with study_lock(study_dir):
+            pass
+    assert json.loads((study_dir / LOCK_FILE).read_text()) == owner
