@@ -102,9 +102,9 @@ def bench_torchvision(tree: Path, workers: int, bs: int) -> Stream:
 
 
 def bench_decode_ceiling(tree: Path, workers: int, limit: int = 2000):
+    from ffcv.libffcv import imdecode
     from numba import njit, prange, set_num_threads
     from PIL import Image
-    from ffcv.libffcv import imdecode
 
     files = sorted(tree.rglob("*.JPEG"))[:limit]
     blobs = [np.fromfile(f, dtype=np.uint8) for f in files]

@@ -6,6 +6,7 @@ repeated augmentation x3; validation center crop with crop_pct 0.875.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -113,13 +114,19 @@ class DataConfig(BaseModel):
 def beton_problem(path: Path) -> str | None:
     """Why a .beton cannot be read (truncated copy, not a .beton, other ffcv version), or None.
 
-    Cheap: reads the header and the allocation table (tens of bytes per sample), not the images. ffcv's
-    own Reader fails on a truncated file with a bare numpy error, and its memory-mapped sample reads
-    past the end would crash the loader process (SIGBUS) instead of raising."""
+    Cheap: reads the header and the allocation table (tens of bytes per sample), not the images, once
+    per file version (a study checks the same two files for every run). ffcv's own Reader fails on a
+    truncated file with a bare numpy error, and its memory-mapped sample reads past the end would crash
+    the loader process (SIGBUS) instead of raising."""
+    st = Path(path).stat()
+    return _beton_problem(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _beton_problem(path: str, size: int, _mtime_ns: int) -> str | None:
     import numpy as np
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
 
-    size = path.stat().st_size
     if size < HeaderType.itemsize:
         return f"is {size} bytes, shorter than a .beton header (truncated?)"
     header = np.fromfile(path, dtype=HeaderType, count=1)[0]

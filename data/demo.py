@@ -53,6 +53,10 @@ def _build_trees(root: Path) -> None:
         _render(img).save(path, quality=95)
 
 
+def _quiet(*_: object) -> None:
+    """Conversion notes are not shown for the demo; its summary lines are."""
+
+
 def prepare_demo(out_dir: Path | str, log=print) -> DemoPaths:
     """Build (or reuse) OUT_DIR/{train,val}/ and OUT_DIR/{train,val}.beton; idempotent."""
     root = Path(out_dir)
@@ -67,10 +71,9 @@ def prepare_demo(out_dir: Path | str, log=print) -> DemoPaths:
         tmp = stamp.with_name("demo.json.tmp")
         tmp.write_text(json.dumps(expected) + "\n")
         os.replace(tmp, stamp)
-    quiet = (lambda *_: None)
-    train = convert(paths.train_dir, paths.train_beton, DEMO_OPTIONS, log=quiet)
+    train = convert(paths.train_dir, paths.train_beton, DEMO_OPTIONS, log=_quiet)
     val = convert(paths.val_dir, paths.val_beton, DEMO_OPTIONS, label_map=read_label_map(paths.train_beton),
-                  log=quiet)
+                  log=_quiet)
     for r in (train, val):
         if not r.up_to_date:
             log(r.summary())

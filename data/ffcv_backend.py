@@ -12,18 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numba import njit
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, ResizedCropRGBImageDecoder
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader
 from ffcv.pipeline.compiler import Compiler
-from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor
+from ffcv.traversal_order.base import TraversalOrder
+from numba import njit
 
 from .rng import batch_key, flip_draw, rrc_params, sample_key
-
-
 
 
 @njit(cache=True, nogil=True)

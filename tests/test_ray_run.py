@@ -204,11 +204,13 @@ def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_da
         cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and driver.poll() is None and not events(run_dir, "start"):
+        ray_state = tmp_path / "demo" / ".ray" / "train" / "term"  # the TorchTrainer has started
+        while time.time() < deadline and driver.poll() is None and not ray_state.exists():
             time.sleep(0.5)
-        if not events(run_dir, "start"):
+        if not ray_state.exists():
             driver.kill()
-            pytest.fail("training never started:\n" + driver.communicate()[0][-3000:])
+            pytest.fail("the trainer never started:\n" + driver.communicate()[0][-3000:])
+        time.sleep(2)
         assert subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split()
         driver.send_signal(signal.SIGTERM)
         out, _ = driver.communicate(timeout=120)

@@ -56,7 +56,11 @@ def test_second_sweep_on_a_locked_study_is_refused_before_ray_starts(tmp_path, d
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        lock_before = (study_dir / LOCK_FILE).read_bytes()
+        # the first driver is mid-run: a plain sweep must hear "in use", not "pass --resume"
+        (study_dir / "baseline-s0").mkdir()
+        (study_dir / "baseline-s0" / "status.json").write_text(json.dumps(
+            {"state": "running", "epoch": 0, "epochs_total": 1, "error": None, "updated": time.time()}))
+        before = {p: p.read_bytes() for p in study_dir.rglob("*") if p.is_file()}
         env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
         env.pop("RAY_ADDRESS", None)
         # both at once (each CLI spends its time importing): a plain sweep, and one asking to resume
@@ -70,8 +74,8 @@ def test_second_sweep_on_a_locked_study_is_refused_before_ray_starts(tmp_path, d
             assert f"in use by pid {holder.pid} on {socket.gethostname()}" in line, stderr
             assert str(study_dir / LOCK_FILE) in line  # where to look if the holder is gone
             assert not (tmp_path / "ray").exists(), "Ray was started by the refused sweep"
-            assert sorted(p.name for p in study_dir.iterdir()) == [LOCK_FILE], "the refused sweep wrote files"
-            assert (study_dir / LOCK_FILE).read_bytes() == lock_before
+            assert {p: p.read_bytes() for p in study_dir.rglob("*") if p.is_file()} == before, \
+                "the refused sweep wrote, moved or changed files (the lock included)"
     finally:
         for proc in locals().get("procs", []):
             if proc.poll() is None:

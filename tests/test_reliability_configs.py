@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 # The cluster the study cases are judged against: this 2-core, GPU-less machine, whatever runs the test.
 CLUSTER = ClusterShape(cpus=2, gpus=0, node_cpus=2, node_gpus=0)
+# The model every case starts from, pinned so the cases stay broken whatever demo.yaml's model becomes.
+MODEL = {"name": "vit_tiny_patch16_224", "num_classes": 10, "patch_size": 8, "depth": 6, "embed_dim": 64,
+         "num_heads": 4, "kwargs": {}}
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ CASES = [
     Case("int as word", "spec", ("train.epochs=three",), ("train.epochs:", "'three'")),
     Case("list for int", "spec", ("model.depth=[1, 2]",), ("model.depth:",)),
     Case("literal", "spec", ("train.amp_dtype=fp8",), ("train.amp_dtype:", "'bfloat16' or 'float16'")),
-    Case("section as value", "spec", ("train=5",), ("train:",)),
+    Case("section as value", "spec", ("train=5",), ("train:", "valid dictionary")),
     # ranges
     Case("negative lr", "spec", ("train.lr=-1",), ("train.lr:", "greater than 0")),
     Case("smoothing >= 1", "spec", ("train.smoothing=1.5",), ("train.smoothing:",)),
@@ -60,14 +63,16 @@ CASES = [
     Case("unknown strategy", "spec", ("strategies=[{name: groupd}]",), ("groupd", "grouped")),
     Case("depth not divisible", "spec", ("strategies=[{name: grouped, params: {group_size: 4}}]",),
          ("not divisible by group_size 4",)),
-    Case("keep_ratio > 1", "spec", ("strategies=[{name: shallow, params: {keep_ratio: 1.5}}]",), ("keep_ratio",)),
-    Case("unknown strategy param", "spec", ("strategies=[{name: shallow, params: {ratio: 0.5}}]",), ("ratio",)),
+    Case("keep_ratio > 1", "spec", ("strategies=[{name: shallow, params: {keep_ratio: 1.5}}]",),
+         ("strategy shallow: keep_ratio", "less than or equal to 1")),
+    Case("unknown strategy param", "spec", ("strategies=[{name: shallow, params: {ratio: 0.5}}]",),
+         ("unknown parameter 'ratio'", "keep_ratio")),
     Case("not a timm model", "spec", ("model.name=vit_tinyy_patch16_224",),
          ("'vit_tinyy_patch16_224' is not a timm model name", "vit_tiny_patch16_224")),
     Case("strategy on a CNN", "spec", ("model.name=resnet18", "model.patch_size=null", "model.depth=null",
                                        "model.embed_dim=null", "model.num_heads=null",
-                                       "strategies=[{name: grouped}]"), ("resnet18",)),
-    Case("heads do not divide width", "spec", ("model.num_heads=5",), ("model",)),
+                                       "strategies=[{name: grouped}]"), ("model resnet18 cannot be created",)),
+    Case("heads do not divide width", "spec", ("model.num_heads=5",), ("cannot be created", "divisible by num_heads")),
     # missing or wrong files
     Case("missing dataset", "spec", ("data.train_path=missing.beton",), ("data.train_path:", "missing.beton does not exist")),
     Case("folder for ffcv", "spec", ("data.val_path=val",), ("data.val_path:", "needs a .beton file")),
@@ -97,7 +102,7 @@ CASES = [
 
 
 def _study_text(demo_data) -> str:
-    return yaml.safe_dump({"base": str(DEMO), "data_root": str(demo_data.root), "seeds": [0],
+    return yaml.safe_dump({"base": str(DEMO), "data_root": str(demo_data.root), "seeds": [0], "model": MODEL,
                            "conditions": {"baseline": {}, "grouped": {"strategies": [{"name": "grouped"}]}},
                            "resources": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False}})
 
@@ -113,6 +118,7 @@ def _config(case: Case, demo_data, folder: Path) -> Path:
     else:
         raw = yaml.safe_load(DEMO.read_text())
         raw["data_root"] = str(demo_data.root)
+        raw["model"] = dict(MODEL)
         raw["resources"]["cpus_per_worker"] = 1
         path.write_text(yaml.safe_dump(raw))
     return path

@@ -35,8 +35,8 @@ def tiny_spec(demo_data, out: Path, *extra: str):
     # 5 batches of 256 per epoch, no EMA (one evaluation per epoch): about a few seconds an epoch on CPU.
     return load_spec(DEMO, [
         f"data_root={demo_data.root}", f"output_root={out}", "study=rel", "run_id=tiny",
-        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "data.num_workers=1", "train.epochs=2", "train.batch_size=256", "train.grad_accum=1",
+        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8", "model.kwargs={}",
+        "model.drop_path_rate=0.1", "data.num_workers=1", "train.epochs=2", "train.batch_size=256", "train.grad_accum=1",
         "train.warmup_epochs=0", "train.ema=false", "checkpoint.keep_last=3", *extra,
     ])
 

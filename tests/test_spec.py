@@ -46,7 +46,7 @@ def test_every_error_reported_at_once(demo_data):
         "train.lr=fast",                                  # wrong type
         "train.warmup_epochs=-1",                         # out of range
         "checkpoint.keep_last=1",                         # below the minimum of 2
-        "strategies=[{name: grouped, params: {group_size: 4}}]",  # depth 6 not divisible by 4
+        "strategies=[{name: grouped, params: {group_size: 3}}]",  # depth 4 not divisible by 3
         "model.num_classes=7",                            # label map has 10 classes
         "data.val_path=missing.beton",                    # file does not exist
         "nonsense",                                       # not key=value
@@ -57,7 +57,7 @@ def test_every_error_reported_at_once(demo_data):
     assert any(e.startswith("train.lr:") and "'fast'" in e for e in errors)
     assert any(e.startswith("train.warmup_epochs:") for e in errors)
     assert any(e.startswith("checkpoint.keep_last:") for e in errors)
-    assert "not divisible by group_size 4" in text
+    assert "not divisible by group_size 3" in text
     assert "has 10 classes but the model has num_classes=7" in text
     assert "missing.beton does not exist" in text
     assert "'nonsense' is not key=value" in text
