@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
+from numba import njit
 from timm.data.random_erasing import RandomErasing
 
 from .config import DataConfig
@@ -23,15 +25,50 @@ class Normalize:
         self.mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1 / (torch.tensor(cfg.std, device=device).view(1, 3, 1, 1) * 255)
         self.dtype = _DTYPES[cfg.dtype]
+        # (x - mean) * inv_std as x * scale + shift, for the fused CPU conversion
+        self.scale = (1 / (np.asarray(cfg.std, np.float64) * 255)).astype(np.float32)
+        self.shift = (-np.asarray(cfg.mean, np.float64) / np.asarray(cfg.std, np.float64)).astype(np.float32)
+        self.fused_cpu = device.type == "cpu"
+
+    def from_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC batch -> normalized float NCHW (one fused pass on CPU)."""
+        if self.fused_cpu and images.device.type == "cpu":
+            return cpu_float_nchw(images.contiguous(), self.scale, self.shift)
+        return self(to_float_nchw(images, self.mean.device))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """float NCHW 0..255 (contiguous, owned) -> normalized, in place."""
         return x.sub_(self.mean).mul_(self.inv_std)
 
 
+@njit(cache=True, nogil=True)
+def _nhwc_u8_to_nchw_f32(src, scale, shift, out):
+    """out[n, c, y, x] = src[n, y, x, c] * scale[c] + shift[c], one pass, on the calling thread."""
+    n, h, w, ch = src.shape
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                for c in range(ch):
+                    out[i, c, y, x] = np.float32(src[i, y, x, c]) * scale[c] + shift[c]
+
+
+def cpu_float_nchw(images: torch.Tensor, scale: np.ndarray, shift: np.ndarray) -> torch.Tensor:
+    """CPU path of to_float_nchw (+ optional affine normalisation) without torch's OpenMP threads:
+    their spin-waiting after every op took the cores the ffcv decode threads need."""
+    n, h, w, c = images.shape
+    out = np.empty((n, c, h, w), np.float32)
+    _nhwc_u8_to_nchw_f32(images.numpy(), scale, shift, out)
+    return torch.from_numpy(out)
+
+
+_IDENTITY = (np.ones(3, np.float32), np.zeros(3, np.float32))
+
+
 def to_float_nchw(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Source batch (uint8 NHWC, possibly the source's reused buffer) -> new contiguous float NCHW
     tensor on device, in one pass (after a uint8 host->device copy when needed)."""
+    if device.type == "cpu" and images.device.type == "cpu" and images.dtype == torch.uint8:
+        return cpu_float_nchw(images.contiguous(), *_IDENTITY)
     images = images.to(device, non_blocking=True)
     n, h, w, c = images.shape
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=device)
@@ -51,10 +88,10 @@ class TrainAugment:
 
     def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(key)
-        x = to_float_nchw(images, self.device)
         if self.randaug is not None:
-            x = self.randaug(x, gen)
-        x = self.norm(x)
+            x = self.norm(self.randaug(to_float_nchw(images, self.device), gen))
+        else:
+            x = self.norm.from_uint8(images)
         if self.erase is not None:
             x = self._erase(x, int(torch.randint(2**62, (1,), generator=gen)))
         return x.to(self.norm.dtype)
@@ -81,4 +118,4 @@ class ValAugment:
         self.norm = Normalize(cfg, device)
 
     def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
-        return self.norm(to_float_nchw(images, self.device)).to(self.norm.dtype)
+        return self.norm.from_uint8(images).to(self.norm.dtype)

@@ -10,6 +10,10 @@ Loader calls run with the global generators saved and restored around them, so a
 worker processes' base seed) never shifts the training stream; the checkpoint stores every rank's
 generator states, its partial-epoch sums and the loader position, so a resumed run replays the
 uninterrupted one bit for bit on CPU.
+
+Stops: a NaN/inf loss raises NonFiniteLossError (no checkpoint is written after it; `train.skip_nonfinite`
+skips such updates instead); an engine that defines `stop_requested() -> bool` gets a checkpoint at the
+next optimizer update and a Preempted exception. `Hooks` let tests watch the loop and kill it by raising.
 """
 from __future__ import annotations
 
@@ -456,14 +460,14 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
 def _epoch_row(run: _Run, epoch: int, epoch_s: float, evals: dict, resumed_from: int | None) -> dict:
     p = run.partial
     loss_sum, loss_count, images, train_s = _all_reduce_sum([p.loss_sum, p.loss_count, p.images, p.train_s], run.ctx, run.device)
-    train_s_max = train_s / max(run.ctx.world_size, 1)
+    train_s_mean = train_s / max(run.ctx.world_size, 1)
     return {
         **run.static,
         "epoch": epoch + 1,
         "lr": float(run.optimizer.param_groups[0]["lr"]),
         "train_loss": loss_sum / loss_count if loss_count else float("nan"),
         **evals,
-        "train_img_s": images / train_s_max if train_s_max > 0 else None,
+        "train_img_s": images / train_s_mean if train_s_mean > 0 else None,
         "epoch_s": epoch_s,
         "wall_time": time.time(),
         "resumed_from": resumed_from,

@@ -20,6 +20,12 @@ TUNE_NAME = "tune"
 TABLE_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "top1": "top1", "ema_top1": "ema_top1", "epoch_s": "epoch_s"}
 
 
+def _last_line(exc: BaseException) -> str:
+    """The exception's own message: Ray wraps it in tracebacks of every process it crossed."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[-1] if lines else repr(exc))[:400]
+
+
 def ray_root(study_dir: Path, storage_path: str | None) -> str:
     return storage_path.rstrip("/") if storage_path else str(Path(study_dir).resolve() / RAY_DIR)
 
@@ -72,7 +78,7 @@ def run_one(spec: RunSpec, session, *, max_failures: int, storage_path: str | No
     try:
         trainer.fit()
     except Exception as exc:  # TrainingFailedError and friends: one line, details in events.log
-        print(f"error: run {spec.run_id} failed: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        print(f"error: run {spec.run_id} failed: {_last_line(exc)}", file=sys.stderr)
         print(f"  details: {Path(spec.run_dir) / 'events.log'}", file=sys.stderr)
         return 1
     state, done = run_state(spec)
@@ -159,8 +165,7 @@ def _summary(runs: list[RunSpec], grid: Any) -> int:
     for result in grid:
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
-            lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()]
-            failed[run_id] = (lines[-1] if lines else repr(result.error))[:300]
+            failed[run_id] = _last_line(result.error)
     bad = 0
     print(f"{'run':<40} {'state':<9} {'epochs':>7}  top1")
     for spec in runs:
