@@ -187,3 +187,21 @@ def test_train_val_pair_and_cli(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "converted 6 images of 2 classes" in p.stdout
+
+
+def test_prepare_demo_counts_and_idempotence(demo_data):
+    from ffcv.reader import Reader
+
+    from data.demo import prepare_demo
+
+    assert Reader(str(demo_data.train_beton)).num_samples == 1437
+    assert Reader(str(demo_data.val_beton)).num_samples == 360
+    assert read_label_map(demo_data.train_beton) == read_label_map(demo_data.val_beton) == \
+        {f"digit_{c}": c for c in range(10)}
+    assert len(list(demo_data.train_dir.rglob("*.jpg"))) == 1437
+    assert Image.open(next(demo_data.val_dir.rglob("*.jpg"))).size == (32, 32)
+    before = {p: p.stat().st_mtime_ns for p in (demo_data.train_beton, demo_data.val_beton)}
+    logs: list[str] = []
+    again = prepare_demo(demo_data.root, log=logs.append)
+    assert again == demo_data and logs == []
+    assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from data.config import DataConfig
-from data.demo import prepare_demo
 from data.loaders import build_train_loader, build_val_loader
 from data.order import train_order, val_order
 
@@ -26,8 +25,9 @@ IDENTITY_CROP = dict(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0))  # 32x32 images
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare_demo(tmp_path_factory.mktemp("demo"), log=lambda *_: None)
+def demo(demo_data):
+    """The session's shipped digits dataset (tests/conftest.py builds it once with prepare_demo)."""
+    return demo_data
 
 
 def cfg_for(demo, backend="ffcv", **kw) -> DataConfig:
