@@ -31,8 +31,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Every benchmark of BENCHMARKS.md, side by side figures printed as ratios (CPU by default; GPU when visible).
 bench: install
-	$(PY) -m bench all
+	$(PY) -m jobs bench --model vit_base_patch16_224 --strategies baseline,grouped,shallow --json build/bench/inference.json
+	$(PY) bench/loader_bench.py
+	$(PY) bench/convert_bench.py
+	$(PY) bench/ray_bench.py
 
 lint: install
 	$(VENV)/bin/ruff check .
