@@ -59,34 +59,39 @@ def run_bench(model: str, expressions: list[str], *, device: str = "cpu", dtype:
         # Reduced precision through autocast, as in training; fp32 runs plain.
         return torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext()
 
-    def timed(net) -> float:
+    def timed(net) -> tuple[float, float]:
+        """(img/s of wall time, img per CPU-second of this process: robust to busy neighbours on CPU)."""
         with torch.inference_mode(), precision():
             _sync(dev)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(iters):
                 net(x)
             _sync(dev)
-        return batch_size * iters / (time.perf_counter() - start)
+        images = batch_size * iters
+        return images / (time.perf_counter() - start), images / max(time.process_time() - cpu_start, 1e-9)
 
     for net, _, _ in nets.values():
         for _ in range(warmup):
             timed(net)
-    samples: dict[str, list[float]] = {e: [] for e in expressions}
+    samples: dict[str, list[tuple[float, float]]] = {e: [] for e in expressions}
     for r in range(rounds):
         order = expressions[r % len(expressions):] + expressions[: r % len(expressions)]
         for e in order:
             samples[e].append(timed(nets[e][0]))
     base_expr = "baseline" if "baseline" in nets else expressions[0]
-    base_img_s = statistics.median(samples[base_expr])
+    def median(e: str, which: int) -> float:
+        return statistics.median(s[which] for s in samples[e])
+
     base_macs = nets[base_expr][1].gmacs
     results = []
     for e in expressions:
-        img_s = statistics.median(samples[e])
+        img_s, cpu_img_s = median(e, 0), median(e, 1)
         stats = nets[e][1]
         results.append({
-            "strategy": e, "img_s": img_s, "ratio": img_s / base_img_s, "mac_ratio": base_macs / stats.gmacs,
-            "gmacs": stats.gmacs, "gflops": stats.gflops, "params": stats.params,
-            "spread": (min(samples[e]), max(samples[e])),
+            "strategy": e, "img_s": img_s, "ratio": img_s / median(base_expr, 0),
+            "cpu_img_s": cpu_img_s, "cpu_ratio": cpu_img_s / median(base_expr, 1),
+            "mac_ratio": base_macs / stats.gmacs, "gmacs": stats.gmacs, "gflops": stats.gflops,
+            "params": stats.params, "spread": (min(s[0] for s in samples[e]), max(s[0] for s in samples[e])),
         })
     return {
         "model": model, "device": str(dev), "device_name": _device_name(dev), "dtype": dtype,
@@ -106,10 +111,11 @@ def _device_name(dev: torch.device) -> str:
 def format_result(res: dict) -> str:
     lines = [f"{res['model']} on {res['device_name']} ({res['dtype']}, batch {res['batch_size']}, "
              f"median of {res['rounds']} rounds x {res['iters']} iters)",
-             "Strategy | img/s | ratio vs " + res["reference"] + " | MAC ratio (bound)",
-             "--- | --- | --- | ---"]
+             f"Strategy | img/s | ratio vs {res['reference']} | img/CPU-s | CPU ratio | MAC ratio (bound)",
+             "--- | --- | --- | --- | --- | ---"]
     for r in res["results"]:
-        lines.append(f"{r['strategy']} | {r['img_s']:,.1f} | {r['ratio']:.3f} | {r['mac_ratio']:.3f}")
+        lines.append(f"{r['strategy']} | {r['img_s']:,.1f} | {r['ratio']:.3f} | {r['cpu_img_s']:,.2f} | "
+                     f"{r['cpu_ratio']:.3f} | {r['mac_ratio']:.3f}")
     return "\n".join(lines)
 
 

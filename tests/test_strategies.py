@@ -270,7 +270,7 @@ def test_bench_reports_ratios_and_mac_bound():
 
     res = run_bench("vit_tiny_patch16_224", ["baseline", "shallow"], batch_size=2, rounds=2, iters=1, warmup=1)
     base, shallow = res["results"]
-    assert base["ratio"] == 1.0 and base["mac_ratio"] == 1.0 and base["img_s"] > 0
+    assert base["ratio"] == base["cpu_ratio"] == base["mac_ratio"] == 1.0 and base["img_s"] > 0 < base["cpu_img_s"]
     assert shallow["mac_ratio"] > 1.3 and shallow["img_s"] > 0
     assert "MAC ratio" in format_result(res)
 
