@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
+SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench sysdeps install lint clean
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml | sysdeps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'from data.jpegcrop import build; print("region JPEG decoder:", build())'
 	@touch $(STAMP)
 
 install: sysdeps $(STAMP)

@@ -56,12 +56,12 @@ class Stream:
         return n / (time.perf_counter() - t0)
 
 
-def bench_ours(beton: Path, workers: int, bs: int, dct: bool = True) -> Stream:
+def bench_ours(beton: Path, workers: int, bs: int, dct: bool = True, crop: bool = True) -> Stream:
     from data.config import DataConfig
     from data.loaders import build_train_loader
 
     cfg = DataConfig(train_path=beton, val_path=beton, img_size=224, num_workers=workers, auto_augment=None,
-                     reprob=0.0, aug_repeats=1, dct_scaling=dct)
+                     reprob=0.0, aug_repeats=1, dct_scaling=dct, crop_decode=crop)
     loader = build_train_loader(cfg, batch_size=bs, seed=0)
     epoch = iter(range(1000))
 
@@ -167,6 +167,7 @@ def child(name: str, args) -> dict:
         "ceiling": lambda: bench_decode_ceiling(tree, args.workers),
         "ours": lambda: bench_ours(beton, args.workers, args.batch_size),
         "ours_nodct": lambda: bench_ours(beton, args.workers, args.batch_size, dct=False),
+        "ours_fulldecode": lambda: bench_ours(beton, args.workers, args.batch_size, crop=False),
         "stock_ffcv": lambda: bench_stock_ffcv(beton, args.workers, args.batch_size),
         "torchvision": lambda: bench_torchvision(tree, args.workers, args.batch_size),
     }
@@ -187,7 +188,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--measure-images", type=int, default=3840, help="images timed per loader")
     p.add_argument("--drain", type=int, default=1024, help="warm-up images (untimed)")
-    p.add_argument("--only", default="ceiling,ours,ours_nodct,stock_ffcv,torchvision")
+    p.add_argument("--only", default="ceiling,ours,ours_fulldecode,ours_nodct,stock_ffcv,torchvision")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:

@@ -8,6 +8,8 @@ of augmented batches is reproducible and a resumed epoch sees the same augmentat
 from __future__ import annotations
 
 import random
+import sys
+import threading
 
 import numpy as np
 import torch
@@ -45,20 +47,52 @@ class Normalize:
 def _nhwc_u8_to_nchw_f32(src, scale, shift, out):
     """out[n, c, y, x] = src[n, y, x, c] * scale[c] + shift[c], one pass, on the calling thread."""
     n, h, w, ch = src.shape
+    # channel-outer order: contiguous writes (a third cheaper than pixel-outer on the benchmark)
     for i in range(n):
-        for y in range(h):
-            for x in range(w):
-                for c in range(ch):
-                    out[i, c, y, x] = np.float32(src[i, y, x, c]) * scale[c] + shift[c]
+        for c in range(ch):
+            s, b = scale[c], shift[c]
+            for y in range(h):
+                for x in range(w):
+                    out[i, c, y, x] = np.float32(src[i, y, x, c]) * s + b
 
 
 def cpu_float_nchw(images: torch.Tensor, scale: np.ndarray, shift: np.ndarray) -> torch.Tensor:
     """CPU path of to_float_nchw (+ optional affine normalisation) without torch's OpenMP threads:
     their spin-waiting after every op took the cores the ffcv decode threads need."""
     n, h, w, c = images.shape
-    out = np.empty((n, c, h, w), np.float32)
+    out = _POOL.get((n, c, h, w))
     _nhwc_u8_to_nchw_f32(images.numpy(), scale, shift, out)
     return torch.from_numpy(out)
+
+
+class _BufferPool:
+    """Recycles float32 batch arrays once nothing references them any more.
+
+    A fresh 77 MB batch array is mmap'ed by malloc and page-faulted (kernel-zeroed) on first write:
+    that cost 3x the conversion itself (0.3 vs 0.1 ms per 224 px image). A tensor made by
+    torch.from_numpy keeps its array alive, so an array whose only references are the pool's is free
+    to reuse: batches the caller still holds (or views of them) are never overwritten.
+    """
+
+    def __init__(self, per_shape: int = 4):
+        self.per_shape = per_shape
+        self.arrays: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        with self.lock:
+            arrays = self.arrays.setdefault(shape, [])
+            for k in range(len(arrays)):
+                # references: the list, and getrefcount's argument
+                if sys.getrefcount(arrays[k]) == 2:
+                    return arrays[k]
+            out = np.empty(shape, np.float32)
+            if len(arrays) < self.per_shape:
+                arrays.append(out)
+            return out
+
+
+_POOL = _BufferPool()
 
 
 _IDENTITY = (np.ones(3, np.float32), np.zeros(3, np.float32))

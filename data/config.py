@@ -48,6 +48,7 @@ class DataConfig(BaseModel):
     batches_ahead: int = Field(3, ge=1, description="ffcv: batches prepared in advance.")
     fast_resize: bool = Field(True, description="ffcv train crops: bilinear resize when shrinking < 2x (7x cheaper than INTER_AREA; same crops).")
     dct_scaling: bool = Field(True, description="ffcv: decode JPEGs at 1/2-1/8 scale when the crop is >= 2x the output (faster, same crops).")
+    crop_decode: bool = Field(True, description="ffcv train crops: decode only the crop region of baseline JPEGs (data/jpegcrop.c; same crops).")
 
     @field_validator("rrc_scale", "rrc_ratio")
     @classmethod

@@ -21,6 +21,7 @@ from ffcv.transforms import ToDevice, ToTensor
 from ffcv.traversal_order.base import TraversalOrder
 from numba import njit
 
+from . import jpegcrop
 from .rng import batch_key, flip_draw, rrc_params, sample_key
 
 
@@ -80,6 +81,19 @@ def dct_denominator(crop_h, crop_w, out_h, out_w, max_denom):
     return d
 
 
+@njit(nogil=True)
+def _no_region(src, dst, stride, denom, top, left, h, w, info):
+    """Stand-in for jpegcrop's decoder when it is off or unavailable (keeps decode() typable)."""
+    return -1
+
+
+@njit(nogil=True)
+def _numba_bilinear(src, i, j, h, w, dst):
+    """bilinear_resize with the native version's signature (used when the shim is unavailable)."""
+    bilinear_resize(src, i, j, h, w, dst)
+    return 0
+
+
 class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     """RandomResizedCrop (+ horizontal flip) whose parameters come from rng.rrc_params(key) / flip_draw(key)
     with key = sample_key(batch_key(salt, batch indices), position): reproducible across threads/resumes.
@@ -87,13 +101,17 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     JPEGs whose crop is at least 2x the output size are decoded at 1/2, 1/4 or 1/8 scale by
     libjpeg-turbo (DCT-domain scaling, much less IDCT work) and the crop box is mapped to that
     scale; the crop distribution is unchanged (up to rounding of the box to scaled pixels).
+    With crop_decode, only the crop box is decoded (data.jpegcrop: rows above it skipped, rows
+    below never read, columns outside the iMCU-aligned window skipped); multi-scan (progressive)
+    JPEGs and raw samples take the full-decode path.
     With fast_resize, the remaining resize is bilinear when it shrinks by less than 2x (no
     anti-aliasing needed) and ffcv's INTER_AREA (OpenCV) otherwise.
     """
 
     def __init__(self, output_size: tuple[int, int], salt: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True):
+                 dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True, crop_decode: bool = True):
         super().__init__(output_size)
+        self.crop_decode = crop_decode
         self.hflip = float(hflip)
         self.fast_resize = fast_resize
         self.salt = int(salt) & 0xFFFFFFFFFFFFFFFF
@@ -116,12 +134,16 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
         r_lo, r_hi = float(self.ratio[0]), float(self.ratio[1])
         out_h, out_w = int(self.output_size[0]), int(self.output_size[1])
         max_denom = 8 if self.dct_scaling else 1
+        native = jpegcrop.numba_fns()
+        use_region = native is not None and self.crop_decode
+        region_c, bilinear_c = native if native is not None else (_no_region, _numba_bilinear)
         p_flip = self.hflip
         fast = self.fast_resize
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             bkey = batch_key(salt, batch_indices)
+            info = np.empty((len(batch_indices), 4), np.uint32)  # one row per sample: threads share nothing
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -134,20 +156,30 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
                     d = dct_denominator(h, w, out_h, out_w, max_denom)
                     sh = (height + d - 1) // d
                     sw = (width + d - 1) // d
-                    temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, d, False, False)
-                    temp_buffer = temp_buffer.reshape(-1)[: 3 * sh * sw].reshape(sh, sw, 3)
+                    buf = temp_storage[dst_ix]
                     if d > 1:
                         i0 = i // d
                         j0 = j // d
                         i1 = min(sh, max(i0 + 1, (i + h + d // 2) // d))
                         j1 = min(sw, max(j0 + 1, (j + w + d // 2) // d))
                         i, j, h, w = i0, j0, i1 - i0, j1 - j0
+                    rc = -1
+                    if use_region:
+                        # only the crop's rows (and iMCU-aligned columns) are decoded, into rows
+                        # of the full scaled width; the window starts at column info[dst_ix, 0]
+                        rc = region_c(image_data, buf, 3 * sw, d, i, j, h, w, info[dst_ix])
+                    if rc == 0:
+                        temp_buffer = buf[: 3 * sw * h].reshape(h, sw, 3)
+                        i = 0
+                        j = j - np.int64(info[dst_ix, 0])
+                    else:  # multi-scan (progressive) JPEG, or region decoding off
+                        imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, d, False, False)
+                        temp_buffer = buf[: 3 * sh * sw].reshape(sh, sw, 3)
                 else:
                     temp_buffer = image_data.reshape(height, width, 3)
                 # cv2's INTER_AREA is slow only when shrinking by a non-integer factor
                 if fast and (h > out_h or w > out_w) and h < 2 * out_h and w < 2 * out_w:
-                    bilinear_resize(temp_buffer, i, j, h, w, destination[dst_ix])
+                    bilinear_c(temp_buffer, i, j, h, w, destination[dst_ix])
                 else:
                     resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
                 if flip_draw(key, p_flip):
@@ -182,12 +214,13 @@ class FfcvSource:
     def __init__(self, path: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, os_cache: bool = True,
-                 batches_ahead: int = 3, dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True):
+                 batches_ahead: int = 3, dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True,
+                 crop_decode: bool = True):
         self.order = IndexOrder(order_fn)
         self.batch_size = batch_size
         if train:
             decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling, hflip,
-                                                    fast_resize)
+                                                    fast_resize, crop_decode)
         else:
             decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)
         image = [decoder, ToTensor()]

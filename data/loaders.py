@@ -44,6 +44,7 @@ def _ffcv_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callab
     else:
         kw["dct_scaling"] = cfg.dct_scaling
         kw["fast_resize"] = cfg.fast_resize
+        kw["crop_decode"] = cfg.crop_decode
     order_fn = make_order(int(Reader(str(path)).num_samples))
     return FfcvSource(path, order_fn=order_fn, os_cache=cfg.os_cache, batches_ahead=cfg.batches_ahead, **kw)
 

@@ -81,13 +81,20 @@ def test_two_worker_run_survives_a_worker_death(tmp_path, demo_data):
     """`run` with 2 workers; one worker SIGKILLs itself after epoch 1: FailureConfig restarts the group,
     which resumes from the epoch-1 checkpoint (not from epoch 0) and finishes."""
     marker = tmp_path / "killed"
-    proc = subprocess.run(
+    run_dir = tmp_path / "demo" / "two"
+    proc = subprocess.Popen(
         cli("run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}", f"output_root={tmp_path}",
             "run_id=two", *SMALL, "resources.num_workers=2", "train.batch_size=64", "--max-failures=1"),
         cwd=REPO, env=env(VITREDUCE_FAIL_AT_EPOCH="1", VITREDUCE_FAIL_MARKER=str(marker)),
-        capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = tmp_path / "demo" / "two"
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # --kill-child: the namespace and its Ray go too
+        out, _ = proc.communicate()
+        log = (run_dir / EVENTS_FILE).read_text() if (run_dir / EVENTS_FILE).exists() else "(no events.log)"
+        pytest.fail(f"run did not finish in 480 s\nevents.log:\n{log}\noutput:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-4000:]
     assert marker.read_text().startswith("rank 1 pid")        # the failure really happened, on rank 1
     assert all((run_dir / f).exists() for f in RUN_FILES)
     assert status(run_dir)["state"] == "finished"
@@ -197,7 +204,6 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
 def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_data):
     """No namespace here on purpose: the CLI itself must stop the Ray it started when it gets SIGTERM."""
     temp_dir = Path(f"/tmp/rt{os.getpid()}")  # every process of that Ray has it in its command line
-    run_dir = tmp_path / "demo" / "term"
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}",
          f"output_root={tmp_path}", "run_id=term", *SMALL, "train.epochs=50"],
