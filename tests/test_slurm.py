@@ -114,9 +114,11 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     checkpoint, finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
     uninterrupted run."""
     out = tmp_path / "runs"
-    # Batches of 16 make an epoch a few seconds: after a plain requeue's SIGTERM (which submitit ignores) the
-    # task trains on until KillWait's SIGKILL, and must not reach the end of the run in that time.
-    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=8, run_id="r0",
+    # After a plain requeue's SIGTERM (which submitit ignores) the task trains on until KillWait's SIGKILL
+    # (5 s) and must not reach the end of the run in that time: on an idle machine an epoch of batch 16
+    # takes ~0.5 s, so the run is long enough to have >10 epochs left after the third interruption.
+    epochs = 24
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "pre", epochs=epochs, run_id="r0",
                        overrides={"train": {"batch_size": 16}})
     run_dir = out / "pre" / "r0"
     assert slurm.main([str(cfg), "--partition", "low", "--time", "15"]) == 0
@@ -160,9 +162,9 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
     starts = resumes()
     assert starts[0] >= 1 and starts[1] > starts[0] and starts[2] >= requeued_at, starts
-    assert starts[2] < 8, "the plain requeue came after the run finished: nothing was tested"
+    assert starts[2] < epochs, "the plain requeue came after the run finished: nothing was tested"
     rows = _rows(run_dir)
-    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     # Each row names the checkpoint epoch its process resumed from (None before the first interruption).
     expected = [next((s for s in reversed(starts) if s < r["epoch"]), None) for r in rows]
     assert [r["resumed_from"] for r in rows] == expected
