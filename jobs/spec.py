@@ -198,16 +198,25 @@ def resolve_data_paths(data: DataConfig, root: Path) -> DataConfig:
 # ---- loading --------------------------------------------------------------------------------
 
 
+_EXPONENT = re.compile(r"[-+]?\d*\.?\d+[eE][-+]?\d+")
+
+
+def parse_value(text: str) -> Any:
+    """An override value as a YAML scalar or flow collection: 3 -> int, [0,1] -> list, 1e-3 -> float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML: keep the text, the schema decides
+    # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean the number.
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = value  # not a YAML scalar: keep the text, the schema decides
-    return path, parsed
+    return path, parse_value(value)
 
 
 def apply_override(raw: dict, path: list[str | int], value: Any) -> None:

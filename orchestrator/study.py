@@ -32,10 +32,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from jobs.spec import RunSpec, SpecError, apply_overrides, format_validation_error, read_yaml, validate_spec
+from jobs.spec import (
+    RunSpec,
+    SpecError,
+    apply_overrides,
+    format_validation_error,
+    parse_value,
+    read_yaml,
+    validate_spec,
+)
 
 STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
@@ -139,7 +146,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         if not sep or not key:
             errors.append(f"override {item!r}: expected key=value (e.g. seeds=[0,1] or train.epochs=3)")
         elif key.split(".")[0] in STUDY_KEYS:
-            _set_study_key(study_raw, key, _parse_value(value))
+            _set_study_key(study_raw, key, parse_value(value))
         else:
             run_overrides.append(item)
 
@@ -384,18 +391,6 @@ def _merge_run_errors(errors: dict[str, list[str]], total: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _parse_value(text: str) -> Any:
-    """Override values are YAML scalars/flow collections: 3 -> int, [0,1] -> list, 1e-3 -> float."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return float(value) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
-    return value
 
 
 def _set_study_key(study: dict, key: str, value: Any) -> None:
