@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import itertools
 import math
+import os
 import random
 import socket
 import sys
@@ -567,6 +568,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             (run_dir / SPEC_FILE).write_text(spec.to_yaml())
             run_files.write_status(run_dir, "running", 0, epochs)
         run = _build(spec, ctx, hooks, log)
+        # Which process is which rank, per (re)start: what an operator needs to find a hung or dead worker.
+        workers = _gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
+        log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))
         start_epoch, start_batch, num_updates = 0, 0, 0
         chosen, unusable = _broadcast(_choose_checkpoint(ctx, run_dir) if rank0 else (None, None), ctx)
         if unusable:
