@@ -127,7 +127,6 @@ def sweep(study: StudySpec, session, *, resume: bool, locked: bool = False) -> i
     runs = [absolute_paths(r) for r in study.runs]
     study_dir = Path(runs[0].run_dir).parent
     root = ray_root(study_dir, study.sweep.storage_path)
-    exp_path = f"{root}/{TUNE_NAME}"
     specs = {r.run_id: r for r in runs}
     k = concurrency(runs, session.shape)
     if study.sweep.max_concurrent_trials:
@@ -138,23 +137,27 @@ def sweep(study: StudySpec, session, *, resume: bool, locked: bool = False) -> i
     )
     with contextlib.nullcontext() if locked else study_lock(study_dir):
         study.write_index()
-        if resume and tune.Tuner.can_restore(exp_path):
-            print(f"resuming {exp_path}: finished runs are kept, the others continue from their checkpoints")
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            reporter = tune.CLIReporter(
-                metric_columns=TABLE_COLUMNS, parameter_columns=[],
-                max_report_frequency=int(study.sweep.progress_every_s), print_intermediate_tables=False)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"run_id": tune.grid_search(list(specs))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
-                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                run_config=tune.RunConfig(
-                    name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
-                    failure_config=tune.FailureConfig(max_failures=study.sweep.trial_max_failures),
-                ),
-            )
+        if resume:
+            # A fresh grid of the study as it is now rather than Tuner.restore: the run folders hold all
+            # the state that matters (finished runs return at once, the others continue from their
+            # checkpoints), and runs added to the study since (more seeds, a new condition) are included.
+            states = [run_state(r)[0] for r in runs]
+            print(f"resuming {study_dir}: {states.count('finished')} finished runs kept, "
+                  f"{sum(s not in ('finished', 'new') for s in states)} continue from their checkpoints, "
+                  f"{states.count('new')} new")
+        reporter = tune.CLIReporter(
+            metric_columns=TABLE_COLUMNS, parameter_columns=[],
+            max_report_frequency=int(study.sweep.progress_every_s), print_intermediate_tables=False)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run_id": tune.grid_search(list(specs))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=study.sweep.trial_max_failures),
+            ),
+        )
         print(f"study {study_dir}: {len(runs)} runs, up to {k} at once")
         grid = tuner.fit()
     return _summary(runs, grid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,7 +111,8 @@ def test_two_worker_run_survives_a_worker_death(tmp_path, demo_data):
 @pytest.mark.slow
 def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     """A 4-trial sweep (2 conditions x 2 seeds); the driver (and its embedded Ray) is SIGKILLed once a run
-    finished; `sweep --resume` keeps the finished runs untouched and completes the others."""
+    finished; `sweep --resume` keeps the finished runs untouched, completes the others, and also runs the
+    runs of a seed added to the study file in between."""
     path = write_study(tmp_path, demo_data, seeds=[0, 1], conditions={
         "baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}})
     study_dir = tmp_path / "runs" / "st"
@@ -127,6 +129,9 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
         driver.send_signal(signal.SIGKILL)  # --kill-child: the whole namespace (driver + Ray) dies with it
         driver.wait(timeout=60)
         log.close()
+    # unshare is gone; the namespace's processes get their SIGKILL a moment later (runs of the same size
+    # finish together, so a second one may have been writing its last files): let them die first.
+    time.sleep(3)
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "sweep1.log").read_text()[-3000:]
     finished = {r for r in run_ids if status(study_dir / r).get("state") == "finished"}
     assert finished and finished != set(run_ids)
@@ -138,9 +143,17 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     proc = subprocess.run(cli("sweep", str(path), *SMALL), cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
+    # A seed added to the study meanwhile: --resume also runs the new runs.
+    write_study(tmp_path, demo_data, seeds=[0, 1, 2], conditions={
+        "baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}})
+    run_ids += ["baseline-s2", "shallow-s2"]
     proc = subprocess.run(cli("sweep", str(path), *SMALL, "--resume"), cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    summary = re.search(r"(\d+) finished runs kept, (\d+) continue from their checkpoints, (\d+) new", proc.stdout)
+    assert summary, proc.stdout[-3000:]
+    kept, resumed, new = map(int, summary.groups())
+    assert kept == len(finished) and new >= 2 and kept + resumed + new == len(run_ids)
     for r in run_ids:
         run_dir = study_dir / r
         assert all((run_dir / f).exists() for f in RUN_FILES), r
