@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench sysdeps install lint clean
+.PHONY: demo test bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 sysdeps install lint clean
 
 sysdeps:
 	@missing=$$(for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -33,11 +33,27 @@ test: install
 	$(PY) -m pytest -q tests
 
 # Every benchmark of BENCHMARKS.md, side by side figures printed as ratios (CPU by default; GPU when visible).
-bench: install
-	$(PY) -m jobs bench --model vit_base_patch16_224 --strategies baseline,grouped,shallow --json build/bench/inference.json
-	$(PY) bench/loader_bench.py
-	$(PY) bench/convert_bench.py
-	$(PY) bench/ray_bench.py
+# Each command runs through bench/record.py, which appends date, machine, command and figures to
+# BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 on a 2-core machine (BENCHMARKS.md, Log);
+# `make -k bench` goes on past a failing one.
+RECORD := $(PY) bench/record.py
+bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7
+
+bench-p1: install
+	$(RECORD) -- $(PY) bench/loader_bench.py
+
+bench-p2: install
+	$(RECORD) --figures-file build/bench/inference.json -- $(PY) -m jobs bench --model vit_base_patch16_224 --strategies baseline,grouped,shallow --json build/bench/inference.json
+
+bench-p3p4: install
+	$(RECORD) -- $(PY) bench/ray_bench.py
+
+bench-p5: install
+	$(RECORD) -- $(PY) bench/convert_bench.py --write-mode proportion
+	$(RECORD) -- $(PY) bench/convert_bench.py --write-mode jpg
+
+bench-p7: install
+	$(RECORD) -- $(PY) bench/worker_kill.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -213,8 +213,10 @@ def main(argv=None) -> dict:
                 for k, v in res.items()))
     import os
 
+    ratios = {f"{k}_over_{ref}_{m}": v[key] / res[ref][key] for ref in ("ceiling", "torchvision") if ref in res
+              for k, v in res.items() if k != ref for m, key in (("cpu", "img_per_cpu_s"), ("wall", "img_s"))}
     print(json.dumps({"images": args.images, "workers": args.workers, "batch_size": args.batch_size,
-                      "load_avg_1min": os.getloadavg()[0], "results": res}))
+                      "load_avg_1min": os.getloadavg()[0], "ratios": ratios, "results": res}))
     return res
 
 

@@ -287,6 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
             "metrics_equal": not metrics_differences(ref.rows, k.run.rows),
             "metrics_differences": metrics_differences(ref.rows, k.run.rows)[:5],
         })
+        # What bench/record.py logs: the recomputed share of a checkpoint interval (target <= 1), the
+        # time to resume, the whole cost of the failure, and the exactness checks.
+        result["figures"] = {
+            "lost_over_interval": round(k.lost_s / k.interval_s, 2) if k.lost_s is not None and k.interval_s else None,
+            **{key: result[key] for key in ("lost_s", "interval_s", "resume_s", "extra_wall_s",
+                                            "resumed_newest", "metrics_equal")},
+        }
     print(json.dumps(result, indent=1))
     return result
 

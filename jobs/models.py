@@ -35,6 +35,15 @@ def model_shape(model: str, **create_kwargs: Any) -> ModelShape:
     return ModelShape(model, len(mlps), mlps[0].fc1.in_features, mlps[0].fc1.out_features)
 
 
+def _shape_or_error(model: str, create_kwargs: dict[str, Any]) -> ModelShape | str:
+    try:
+        return model_shape(model, **create_kwargs)
+    except StrategyError as exc:
+        return str(exc)
+    except Exception as exc:  # timm rejects the kwargs: report its reason on one line
+        return f"model {model} cannot be created with {create_kwargs}: {str(exc).splitlines()[0]}"
+
+
 def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> list[str]:
     """Every problem with this model + strategies combination, one line each ([] when fine)."""
     errors: list[str] = []
@@ -49,15 +58,18 @@ def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **cr
         close = difflib.get_close_matches(model, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         return errors + [f"model {model!r} is not a timm model name{hint}"]
-    for strategy, params in parsed:
-        if strategy.stage == "create":
-            create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
-    try:
-        shape = model_shape(model, **create_kwargs)
-    except StrategyError as exc:
-        return errors + [str(exc)]
-    except Exception as exc:  # timm rejects the kwargs: report its reason on one line
-        return errors + [f"model {model} cannot be created with {create_kwargs}: {str(exc).splitlines()[0]}"]
+    # The model as asked for first: a non-ViT should be reported as such, not by timm rejecting the
+    # kwargs a creation-time strategy adds (e.g. thin's mlp_ratio on a ResNet).
+    shape = _shape_or_error(model, create_kwargs)
+    if isinstance(shape, str):
+        return errors + [shape]
+    if any(strategy.stage == "create" for strategy, _ in parsed):
+        for strategy, params in parsed:
+            if strategy.stage == "create":
+                create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
+        shape = _shape_or_error(model, create_kwargs)
+        if isinstance(shape, str):
+            return errors + [shape]
     for strategy, params in parsed:
         if strategy.stage == "post":
             errors.extend(params.check_model(shape))

@@ -244,6 +244,9 @@ def test_all_errors_reported_at_once_and_non_vit_rejected():
     assert len(errors) == 2
     assert check("resnet18", ["grouped"]) == [
         "ResNet has no `blocks` list: strategies apply to timm VisionTransformer models"]
+    # a creation-time strategy too: not timm's complaint about the mlp_ratio kwarg it adds
+    assert check("resnet18", [{"name": "thin", "params": {"mlp_ratio": 2}}]) == [
+        "ResNet has no `blocks` list: strategies apply to timm VisionTransformer models"]
     assert check("vit_bse_patch16_224")[0].startswith("model 'vit_bse_patch16_224' is not a timm model name; did you mean vit_base_patch16_224")
 
 
