@@ -229,12 +229,23 @@ def epoch_seconds_estimate(study_dir: Path) -> float | None:
     return statistics.median(values) if values else None
 
 
+# slurmctld looks at time limits and --signal every 30 s: USR2 comes up to this much before --signal-delay.
+SIGNAL_SLACK_S = 30
+# A job needs about this long (imports, unpickling, data) before submitit's USR2 handler is in place.
+STARTUP_S = 30
+
+
 def time_warnings(runs: list[RunSpec], opts: SlurmOptions, epoch_s: float | None) -> list[str]:
     usable = opts.time_min * 60 - opts.signal_delay_s
+    earliest = usable - SIGNAL_SLACK_S
     out = []
     if usable <= 0:
         out.append(f"--time {opts.time_min} min is not longer than --signal-delay {opts.signal_delay_s} s: the job is "
                    "signalled to checkpoint before it trains at all; give more time")
+    elif earliest < STARTUP_S:
+        out.append(f"--time {opts.time_min} min with --signal-delay {opts.signal_delay_s} s: Slurm checks signals every "
+                   f"{SIGNAL_SLACK_S} s, so USR2 may come {max(earliest, 0)} s after a job starts, while it is still "
+                   "starting up (killed, or requeued before it trains); raise --time or lower --signal-delay")
     elif epoch_s is not None:
         every = max(r.checkpoint.every_epochs for r in runs)
         interval = epoch_s * every
@@ -559,5 +570,8 @@ def status_main(argv: list[str] | None = None) -> int:
     for r in rows:
         epochs = f"{r['epoch']}/{r['epochs_total'] if r['epochs_total'] is not None else '?'}"
         note = r["error"] or (f"resubmitted {r['resubmits']}x" if r["resubmits"] else "")
+        if r["run_state"] in ("running", "-") and r["slurm_state"] not in LIVE_STATES | {"UNKNOWN"}:
+            # Killed without a word from the run (a hard time limit, SIGKILL, a lost node): its checkpoints remain.
+            note = f"job ended ({r['slurm_state']}) before the run finished: --resume continues it"
         print(f"{r['run_id']:<{width}}  {r['job_id']:<10} {r['slurm_state']:<12} {r['run_state']:<9} {epochs:>7}  {note}")
     return 0

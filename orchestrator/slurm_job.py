@@ -12,6 +12,7 @@ from typing import Any
 
 import submitit
 import torch
+from submitit.core.utils import UncompletedJobError
 
 from analysis.schema import CHECKPOINT_DIR, STATUS_FILE
 from jobs import checkpoint as ckpt
@@ -89,8 +90,20 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 # submitit exits the task after requeueing it; the loop recorded that as a failure, but the
                 # run is only waiting to resume.
                 if self._requeueing and ctx.rank == 0 and spec.run_dir.is_dir():
-                    done = (read_status(spec.run_dir) or {}).get("epoch", 0)
+                    # A signal during start-up comes before the loop has resumed (its status says epoch 0).
+                    done = max((read_status(spec.run_dir) or {}).get("epoch", 0), _checkpoint_epoch(spec.run_dir))
                     write_status(spec.run_dir, "running", done, spec.train.epochs)
+                raise
+            except UncompletedJobError as exc:
+                # submitit's signal handler gives the job up instead of requeueing it once it has hit its time
+                # limit more than --max-num-timeout times: say where the run stands and how to go on.
+                if ctx.rank == 0 and spec.run_dir.is_dir():
+                    done = max((read_status(spec.run_dir) or {}).get("epoch", 0), _checkpoint_epoch(spec.run_dir))
+                    message = (f"not requeued at the time limit ({exc}); its checkpoints are kept: "
+                               f"`python -m orchestrator slurm CONFIG --resume` continues from "
+                               f"{_resume_point(spec.run_dir)}, give it a longer --time or a higher --max-num-timeout")
+                    write_status(spec.run_dir, "failed", done, spec.train.epochs, message)
+                    EventLog(spec.run_dir, 0)("not-requeued", message)
                 raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -98,11 +111,23 @@ class SlurmRun(submitit.helpers.Checkpointable):
         run_dir = spec.run_dir
         # The signal may have interrupted a checkpoint write: that one is a temp folder and is never picked;
         # verifying here (checksums) means the requeued job starts from a checkpoint known to be complete.
-        latest = ckpt.latest_valid(run_dir / CHECKPOINT_DIR)
         status = read_status(run_dir) if (run_dir / STATUS_FILE).exists() else None
         done = status.get("epoch") if status else None
-        where = f"{latest.name} (epoch {ckpt.read_manifest(latest).get('epoch', '?')})" if latest else "the start"
         if run_dir.is_dir():
-            EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from {where}")
+            # submitit requeues the job after this returns, unless the job has used up --max-num-timeout.
+            EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from "
+                                            f"{_resume_point(run_dir)}")
         self._requeueing = True
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _resume_point(run_dir: Path) -> str:
+    """The checkpoint a resumed job starts from, verified (checksums) so that it is known to be complete."""
+    latest = ckpt.latest_valid(Path(run_dir) / CHECKPOINT_DIR)
+    return f"{latest.name} (epoch {ckpt.read_manifest(latest).get('epoch', '?')})" if latest else "the start"
+
+
+def _checkpoint_epoch(run_dir: Path) -> int:
+    """Epochs done by the newest complete checkpoint (0 without one)."""
+    latest = ckpt.latest_valid(Path(run_dir) / CHECKPOINT_DIR)
+    return int(ckpt.read_manifest(latest).get("epoch", 0)) if latest else 0

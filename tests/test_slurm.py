@@ -5,7 +5,10 @@ so the scenarios share jobs where they can.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +57,9 @@ def _local_reference(spec, out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data, tmp_path, capsys):
-    """4 runs as one array (2 at a time); one task fails, is reported, and --resume reruns only it (here with
-    2 workers, i.e. a distributed job); the finished runs' metrics equal the local engine's for the same seed."""
+    """4 runs as one array (2 at a time); one task fails and is reported with its error while the other three
+    finish (Slurm's accounting agrees), and --resume reruns only it (here with 2 workers, i.e. a distributed job),
+    leaving the finished runs' files byte for byte; their metrics equal the local engine's for the same seed."""
     out = tmp_path / "runs"
     cfg = write_config(tmp_path / "study.yaml", demo_data.root, out, "arr", seeds=[0, 1],
                        conditions={"baseline": {}, "grouped": {"strategies": [{"name": "grouped",
@@ -72,10 +76,25 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     assert sorted(ids) == ["baseline-s0", "baseline-s1", "grouped-s0", "grouped-s1"]
     assert len({j.split("_")[0] for j in ids.values()}) == 1 and all("_" in j for j in ids.values()), ids  # one array
     failed = [ln for ln in text.splitlines() if "FAILED" in ln]
-    assert len(failed) == 1 and "grouped-s1" in failed[0], text
-    for run in ("baseline-s0", "baseline-s1", "grouped-s0"):
+    # The failing task is named with its job and its error (the run directory it could not create).
+    assert len(failed) == 1 and f"grouped-s1: FAILED (job {ids['grouped-s1']}): FileExistsError" in failed[0], text
+    assert str(broken) in failed[0] and "1 run(s) failed" in text and "--resume" in text, text
+    others = ("baseline-s0", "baseline-s1", "grouped-s0")
+    for run in others:
         assert status(out / "arr" / run)["state"] == "finished"
         assert [r["epoch"] for r in _rows(out / "arr" / run)] == [1, 2]
+        assert f"  {run}: finished (2/2 epochs)" in text, text
+    # Slurm's accounting agrees, task by task, once the tasks have ended (it lags their result files).
+    expected = {**{r: "COMPLETED" for r in others}, "grouped-s1": "FAILED"}
+
+    def accounted() -> dict[str, str]:
+        states = slurm.sacct_states(list(ids.values())) or {}
+        return {run: states.get(j, "?") for run, j in ids.items()}
+
+    wait_until(f"accounting to show {expected}", lambda: accounted() == expected, 60)
+    # The finished runs' files, which --resume must leave alone.
+    files = {p: p.read_bytes() for run in others for p in sorted((out / "arr" / run).rglob("*")) if p.is_file()}
+    assert len(files) >= 3 * 4, sorted(files)  # spec, status, metrics, events and checkpoints of each
 
     # The Slurm run and the local engine agree on every non-timing column, for the same seed.
     from orchestrator.study import load_study
@@ -101,6 +120,8 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     assert len(record2["runs"]["grouped-s1"]["history"]) == 2
     assert all(record2["runs"][r]["history"] == [ids[r]] for r in ids if r != "grouped-s1")
     assert status(broken)["state"] == "finished"
+    assert {p: p.read_bytes() for p in files} == files
+    assert {p for run in others for p in (out / "arr" / run).rglob("*") if p.is_file()} == set(files)
 
     # Nothing left to do: a second --resume submits nothing.
     assert slurm.main([str(cfg), "--resume"]) == 0
@@ -185,6 +206,42 @@ def test_unknown_partition_is_one_line(slurm_cluster, demo_data, tmp_path, capsy
     assert not (tmp_path / "runs" / "bad" / slurm.JOBS_FILE).exists()
 
 
+def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
+    """A job killed at its hard time limit (SIGTERM is ignored by submitit, then SIGKILL) leaves its run saying
+    `running`: once the job is out of the queue, slurm-status says so and --resume picks the run again."""
+    import pickle
+
+    from jobs.metrics import write_status
+
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "hk", run_id="r0")
+    (spec,), study = slurm.load_runs(cfg, [])
+    (study / "r0").mkdir(parents=True)
+    write_status(study / "r0", "running", 5, 10)
+    slurm.write_jobs(study, {"executor": "local", "folder": str(study / slurm.SUBMITIT_DIR),
+                             "runs": {"r0": {"job_id": "999999999", "history": ["999999999"]}}})
+    (study / slurm.SUBMITIT_DIR).mkdir()
+    (study / slurm.SUBMITIT_DIR / "999999999_0_result.pkl").write_bytes(
+        pickle.dumps(("error", "killed")))
+    record = slurm.read_jobs(study)
+    assert slurm.select_unfinished([spec], record, {"999999999": "RUNNING"}, print) == []
+    assert slurm.select_unfinished([spec], record, {}, print) == [spec]
+    assert slurm.status_main([str(study)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "FAILED" in line and "5/10" in line and "job ended (FAILED) before the run finished: --resume" in line, line
+
+
+def test_signal_during_start_up_is_a_warning(demo_data, tmp_path):
+    """slurmctld sends --signal up to 30 s early: a limit that lets USR2 reach a job still starting up is flagged."""
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "su", run_id="r0")
+    runs, _ = slurm.load_runs(cfg, [])
+    early, = slurm.time_warnings(runs, slurm.SlurmOptions(time_min=1, signal_delay_s=45), None)
+    assert "USR2 may come 0 s after a job starts" in early, early
+    assert "may come 15 s after" in slurm.time_warnings(runs, slurm.SlurmOptions(time_min=2, signal_delay_s=75), None)[0]
+    # What the time-out test uses (USR2 45-75 s after the start) and the defaults are fine.
+    assert slurm.time_warnings(runs, slurm.SlurmOptions(time_min=2, signal_delay_s=45), None) == []
+    assert slurm.time_warnings(runs, slurm.SlurmOptions(time_min=48 * 60), None) == []
+
+
 def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path, capsys):
     """A time limit shorter than one checkpoint interval (epochs measured earlier in the study) is a warning,
     printed before sbatch is asked (which here refuses the partition, so nothing runs)."""
@@ -198,3 +255,105 @@ def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path
     err = capsys.readouterr().err
     assert rc == 1
     assert "warning: --time 10 min leaves 540 s before the USR2 signal, shorter than one checkpoint interval" in err, err
+
+
+
+def _sacct_attempts(job: str) -> list[str]:
+    """Slurm's accounting record of every start of `job` (-D: requeued attempts too), oldest first."""
+    r = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True, text=True,
+                       check=True)
+    return [ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()]
+
+
+def _task_pid(run_dir: Path) -> int:
+    """The pid of the (single) task of the run's current job, from its last `workers` event."""
+    pid = int(events(run_dir, "workers")[-1].rsplit(":", 1)[1])
+    assert "submitit" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"), pid
+    return pid
+
+
+@pytest.mark.slow
+def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_path, capsys):
+    """Two runs hit their Slurm time limit (--time 2) at once. Slurm sends USR2 --signal-delay seconds before it
+    (its 30 s timer makes that up to 30 s earlier still); submitit counts each such signal against
+    --max-num-timeout. Run `a` (--max-num-timeout 1) checkpoints, requeues itself and resumes from its checkpoint;
+    its requeued job gets a longer limit (scontrol update) so that it finishes. Run `b` (--max-num-timeout 0) is
+    given up at its first limit with a one-line reason, and `slurm --resume` continues it from its checkpoint.
+
+    So that a short run is still running when the limit comes, whatever the machine's speed, the test stops each
+    first task (SIGSTOP) after two epochs: Slurm sends SIGCONT along with the USR2 of --signal."""
+    out = tmp_path / "runs"
+    epochs = 24
+    limit = ["--partition", "low", "--time", "2", "--signal-delay", "45"]
+    runs = {}
+    for name, max_timeouts in (("a", 1), ("b", 0)):
+        cfg = write_config(tmp_path / f"{name}.yaml", demo_data.root, out, f"tl{name}", epochs=epochs, run_id="r0",
+                           overrides={"train": {"batch_size": 16}})
+        assert slurm.main([str(cfg), *limit, "--max-num-timeout", str(max_timeouts)]) == 0
+        capsys.readouterr()
+        job = json.loads((out / f"tl{name}" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+        runs[name] = (cfg, out / f"tl{name}" / "r0", job)
+    (cfg_a, dir_a, job_a), (cfg_b, dir_b, job_b) = runs["a"], runs["b"]
+
+    def resumes(run_dir: Path) -> list[int]:
+        return [int(ln.split(": epoch ")[1].split()[0]) for ln in events(run_dir, "resume")]
+
+    stopped: list[int] = []
+    try:
+        for run_dir in (dir_a, dir_b):
+            wait_until("epoch 2", lambda: status(run_dir).get("epoch", 0) >= 2, 240, every=0.1)
+            stopped.append(_task_pid(run_dir))
+            os.kill(stopped[-1], signal.SIGSTOP)
+        # a: the time-limit signal -> checkpoint() -> requeue; the requeued job then gets 10 minutes.
+        wait_until("a's time-limit requeue", lambda: len(events(dir_a, "requeue")) == 1, 150)
+        subprocess.run(["scontrol", "update", f"JobId={job_a}", "TimeLimit=10"], check=True, capture_output=True)
+        # b: the same signal, but no requeue left: the job fails and says how to continue.
+        wait_until("b to be given up", lambda: "not requeued at the time limit" in (status(dir_b).get("error") or ""),
+                   60)
+    finally:
+        for pid in stopped:  # a task the signal did not wake (the test failed) must not stay stopped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    wait_until("b's job to end", lambda: job_state(job_b) in ("GONE", "FAILED"), 60)
+    stopped_b = status(dir_b)
+    assert "--resume" in stopped_b["error"] and 2 <= stopped_b["epoch"] < epochs, stopped_b
+    assert slurm.status_main([str(out / "tlb")]) == 0
+    table = capsys.readouterr().out
+    assert "FAILED" in table and "not requeued at the time limit" in table, table
+    assert slurm.main([str(cfg_b), "--partition", "low", "--time", "10", "--resume"]) == 0
+    assert "submitting 1 run(s)" in capsys.readouterr().out
+    job_b2 = json.loads((out / "tlb" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+    assert job_b2 != job_b
+
+    for run_dir, job in ((dir_a, job_a), (dir_b, job_b2)):
+        wait_until(f"{run_dir.parent.name} to finish", lambda: status(run_dir).get("state") == "finished", 300)
+        wait_until(f"job {job} to leave the queue", lambda: job_state(job) in ("GONE", "COMPLETED"), 60)
+
+    # Every epoch exactly once, and one resume from the checkpoint named when the signal came (not from scratch).
+    for run_dir in (dir_a, dir_b):
+        assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, epochs + 1)), run_dir
+        (requeue,), (start,) = events(run_dir, "requeue"), resumes(run_dir)
+        assert 2 <= start < epochs and f"will resume from ckpt-{start:06d} (epoch {start})" in requeue, requeue
+        assert len(events(run_dir, "start")) == 1  # the first job only: nobody started the run over
+        assert [r["resumed_from"] for r in _rows(run_dir)] == [None] * start + [start] * (epochs - start)
+    # Exact resume: the same metrics as an uninterrupted run through the local engine.
+    spec, = slurm.load_runs(cfg_a, [])[0]
+    assert _comparable(_rows(dir_a), drop=("resumed_from",)) == _comparable(
+        _local_reference(spec, tmp_path / "local"), drop=("resumed_from",))
+
+    # a: one Slurm job started twice (Slurm's restart count), requeued by submitit as a time-out with no
+    # time-out left, then completed; Slurm's accounting has both attempts.
+    attempts = events(dir_a, "slurm")
+    assert [a.split(" restart ")[1].split()[0] for a in attempts] == ["0", "1"] and all(
+        f"job {job_a} " in a for a in attempts), attempts
+    log_a = (out / "tla" / slurm.SUBMITIT_DIR / f"{job_a}_0_log.out").read_text()
+    assert "this job is timed-out" in log_a and f"Requeued job {job_a} (0 remaining timeouts)" in log_a
+    wait_until("a's two attempts in accounting", lambda: _sacct_attempts(job_a) == ["REQUEUED", "COMPLETED"], 60)
+
+    # b: given up by submitit (its job FAILED in Slurm's record), then a second job finished the run.
+    log_b = (out / "tlb" / slurm.SUBMITIT_DIR / f"{job_b}_0_log.out").read_text()
+    assert "this job is timed-out" in log_b and "timed-out too many times" in log_b
+    wait_until("b's jobs in accounting", lambda: (_sacct_attempts(job_b), _sacct_attempts(job_b2)) == (
+        ["FAILED"], ["COMPLETED"]), 60)
+    assert len(events(dir_b, "not-requeued")) == 1
+    assert [a.split(" restart ")[0].split("job ")[1] for a in events(dir_b, "slurm")] == [job_b, job_b2]
