@@ -27,8 +27,10 @@ EVERY_STEPS = 3
 def test_worker_sigkill_mid_epoch_resumes_exactly(tmp_path, demo_data):
     # Rank 0 is the one that writes checkpoints and metrics: its death is the harder case (the P7
     # benchmark kills rank 1 by default). Either rank's death stops the whole group.
+    # Batch 32: 22 updates per epoch, so a kill 0.2 s after the first checkpoint of epoch 2 (update 3 of it)
+    # lands inside that epoch even on a fast machine.
     reference, killed = worker_kill.scenario(tmp_path, demo_data.root, epochs=3, every_steps=EVERY_STEPS,
-                                             kill_epoch=2, kill_rank=0, kill_after=0.2)
+                                             batch_size=32, kill_epoch=2, kill_rank=0, kill_after=0.2)
     run = killed.run
     assert reference.returncode == 0, reference.output_tail
     assert run.returncode == 0, run.output_tail
