@@ -45,8 +45,10 @@ bench-p1: install
 bench-p2: install
 	$(RECORD) --figures-file build/bench/inference.json -- $(PY) -m jobs bench --model vit_base_patch16_224 --strategies baseline,grouped,shallow --json build/bench/inference.json
 
+# P4 needs runs of minutes: with seconds-long runs the fixed start-up of each trial dominates the ratio.
 bench-p3p4: install
-	$(RECORD) -- $(PY) bench/ray_bench.py
+	$(RECORD) -- $(PY) bench/ray_bench.py p3 --epochs 20 --threads 1 --rounds 2
+	$(RECORD) -- $(PY) bench/ray_bench.py p4 --epochs 100 --threads 1
 
 bench-p5: install
 	$(RECORD) -- $(PY) bench/convert_bench.py --write-mode proportion

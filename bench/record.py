@@ -64,12 +64,13 @@ def machine() -> dict:
 
 
 def code_version() -> str:
-    """The commit the benchmark ran on, '+ local changes' when tracked files differ from it."""
+    """The commit the benchmark ran on, '+ local changes' when tracked files differ from it (the log
+    itself, which every recorded run changes, does not count)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=30)
         if sha.returncode != 0:
             return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md"], cwd=REPO,
                                capture_output=True, text=True, timeout=30).stdout.strip()
         return sha.stdout.strip() + (" + local changes" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
