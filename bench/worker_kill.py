@@ -207,10 +207,11 @@ def run_killed(out: Path, data_root: Path, overrides: list[str], *, kill_epoch: 
     resume_at = next((i for i, ln in enumerate(events) if i >= n_events and _resume(ln)), len(events))
     before = [c for c in map(_checkpoint, events[:resume_at]) if c]
     workers_after = next((w for w in map(_workers, reversed(events)) if w), {})
-    times = [seen[c["name"]] for c in ckpts if seen[c["name"]] <= t_kill]
+    before_kill = [c for c in ckpts if seen[c["name"]] <= t_kill]
+    times = [seen[c["name"]] for c in before_kill]
     resumed_seen = seen.get(resume["name"]) if resume else None
     return KillResult(
-        run=run, killed_rank=kill_rank, killed_pid=pid, kill_checkpoint=[c for c in ckpts if seen[c["name"]] <= t_kill][-1],
+        run=run, killed_rank=kill_rank, killed_pid=pid, kill_checkpoint=before_kill[-1],
         resume=resume, last_checkpoint_before_resume=before[-1] if before else None,
         lost_s=round(t_kill - resumed_seen, 2) if resumed_seen else None,
         interval_s=round(statistics.median(b - a for a, b in zip(times, times[1:])), 2) if len(times) > 1 else None,

@@ -90,19 +90,18 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 # submitit exits the task after requeueing it; the loop recorded that as a failure, but the
                 # run is only waiting to resume.
                 if self._requeueing and ctx.rank == 0 and spec.run_dir.is_dir():
-                    # A signal during start-up comes before the loop has resumed (its status says epoch 0).
-                    done = max((read_status(spec.run_dir) or {}).get("epoch", 0), _checkpoint_epoch(spec.run_dir))
-                    write_status(spec.run_dir, "running", done, spec.train.epochs)
+                    _, epoch = _newest_checkpoint(spec.run_dir)
+                    write_status(spec.run_dir, "running", _epochs_done(spec.run_dir, epoch), spec.train.epochs)
                 raise
             except UncompletedJobError as exc:
                 # submitit's signal handler gives the job up instead of requeueing it once it has hit its time
                 # limit more than --max-num-timeout times: say where the run stands and how to go on.
                 if ctx.rank == 0 and spec.run_dir.is_dir():
-                    done = max((read_status(spec.run_dir) or {}).get("epoch", 0), _checkpoint_epoch(spec.run_dir))
+                    where, epoch = _newest_checkpoint(spec.run_dir)
                     message = (f"not requeued at the time limit ({exc}); its checkpoints are kept: "
                                f"`python -m orchestrator slurm CONFIG --resume` continues from "
-                               f"{_resume_point(spec.run_dir)}, give it a longer --time or a higher --max-num-timeout")
-                    write_status(spec.run_dir, "failed", done, spec.train.epochs, message)
+                               f"{where}, give it a longer --time or a higher --max-num-timeout")
+                    write_status(spec.run_dir, "failed", _epochs_done(spec.run_dir, epoch), spec.train.epochs, message)
                     EventLog(spec.run_dir, 0)("not-requeued", message)
                 raise
 
@@ -116,18 +115,21 @@ class SlurmRun(submitit.helpers.Checkpointable):
         if run_dir.is_dir():
             # submitit requeues the job after this returns, unless the job has used up --max-num-timeout.
             EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from "
-                                            f"{_resume_point(run_dir)}")
+                                            f"{_newest_checkpoint(run_dir)[0]}")
         self._requeueing = True
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _resume_point(run_dir: Path) -> str:
-    """The checkpoint a resumed job starts from, verified (checksums) so that it is known to be complete."""
+def _newest_checkpoint(run_dir: Path) -> tuple[str, int]:
+    """(where a resumed job starts, e.g. 'ckpt-000004 (epoch 3)' or 'the start'; the epochs that checkpoint
+    holds), found once per call: verifying the checksums reads every checkpoint file."""
     latest = ckpt.latest_valid(Path(run_dir) / CHECKPOINT_DIR)
-    return f"{latest.name} (epoch {ckpt.read_manifest(latest).get('epoch', '?')})" if latest else "the start"
+    if latest is None:
+        return "the start", 0
+    epoch = ckpt.read_manifest(latest).get("epoch")
+    return f"{latest.name} (epoch {'?' if epoch is None else epoch})", int(epoch or 0)
 
 
-def _checkpoint_epoch(run_dir: Path) -> int:
-    """Epochs done by the newest complete checkpoint (0 without one)."""
-    latest = ckpt.latest_valid(Path(run_dir) / CHECKPOINT_DIR)
-    return int(ckpt.read_manifest(latest).get("epoch", 0)) if latest else 0
+def _epochs_done(run_dir: Path, checkpoint_epoch: int) -> int:
+    # A signal during start-up comes before the loop has resumed (its status still says epoch 0).
+    return max((read_status(run_dir) or {}).get("epoch", 0), checkpoint_epoch)
