@@ -211,12 +211,64 @@ def parse_value(text: str) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
+def parse_key(key: str) -> list[str | int]:
+    """`strategies.0.params.keep_ratio` -> ['strategies', 0, 'params', 'keep_ratio'] (digits index lists)."""
+    return [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    return path, parse_value(value)
+    return parse_key(key), parse_value(value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set one dotted key (list indices allowed) in a raw spec or study dict; ValueError naming the key."""
+    apply_override(raw, parse_key(key), value)
+
+
+def field_path_error(key: str, model: type[BaseModel] | None = None, what: str = "key") -> str | None:
+    """None when `key` (dotted, list indices allowed) names a field of `model` (default RunSpec), else why not,
+    with the closest field name. Under a free-form mapping field (e.g. model.kwargs) any key is allowed."""
+    cls: Any = model or RunSpec
+    path = parse_key(key)
+    done: list[str] = []
+    annotation: Any = cls
+    for i, part in enumerate(path):
+        if _is_list(annotation):
+            if not isinstance(part, int):
+                return f"{'.'.join(done)} is a list: address an entry by its index (e.g. {'.'.join(done)}.0)"
+            annotation = (typing.get_args(_strip_optional(annotation)) or (Any,))[0]
+        elif _is_mapping(annotation):
+            return None
+        elif (sub := _submodel(annotation)) is not None:
+            field = sub.model_fields.get(str(part))
+            if field is None:
+                close = difflib.get_close_matches(str(part), list(sub.model_fields), n=1)
+                tip = f"; did you mean {'.'.join([*done, close[0]])!r}?" if close else ""
+                return f"unknown {what} {'.'.join(map(str, path[: i + 1]))!r} (not a run-spec field){tip}"
+            annotation = field.annotation
+        else:
+            return f"{'.'.join(done)} is a value, not a section; cannot set {key}"
+        done.append(str(part))
+    return None
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(_strip_optional(annotation)) in (list, tuple)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    plain = _strip_optional(annotation)
+    return plain is dict or typing.get_origin(plain) is dict or plain is Any
 
 
 def apply_override(raw: dict, path: list[str | int], value: Any) -> None:

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -36,12 +35,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
+import rundir as run_files
 from jobs import checkpoint as ckpt
-from jobs import metrics as run_files
 from jobs import recipe
 from jobs.context import EngineContext
 from jobs.spec import RunSpec, SpecError, load_spec
+from rundir import CHECKPOINT_DIR, SPEC_FILE, print_error, print_errors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -660,17 +659,14 @@ def main(argv: list[str]) -> int:
     try:
         spec = load_spec(args.config, args.overrides)
     except SpecError as exc:
-        print(f"error: {args.config} is not a valid run spec:", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        return 2
+        return print_errors(f"{args.config} is not a valid run spec", exc.errors)
     from jobs.local import LocalContext
 
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
             row = train_loop(spec, ctx)
         except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             return 1
         except Exception:
             traceback.print_exc()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.expression import split_expression
+from rundir import split_expression
 
 
 class StrategyError(ValueError):
