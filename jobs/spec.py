@@ -324,11 +324,13 @@ def _section(cls: type[BaseModel], raw: Any) -> Any:
         return None
 
 
-def _strategies(raw: Any) -> list[StrategySpec] | None:
+def _strategies(raw: Any) -> list[StrategySpec]:
+    """The strategies when all are valid (their errors are already reported), else none: the model
+    alone is still checked, and no strategy is checked against a list it was not written for."""
     try:
         return [StrategySpec.model_validate(s) for s in raw or []]
     except (ValidationError, TypeError):
-        return None
+        return []
 
 
 def validate_spec(raw: dict[str, Any]) -> RunSpec:
