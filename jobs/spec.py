@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.config import DataConfig
+from jobs.checkpointer import CheckpointConfig
 from jobs.strategies import StrategySpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
@@ -125,14 +126,6 @@ class ResourcesConfig(_Strict):
     use_gpu: bool = Field(True, description="train on GPUs; false = CPU (gloo) for debugging and tests")
     cpus_per_worker: int = Field(8, ge=1, description="CPU cores reserved per training process (loader workers)")
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs reserved per training process")
-
-
-class CheckpointConfig(_Strict):
-    every_epochs: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always after the last)")
-    every_steps: int = Field(0, ge=0, description="also every N optimizer updates, mid-epoch; 0 = off")
-    keep_last: int = Field(2, ge=2, description="numbered checkpoints kept (>= 2 so a corrupt latest has a fallback)")
-    best: bool = Field(True, description="export the best weights as checkpoints/best/model.pt (plain state dict)")
-    best_metric: Literal["auto", "ema_top1", "top1"] = Field("auto", description="auto = ema_top1 when EMA is on")
 
 
 class RunSpec(_Strict):
@@ -383,11 +376,13 @@ def _section(cls: type[BaseModel], raw: Any) -> Any:
         return None
 
 
-def _strategies(raw: Any) -> list[StrategySpec] | None:
+def _strategies(raw: Any) -> list[StrategySpec]:
+    """The strategies when all are valid (their errors are already reported), else none: the model
+    alone is still checked, and no strategy is checked against a list it was not written for."""
     try:
         return [StrategySpec.model_validate(s) for s in raw or []]
     except (ValidationError, TypeError):
-        return None
+        return []
 
 
 def validate_spec(raw: dict[str, Any]) -> RunSpec:

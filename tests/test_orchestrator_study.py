@@ -61,7 +61,7 @@ def test_expansion_ids_conditions_and_ablation(tmp_path, demo_data):
     r = by_id["shallow-keep_ratio=0.25-lr=0.001-s1"]
     assert r.seed == 1 and r.condition == "shallow" and r.train.lr == 0.001
     assert r.ablation == {"strategy.shallow.keep_ratio": 0.25, "train.lr": 0.001}
-    assert r.strategies[0].params["keep_ratio"] == 0.25
+    assert r.strategies[0].params.keep_ratio == 0.25
     # the strategy axis does not multiply conditions that do not use the strategy
     assert by_id["grouped-lr=0.001-s0"].ablation == {"train.lr": 0.001}
     assert study.study_dir == tmp_path / "runs" / "s"
