@@ -138,6 +138,19 @@ def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (),
     return kind, [resolve_paths(load_spec(config, overrides))], None
 
 
+def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = (), kind: Kind | None = None) -> int:
+    """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status."""
+    from jobs.configdoc import print_config
+    from jobs.spec import SpecError
+    from rundir import print_errors
+
+    try:
+        kind, runs, study = load_config(config, overrides, kind=kind)
+    except SpecError as exc:
+        return print_errors(f"{config} is not a valid {kind or 'config'}", exc.errors)
+    return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
+
+
 def plan_run(spec: RunSpec, resume: bool, job: str | None = None) -> PlannedRun:
     state = run_state(spec.run_dir, spec.train.epochs)
     if job is not None and not state.finished:

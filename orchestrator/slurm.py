@@ -16,10 +16,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from jobs.configdoc import add_print_config
 from jobs.spec import SpecError
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.options import add_options, options_from_args
-from orchestrator.plan import Plan, load_config, make_plan
+from orchestrator.plan import Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
@@ -37,11 +38,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="read CONFIG as a run spec or a study (default: a study when it has seeds/conditions/grid/"
                         "base/sweep)")
     add_options(p, SlurmOptions)
+    add_print_config(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    if args.print_config:
+        return print_resolved(args.config, args.overrides, args.kind)
     opts, errors = options_from_args(SlurmOptions, args)
     if args.local and (args.nodes or 1) > 1:
         # checked here too, so that it is reported together with a bad value of another option
