@@ -182,12 +182,11 @@ def _max_logit_diff(model: nn.Module, name: str, args: dict[str, Any], state: di
         model.train(was)
 
 
-def pretrained_cfg(spec: RunSpec, architecture: str) -> dict[str, Any]:
+def pretrained_cfg(spec: RunSpec) -> dict[str, Any]:
     """The run's eval preprocessing in timm's PretrainedCfg fields (timm rejects unknown ones)."""
     plain = _plain_timm(spec.model.name, spec.create_kwargs()).pretrained_cfg
     data = spec.data
     return {
-        "architecture": architecture,
         "custom_load": False,
         "input_size": [3, spec.img_size, spec.img_size],
         "fixed_input_size": bool(plain.get("fixed_input_size", True)),
@@ -286,7 +285,7 @@ def export_model(model: nn.Module, spec: RunSpec, out_dir: Path, *, weights: Wei
         "num_features": getattr(model, "num_features", None),
         "global_pool": getattr(model, "global_pool", None) or None,
         "model_args": args,
-        "pretrained_cfg": pretrained_cfg(spec, architecture),
+        "pretrained_cfg": pretrained_cfg(spec),
     }
     labels = _label_names(spec, spec.model.num_classes)
     if labels:

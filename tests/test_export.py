@@ -159,6 +159,18 @@ def test_jobs_load_ties_the_shared_mlps_again_and_gives_identical_logits(trained
     assert torch.equal(model.blocks[1].mlp.fc2.weight, model.blocks[0].mlp.fc2.weight)
 
 
+def test_ema_weights_are_the_latest_checkpoints_ema_scored_by_its_ema_top1(trained, tmp_path, capsys):
+    assert jobs_main(["export", str(trained.run_dir), str(tmp_path / "ema"), "--weights", "ema"]) == 0
+    assert "epoch 3, run's ema_top1" in capsys.readouterr().out
+    latest = ckpt.latest_valid(trained.run_dir / CHECKPOINT_DIR)
+    ema = ckpt.unpack_state(ckpt.load_file(latest, "ema.pt"))
+    tensors = load_file(str(tmp_path / "ema" / WEIGHTS_FILE))
+    assert tensors.keys() == ema.keys() and all(torch.equal(tensors[k], ema[k]) for k in ema)
+    weights = json.loads((tmp_path / "ema" / CONFIG_FILE).read_text())[OURS]["weights"]
+    last_row = metrics.read_metrics(trained.run_dir).to_pylist()[-1]
+    assert (weights["metric"], weights["epoch"], weights["top1"]) == ("ema_top1", 3, last_row["ema_top1"])
+
+
 def test_jobs_load_refuses_a_file_whose_shared_copies_differ(exported, tmp_path):
     out, _ = exported
     copy = tmp_path / "edited"
