@@ -177,7 +177,8 @@ def _max_logit_diff(model: nn.Module, name: str, args: dict[str, Any], state: di
     model.eval()
     try:
         with torch.no_grad():
-            return float((plain.eval()(x) - model(x)).abs().max())
+            ours = model(x.to(next(model.parameters()).device)).float().cpu()
+            return float((plain.eval()(x) - ours).abs().max())
     finally:
         model.train(was)
 

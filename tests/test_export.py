@@ -202,6 +202,17 @@ def test_reduced_models_rebuild_in_timm_from_model_args(strategies, hidden, demo
     assert len({id(b.mlp) for b in again.blocks}) == len({id(b.mlp) for b in model.blocks})
 
 
+def test_a_model_timm_cannot_express_is_exported_for_jobs_load_and_says_so(demo_data, tmp_path):
+    spec = load_spec(DEMO, [f"data_root={demo_data.root}", f"output_root={tmp_path}"])
+    model = build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+    model.blocks[0].mix = torch.nn.Parameter(torch.ones(4))  # e.g. a per-layer transform timm's ViT lacks
+    result = export_model(model, spec, tmp_path / "out")
+    assert result.timm_problems == ["1 tensors timm's model does not have, e.g. blocks.0.mix"]
+    assert "not loadable by plain timm" in "\n".join(result.summary())
+    assert json.loads((tmp_path / "out" / CONFIG_FILE).read_text())[OURS]["timm_loadable"] is False
+    assert "blocks.0.mix" in load_file(str(tmp_path / "out" / WEIGHTS_FILE))
+
+
 def test_export_errors_are_one_line_and_name_the_fix(trained, exported, tmp_path, capsys):
     out, _ = exported
     assert jobs_main(["export", str(tmp_path), str(tmp_path / "x")]) == 2
