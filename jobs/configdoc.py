@@ -4,7 +4,8 @@
     python -m jobs train configs/demo.yaml --print-config       the resolved config, every default filled
 
 `python -m orchestrator config-keys` adds the study keys with the same helpers; every command that
-takes a run spec or a study has `--print-config` (`add_print_config` + `print_config`).
+takes a run spec or a study has `--print-config` (`add_print_config` + `print_config`). Importing this
+module is cheap (no torch), so CLIs can build their parsers with it before deciding to do any work.
 """
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ from typing import Any, Callable, Iterable, Literal, Union
 import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
-
-from jobs.spec import RunSpec
-from jobs.strategies import STRATEGIES, parse_params
 
 FORMATS = ("text", "markdown", "json")
 
@@ -92,6 +90,7 @@ def key_rows(model: type[BaseModel], prefix: str = "") -> list[KeyRow]:
 
 def strategy_rows(prefix: str = "strategies") -> list[KeyRow]:
     """The typed parameters of every registered strategy, as `strategies[NAME].params.FIELD`."""
+    from jobs.strategies import STRATEGIES  # torch: only when keys are listed, not for add_print_config
     rows = []
     for name in sorted(STRATEGIES):
         rows.extend(key_rows(STRATEGIES[name].params, f"{prefix}[{name}].params."))
@@ -99,6 +98,8 @@ def strategy_rows(prefix: str = "strategies") -> list[KeyRow]:
 
 
 def run_spec_rows(prefix: str = "") -> list[KeyRow]:
+    from jobs.spec import RunSpec
+
     return key_rows(RunSpec, prefix) + strategy_rows(prefix + "strategies")
 
 
@@ -133,12 +134,16 @@ def main(argv: list[str]) -> int:
 
 
 def _fill_strategy_params(spec: dict[str, Any]) -> None:
+    from jobs.strategies import parse_params
+
     for entry in spec.get("strategies") or ():
         entry["params"] = parse_params(entry["name"], entry.get("params") or {}).model_dump(mode="json")
 
 
 def resolved(config: BaseModel) -> dict[str, Any]:
     """A validated run spec or study as plain data with every default, strategy parameters included."""
+    from jobs.spec import RunSpec
+
     data = config.model_dump(mode="json")
     if isinstance(config, RunSpec):
         _fill_strategy_params(data)
