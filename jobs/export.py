@@ -31,10 +31,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
 from jobs import checkpoint as ckpt
-from jobs import metrics as run_files
 from jobs.spec import RunSpec, SpecError, format_validation_error, read_yaml
+from rundir import CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, read_metrics
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -76,9 +75,9 @@ def read_run_spec(run_dir: Path) -> RunSpec:
 
 
 def _row_top1(run_dir: Path, epoch: int | None, column: str) -> float | None:
-    if epoch is None or not (Path(run_dir) / "metrics.parquet").exists():
+    if epoch is None or not (Path(run_dir) / METRICS_FILE).exists():
         return None
-    rows = [r for r in run_files.read_metrics(run_dir).to_pylist() if r["epoch"] == epoch]
+    rows = [r for r in read_metrics(run_dir).to_pylist() if r["epoch"] == epoch]
     return rows[-1][column] if rows else None
 
 

@@ -18,15 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import jobs
-from analysis.schema import CHECKPOINT_DIR
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.__main__ import main as jobs_main
 from jobs.export import CONFIG_FILE, OURS, WEIGHTS_FILE, ExportError, export_model
 from jobs.local import LocalContext
 from jobs.models import build_model
 from jobs.spec import load_spec
 from jobs.train import train_loop
+from rundir import CHECKPOINT_DIR, read_metrics
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 OUR_PACKAGES = ("jobs", "data", "orchestrator", "analysis")
@@ -99,7 +98,7 @@ def exported(trained, tmp_path_factory):
 def test_plain_timm_loads_the_export_and_its_eval_transform_gives_the_runs_top1(trained, exported, demo_data,
                                                                                  tmp_path):
     out, _ = exported
-    rows = metrics.read_metrics(trained.run_dir).to_pylist()
+    rows = read_metrics(trained.run_dir).to_pylist()
     expected = {"best": max(r["ema_top1"] for r in rows), "last": rows[-1]["top1"]}
     report = timm_eval([out / "best", out / "last"], demo_data.val_dir, tmp_path)
     assert report["importable"] == []  # the process really had only timm, not our code
@@ -167,7 +166,7 @@ def test_ema_weights_are_the_latest_checkpoints_ema_scored_by_its_ema_top1(train
     tensors = load_file(str(tmp_path / "ema" / WEIGHTS_FILE))
     assert tensors.keys() == ema.keys() and all(torch.equal(tensors[k], ema[k]) for k in ema)
     weights = json.loads((tmp_path / "ema" / CONFIG_FILE).read_text())[OURS]["weights"]
-    last_row = metrics.read_metrics(trained.run_dir).to_pylist()[-1]
+    last_row = read_metrics(trained.run_dir).to_pylist()[-1]
     assert (weights["metric"], weights["epoch"], weights["top1"]) == ("ema_top1", 3, last_row["ema_top1"])
 
 
