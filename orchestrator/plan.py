@@ -21,10 +21,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from jobs.spec import RunSpec, load_spec, read_yaml
+from jobs.configdoc import print_config
+from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
 from orchestrator.resources import ClusterShape
 from orchestrator.study import STUDY_KEYS, StudySpec, load_study
-from rundir import RunState, State, run_state
+from rundir import RunState, State, print_errors, run_state
 
 Kind = Literal["run", "study"]
 
@@ -140,14 +141,11 @@ def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (),
 
 def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = (), kind: Kind | None = None) -> int:
     """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status."""
-    from jobs.configdoc import print_config
-    from jobs.spec import SpecError
-    from rundir import print_errors
-
     try:
         kind, runs, study = load_config(config, overrides, kind=kind)
     except SpecError as exc:
-        return print_errors(f"{config} is not a valid {kind or 'config'}", exc.errors)
+        what = {"run": "run spec", "study": "study"}.get(kind or "", "config")
+        return print_errors(f"{config} is not a valid {what}", exc.errors)
     return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
 
 
