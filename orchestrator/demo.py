@@ -5,13 +5,13 @@ interrupted `make demo` continues where it stopped, and a raised epoch count is 
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from analysis.report import build_report
 from data.demo import prepare_demo
 from orchestrator.ray_run import run_config
+from rundir import print_error
 
 
 def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None) -> int:
@@ -21,7 +21,7 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
     overrides = [f"data_root={Path(paths.root).resolve()}", *overrides]
     code, study_dir = run_config(config, overrides, "study", address=address, resume=True)
     if code != 0 or study_dir is None:
-        print(f"error: the demo study did not finish (exit {code}); rerun `make demo` to continue it", file=sys.stderr)
+        print_error(f"the demo study did not finish (exit {code}); rerun `make demo` to continue it")
         return code or 1
     out = study_dir / "report"
     build_report(study_dir, out)
