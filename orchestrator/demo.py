@@ -13,6 +13,7 @@ from analysis.report import build_report
 from data.demo import prepare_demo
 from orchestrator.plan import print_resolved
 from orchestrator.ray_run import run_config
+from rundir import print_error
 
 
 def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None,
@@ -27,7 +28,7 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
         return print_resolved(config, overrides, "study")
     code, study_dir = run_config(config, overrides, "study", address=address, resume=True)
     if code != 0 or study_dir is None:
-        print(f"error: the demo study did not finish (exit {code}); rerun `make demo` to continue it", file=sys.stderr)
+        print_error(f"the demo study did not finish (exit {code}); rerun `make demo` to continue it")
         return code or 1
     out = study_dir / "report"
     build_report(study_dir, out)

@@ -149,7 +149,8 @@ def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = 
     return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
 
 
-def plan_run(spec: RunSpec, resume: bool, job: str | None = None) -> PlannedRun:
+def plan_run(spec: RunSpec, job: str | None = None) -> PlannedRun:
+    """What happens to one run: from its state (rundir) and whether an engine still has a job queued for it."""
     state = run_state(spec.run_dir, spec.train.epochs)
     if job is not None and not state.finished:
         action = Action.QUEUED
@@ -168,7 +169,7 @@ def make_plan(kind: Kind, config: Path | str, runs: list[RunSpec], study: StudyS
               resume: bool, live: dict[str, str] | None = None) -> Plan:
     """The plan for `runs` as their folders are now. `live`: run_id -> the engine's job still queued for it."""
     live = live or {}
-    planned = [plan_run(r, resume, live.get(r.run_id)) for r in runs]
+    planned = [plan_run(r, live.get(r.run_id)) for r in runs]
     plan = Plan(kind, Path(config), planned, study, resume)
     if not resume:
         existing = [p for p in planned if p.state.started or p.action is Action.QUEUED]
