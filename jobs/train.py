@@ -70,8 +70,14 @@ def _resume_or_start(state: LoopState) -> None:
         state.log("start", f"{spec.condition_label} {spec.model.name} seed {spec.seed} on {ctx.world_size} worker(s), "
                            f"device {state.device}, {state.static['params']} params, "
                            f"lr {spec.train.scaled_lr(ctx.world_size):.3g}")
-    if state.parts.scheduler is not None:
-        state.parts.scheduler.step_update(num_updates=state.num_updates)
+    scheduler = state.parts.scheduler
+    if scheduler is not None:  # the lr of where training continues (timm ignores the step kind it does not use)
+        scheduler.step(state.epoch)
+        scheduler.step_update(num_updates=state.num_updates)
+    rule = spec.train.lr_rule(ctx.world_size)
+    state.log("lr", rule)
+    if ctx.rank == 0:
+        print(f"{spec.study}/{spec.run_id}: {rule}", flush=True)
 
 
 # ---- train ------------------------------------------------------------------------------------
