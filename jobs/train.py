@@ -35,6 +35,7 @@ from jobs import recipe
 from jobs.checkpointer import Position
 from jobs.context import EngineContext
 from jobs.distributed import all_reduce_sum, gather
+from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
 from jobs.spec import RunSpec, SpecError, load_spec
@@ -329,8 +330,6 @@ def main(argv: list[str]) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 2
-    from jobs.local import LocalContext
-
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
             row = train_loop(spec, ctx)
