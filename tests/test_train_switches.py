@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from analysis.schema import CHECKPOINT_DIR, EVENTS_FILE
 from timm.scheduler import create_scheduler
 
-from analysis.schema import CHECKPOINT_DIR, EVENTS_FILE
 from jobs import checkpoint as ckpt
 from jobs import metrics
 from jobs.local import LocalContext
