@@ -25,15 +25,15 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import timm
 import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-SourceKind = Literal["random", "pretrained", "file", "local-dir", "run"]
-FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+from jobs.sources import Source, WeightsError, parse_source
+
 # timm's order of preference for a weights folder and for a Hugging Face repo
 DIR_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -42,40 +42,6 @@ _SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-class WeightsError(ValueError):
-    """Starting weights that cannot be used; the message is one line naming the field and the fix."""
-
-
-@dataclass(frozen=True)
-class Source:
-    kind: SourceKind
-    value: str = ""  # file or folder path, or the condition name of `run:`
-
-    def __str__(self) -> str:
-        return {"random": "random", "pretrained": "pretrained", "local-dir": f"local-dir:{self.value}",
-                "run": f"run:{self.value}"}.get(self.kind, self.value)
-
-
-def parse_source(text: str, field: str = "model.init") -> Source:
-    """The source a `model.init` / `distill.teacher.init` string names (syntax only, no file access)."""
-    text = str(text).strip()
-    if text in ("random", "pretrained"):
-        return Source(text)  # type: ignore[arg-type]
-    if text.startswith("run:"):
-        cond = text[4:].strip()
-        if not cond:
-            raise WeightsError(f"{field}: 'run:' needs a condition name, e.g. run:baseline")
-        return Source("run", cond)
-    if text.startswith("local-dir:"):
-        return Source("local-dir", text[len("local-dir:"):].strip())
-    if text.endswith(FILE_SUFFIXES):
-        return Source("file", text)
-    raise WeightsError(
-        f"{field}: {text!r} is not a weights source; use random, pretrained, run:<condition>, "
-        f"local-dir:<folder> or a file ending in {', '.join(FILE_SUFFIXES)}"
-    )
 
 
 # ---- locating files ---------------------------------------------------------------------------

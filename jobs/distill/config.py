@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.weights import WeightsError, parse_source
+from jobs.sources import WeightsError, parse_source
 
 from .losses import LOSSES
 
