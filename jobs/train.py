@@ -39,8 +39,10 @@ from torch import nn
 from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
 from jobs import checkpoint as ckpt
 from jobs import metrics as run_files
-from jobs import recipe
+from jobs import recipe, weights
 from jobs.context import EngineContext
+from jobs.distill.runtime import make_distiller
+from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.spec import RunSpec, SpecError, load_spec
 
 
@@ -241,6 +243,7 @@ class _Run:
     best: _Best
     ckpt_number: int = 0
     resumed_from: int | None = None
+    distiller: Any = None      # jobs.distill.runtime.Distiller or None
     state: LoopState | None = None
     partial: _Partial = field(default_factory=_Partial)
 
@@ -307,6 +310,9 @@ def _checkpoint_files(run: _Run, epoch: int, batch: int, num_updates: int) -> tu
         "model": run.spec.model.name, "strategies": [s.model_dump(mode="json") for s in run.spec.strategies],
         "seed": run.spec.seed,
     }
+    if run.distiller is not None:
+        meta["teacher"] = run.distiller.identity
+        files["distill.pt"] = run.distiller.state_dict()
     return files, meta
 
 
@@ -334,6 +340,8 @@ def _resume(run: _Run, path: Path) -> tuple[int, int, int]:
         else:
             run.ema.set(run.model)
             run.log("warning", f"{path.name} has no EMA; EMA restarts from the model weights")
+    if run.distiller is not None and (path / "distill.pt").exists():
+        run.distiller.load_state_dict(ckpt.load_file(path, "distill.pt"))
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
@@ -380,6 +388,8 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
         if run.mixup is not None and len(labels) % 2:
             # timm Mixup pairs samples; an odd final batch loses its last image.
             images, labels = images[:-1], labels[:-1]
+        if run.distiller is not None:
+            labels = run.distiller.train_labels(labels)
         targets = labels
         if run.mixup is not None:
             images, targets = run.mixup(images, labels)
@@ -388,7 +398,10 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
             else run.net.no_sync()
         with sync:
             with recipe.autocast(device, tc):
-                loss = run.loss_fn(run.net(images), targets)
+                if run.distiller is not None:
+                    loss = run.distiller(run.net, images, targets, run.loss_fn)
+                else:
+                    loss = run.loss_fn(run.net(images), targets)
             finite = torch.isfinite(loss.detach())
             scaled = loss / group_size
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
@@ -475,12 +488,17 @@ def _epoch_row(run: _Run, epoch: int, epoch_s: float, evals: dict, resumed_from:
     }
 
 
-def build_initial_model(spec: RunSpec) -> nn.Module:
-    """The run's model at initialisation: the same weights on every rank and in every process."""
-    from jobs.models import build_model
-
+def build_start(spec: RunSpec) -> weights.Start:
+    """The run's model at initialisation (starting weights, then strategies): the same on every rank and in
+    every process; with an unreduced copy when the teacher is `self`."""
     seed_everything(spec.seed)
-    return build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+    keep = spec.distill is not None and spec.distill.teacher.is_self
+    return weights.build_start(spec.model.name, spec.strategies, spec.create_kwargs(), spec.model.init,
+                               weights.Place.of(spec), keep_unreduced=keep)
+
+
+def build_initial_model(spec: RunSpec) -> nn.Module:
+    return build_start(spec).model
 
 
 def _build(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log) -> _Run:
@@ -488,13 +506,19 @@ def _build(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log) -> _Run:
 
     device = torch.device(ctx.device)
     _setup_determinism(spec, device)
-    model = build_initial_model(spec)
+    with _weights_errors():
+        start = build_start(spec)
+    model = start.model
     static = _static_columns(spec, model)
     model.to(device)
     if spec.train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    with _weights_errors():
+        distiller = make_distiller(spec, start, device)
     ema = recipe.build_ema(model, spec.train)
     optimizer = recipe.build_optimizer(model, spec.train, ctx.world_size)
+    if distiller is not None:
+        distiller.add_to(optimizer)
     with rng_isolated(device):
         kw = dict(rank=ctx.rank, world_size=ctx.world_size, device=device)
         train_loader = build_train_loader(spec.data, batch_size=spec.train.batch_size, seed=spec.seed, **kw)
@@ -516,6 +540,7 @@ def _build(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log) -> _Run:
         scaler=recipe.build_scaler(device, spec.train), mixup=recipe.build_mixup(spec.train, spec.model.num_classes),
         loss_fn=recipe.build_train_loss(spec.train), train_loader=train_loader, val_loader=val_loader,
         updates_per_epoch=updates_per_epoch, static=static, log=log, hooks=hooks, best=_Best(best_metric),
+        distiller=distiller,
     )
     run.state = LoopState(spec=spec, ctx=ctx, model=model, ema=ema, optimizer=optimizer)
     return run
@@ -545,6 +570,27 @@ def _choose_checkpoint(ctx: EngineContext, run_dir: Path) -> tuple[Path | None, 
                   f"nothing was deleted. Restore them from a copy, or move the folder aside to start the run over")
 
 
+@contextlib.contextmanager
+def _weights_errors() -> Iterator[None]:
+    """Starting weights or a teacher that cannot be used are spec errors: one line, no traceback."""
+    try:
+        yield
+    except weights.WeightsError as exc:
+        raise SpecError([str(exc)]) from None
+
+
+def _refuse_changed_teacher(spec: RunSpec, ctx: EngineContext) -> None:
+    """Before anything is written: a checkpoint trained with another teacher (or none) is not resumed."""
+    latest = _broadcast(ctx.latest_checkpoint() if ctx.rank == 0 else None, ctx)
+    if latest is None:
+        return
+    recorded = ckpt.read_manifest(Path(latest)).get("teacher")
+    current = teacher_identity(spec.distill, spec.model.name, weights.Place.of(spec), spec.model.init)
+    problem = resume_error(recorded, current)
+    if problem:
+        raise SpecError([f"{problem} (checkpoint {latest})"])
+
+
 def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) -> dict:
     """Train `spec` under engine `ctx` (resuming from ctx.latest_checkpoint()); returns the last row."""
     hooks = hooks or Hooks()
@@ -560,6 +606,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
 
     epochs = spec.train.epochs
     epoch = 0
+    # Outside the try: a refused resume writes nothing, not even a failed status.
+    with _weights_errors():
+        _refuse_changed_teacher(spec, ctx)
     try:
         data_errors = spec.data.check(spec.model.num_classes)
         if data_errors:

@@ -7,15 +7,20 @@ and saved in the checkpoint, never in the exported model.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from jobs.weights import Place, Start, WeightsError
+
 from .config import DistillConfig
 from .losses import LOSSES, Outputs
-from .teacher import Teacher
+from .teacher import Teacher, build_teacher, pair_errors
+
+if TYPE_CHECKING:
+    from jobs.spec import RunSpec
 
 
 class _TokenTap:
@@ -76,8 +81,13 @@ class Distiller:
         return labels if self.cfg.labels else torch.zeros_like(labels)
 
     def parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters outside the student (the projection), for an extra optimizer group."""
+        """Trainable parameters outside the student (the projection)."""
         return list(self.proj.parameters()) if self.proj is not None else []
+
+    def add_to(self, optimizer: torch.optim.Optimizer) -> None:
+        """Train the projection with the student's optimizer (one more group, created before the scheduler)."""
+        if self.proj is not None:
+            optimizer.add_param_group({"params": self.parameters()})
 
     def state_dict(self) -> dict[str, Any]:
         return {"proj": self.proj.state_dict() if self.proj is not None else None}
@@ -106,3 +116,16 @@ class Distiller:
         if self.cfg.alpha == 1.0:
             return kd  # the base loss, and so the labels, are never computed
         return (1.0 - self.cfg.alpha) * base_loss(cls_logits, targets) + self.cfg.alpha * kd
+
+
+def make_distiller(spec: "RunSpec", start: Start, device: torch.device) -> Distiller | None:
+    """The run's distiller (None without a distill block); the teacher is checked against the student here
+    too, since a run: teacher only exists once its stage has finished."""
+    if spec.distill is None:
+        return None
+    teacher = build_teacher(spec.distill, spec.model.name, spec.create_kwargs(), Place.of(spec), start.unreduced,
+                            spec.model.init)
+    errors = pair_errors(start.model, teacher.model, spec.distill)
+    if errors:
+        raise WeightsError("; ".join(errors))
+    return Distiller(spec.distill, teacher, start.model, device, spec.train.channels_last)

@@ -80,10 +80,8 @@ def pair_errors(student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> l
 def check_teacher(cfg: DistillConfig, model_name: str, student_kwargs: dict[str, Any], place: Place | None) -> list[str]:
     """Validation of the teacher without loading weights; `run:` teachers are checked when the run starts."""
     student = _student_meta(model_name, student_kwargs)
-    if cfg.teacher.is_run:
-        return pair_errors(student, student, cfg)[:1] if cfg.head == "distillation" else []
-    if cfg.teacher.is_self:
-        return pair_errors(student, student, cfg)
+    if cfg.teacher.is_run or cfg.teacher.is_self:
+        return pair_errors(student, student, cfg)  # the head check; a run: teacher is paired when the run starts
     name, kwargs = teacher_create_kwargs(cfg, student_kwargs)
     name = name or model_name
     try:
@@ -102,32 +100,52 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
+def teacher_path(cfg: DistillConfig, model_name: str, place: Place | None, init: str) -> Path | None:
+    """The file the teacher's weights come from (for self: the student's starting weights, if any)."""
+    if cfg.teacher.is_self:
+        return weights.weights_path(weights.parse_source(init), model_name, place, "model.init")
+    name = teacher_create_kwargs(cfg, {})[0] or model_name
+    return weights.weights_path(weights.parse_source(cfg.teacher.init, f"{FIELD}.init"), name, place, f"{FIELD}.init")
+
+
+def teacher_identity(cfg: DistillConfig | None, model_name: str, place: Place | None, init: str,
+                     path: Path | None = None) -> dict[str, Any] | None:
+    """What a checkpoint records about the teacher: its source, file and the file's sha256."""
+    if cfg is None:
+        return None
+    path = teacher_path(cfg, model_name, place, init) if path is None else path
+    ident = _identity(cfg.teacher.init, path)
+    return {**ident, "init": f"self ({init})"} if cfg.teacher.is_self else ident
+
+
 def build_teacher(cfg: DistillConfig, model_name: str, student_kwargs: dict[str, Any], place: Place | None,
-                  unreduced: nn.Module | None, init_path: Path | None, init: str) -> Teacher:
+                  unreduced: nn.Module | None, init: str = "random") -> Teacher:
     """The teacher with its weights. `unreduced` is the student as loaded, before strategies (for self)."""
+    path = teacher_path(cfg, model_name, place, init)
+    identity = teacher_identity(cfg, model_name, place, init, path)
     if cfg.teacher.is_self:
         if unreduced is None:
-            raise WeightsError(f"{FIELD}: self needs the unreduced student; build it with jobs.distill.build_start")
-        ident = _identity(init, init_path)
-        return Teacher(_frozen(copy.deepcopy(unreduced)), {**ident, "init": f"self ({init})"})
+            raise WeightsError(f"{FIELD}: self needs the unreduced student (weights.build_start keep_unreduced=True)")
+        return Teacher(_frozen(copy.deepcopy(unreduced)), identity)
     # The teacher's random init must not move the student's training stream.
     with torch.random.fork_rng(devices=[]):
         if cfg.teacher.is_run:
-            return _run_teacher(cfg, place)
-        name, kwargs = teacher_create_kwargs(cfg, student_kwargs)
-        name = name or model_name
-        source = weights.parse_source(cfg.teacher.init, f"{FIELD}.init")
-        path = weights.weights_path(source, name, place, f"{FIELD}.init")
-        outputs = weights.check_fits(path, name, kwargs, f"{FIELD}.init")
-        model = weights.create_with_weights(name, {**kwargs, "num_classes": outputs}, source, path, f"{FIELD}.init")
-    return Teacher(_frozen(model), _identity(cfg.teacher.init, path))
+            model = _run_teacher(path)
+        else:
+            name, kwargs = teacher_create_kwargs(cfg, student_kwargs)
+            name = name or model_name
+            source = weights.parse_source(cfg.teacher.init, f"{FIELD}.init")
+            outputs = weights.check_fits(path, name, kwargs, f"{FIELD}.init")
+            model = weights.create_with_weights(name, {**kwargs, "num_classes": outputs}, source, path,
+                                                f"{FIELD}.init")
+    return Teacher(_frozen(model), identity)
 
 
-def _run_teacher(cfg: DistillConfig, place: Place | None) -> Teacher:
+def _run_teacher(path: Path) -> nn.Module:
+    """Another run's best export, built as that run built it (its model, kwargs and strategies)."""
     from jobs.dependencies import export_meta
     from jobs.models import build_model
 
-    path = weights.weights_path(weights.parse_source(cfg.teacher.init), "", place, f"{FIELD}.init")
     meta = export_meta(path)
     model = build_model(meta["model"], meta.get("strategies", []), **meta.get("create_kwargs", {}))
     try:
@@ -135,11 +153,16 @@ def _run_teacher(cfg: DistillConfig, place: Place | None) -> Teacher:
     except RuntimeError as exc:
         raise WeightsError(f"{FIELD}.init: {path} does not fit the model its export names "
                            f"({weights._one_line_load_error(exc)}); rerun that run") from None
-    return Teacher(_frozen(model), _identity(cfg.teacher.init, path))
+    return model
 
 
-def resume_error(recorded: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+def resume_error(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> str | None:
     """One line when a checkpoint was trained with another teacher than the one given now."""
+    if recorded is None and current is None:
+        return None
+    if current is None:
+        return (f"distill: the run was trained with teacher {recorded.get('init')} ({recorded.get('path')}); resume "
+                "it with that distill: block, or start a new run (another run_id)")
     if recorded is None:
         return ("distill.teacher: the checkpoint to resume was written without a teacher; resume without distill: "
                 "or start a new run (another run_id)")
