@@ -2,6 +2,7 @@
 importing timm, so the run-spec schema can check their syntax cheaply."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,3 +42,14 @@ def parse_source(text: str, field: str = "model.init") -> Source:
         f"{field}: {text!r} is not a weights source; use random, pretrained, run:<condition>, "
         f"local-dir:<folder> or a file ending in {', '.join(FILE_SUFFIXES)}"
     )
+
+
+def absolute(text: str) -> str:
+    """The source with a file or folder made absolute against this process's cwd, so workers whose cwd
+    the engine chooses read the same file."""
+    source = parse_source(text)
+    if source.kind == "file":
+        return os.path.abspath(os.path.expanduser(source.value))
+    if source.kind == "local-dir":
+        return f"local-dir:{os.path.abspath(os.path.expanduser(source.value))}"
+    return str(text).strip()

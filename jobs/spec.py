@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from data.config import DataConfig
 from jobs.distill.config import DistillConfig
-from jobs.sources import WeightsError, parse_source
+from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
@@ -68,7 +68,7 @@ class ModelSpec(_Strict):
             parse_source(value, "model.init")
         except WeightsError as exc:
             raise ValueError(str(exc).removeprefix("model.init: ")) from None
-        return value.strip()
+        return absolute(value)
 
     def create_kwargs(self, img_size: int) -> dict[str, Any]:
         """Keyword arguments for `jobs.models.build_model` (timm.create_model) at this resolution."""

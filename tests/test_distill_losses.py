@@ -71,3 +71,13 @@ def test_config_shorthand_and_defaults():
     cfg = DistillConfig.model_validate({"teacher": "run:baseline", "loss": "hard"})
     assert cfg.teacher.init == "run:baseline" and cfg.teacher.is_run and (cfg.alpha, cfg.tau) == (0.5, 1.0)
     assert all(f.description for f in DistillConfig.model_fields.values())
+
+
+def test_relative_weight_files_become_absolute_for_workers(tmp_path, monkeypatch):
+    from jobs.spec import ModelSpec
+
+    monkeypatch.chdir(tmp_path)
+    assert ModelSpec(init="w/model.pth").init == str(tmp_path / "w" / "model.pth")
+    assert ModelSpec(init="local-dir:w").init == f"local-dir:{tmp_path / 'w'}"
+    assert ModelSpec(init="run:baseline").init == "run:baseline"
+    assert DistillConfig.model_validate({"teacher": "t.safetensors"}).teacher.init == str(tmp_path / "t.safetensors")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.sources import WeightsError, parse_source
+from jobs.sources import WeightsError, absolute, parse_source
 
 from .losses import LOSSES
 
@@ -44,7 +44,7 @@ class TeacherSpec(_Strict):
             raise ValueError(f"{exc}, or self") from None
         if source.kind == "random":
             raise ValueError("a random teacher teaches nothing; use self, pretrained, run:<condition> or a file")
-        return value.strip()
+        return absolute(value)
 
     @property
     def is_self(self) -> bool:
