@@ -15,9 +15,8 @@ from typing import Any
 
 import yaml
 
-from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
 from jobs import checkpoint as ckpt
-from jobs.metrics import read_status
+from rundir import CHECKPOINT_DIR, SPEC_FILE, read_status
 
 RUN_PREFIX = "run:"
 

@@ -8,11 +8,10 @@ from types import SimpleNamespace
 import timm
 import torch
 
-from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
 from jobs import checkpoint as ckpt
 from jobs.dependencies import check_study, resolve_run_export
-from jobs.metrics import write_status
 from jobs.spec import load_spec
+from rundir import CHECKPOINT_DIR, SPEC_FILE, write_status
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 KW = dict(num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)

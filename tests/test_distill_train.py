@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.schema import CHECKPOINT_DIR
+import rundir as metrics
 from data.convert import convert
 from data.demo import DEMO_OPTIONS
 from data.labels import label_map_path, read_label_map
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.local import LocalContext
+from jobs.loop_state import Hooks
 from jobs.spec import SpecError, load_spec
-from jobs.train import Hooks, train_loop
+from jobs.train import train_loop
+from rundir import CHECKPOINT_DIR
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from", "run_id"}

@@ -17,7 +17,6 @@ class GroupedParams(StrategyParams):
     scale: float | None = Field(
         None, gt=0, description="init multiplier for W_fc1, b_fc1, W_fc2 (not b_fc2); default 1/sqrt(group_size)"
     )
-
     init: Literal["first", "mean"] = Field(
         "first", description="shared MLP's weights: first = the group's first block's MLP (the seed); mean = the "
                              "average of the group's MLPs (for trained weights), both then scaled"
@@ -41,10 +40,8 @@ class GroupedParams(StrategyParams):
 
 
 @register_strategy("grouped", GroupedParams)
-def apply(model: nn.Module, group_size: int = 2, scale: float | None = None,
-          init: Literal["first", "mean"] = "first") -> nn.Module:
+def apply(model: nn.Module, params: GroupedParams) -> nn.Module:
     """Blocks (0..g-1), (g..2g-1), ... use the first block's MLP object; its weights are scaled once."""
-    params = GroupedParams(group_size=group_size, scale=scale, init=init)
     all_blocks = blocks(model)
     if len(all_blocks) % params.group_size:
         raise StrategyError(params.check_model(ModelShape(type(model).__name__, len(all_blocks), 0, 0))[0])
