@@ -142,3 +142,9 @@ def resolve_run_export(study_dir: Path, condition: str, seed: int, ablation: Map
 def export_meta(weights: Path) -> dict[str, Any]:
     """What `export_best` recorded next to a best export: model, create_kwargs, strategies, epoch, metric."""
     return ckpt.read_manifest(Path(weights).parent)
+
+
+def run_sources(spec: Any) -> dict[str, Any]:
+    """{field: source string} of a RunSpec's starting weights and teacher, for `check_study`."""
+    return {"model.init": spec.model.init,
+            "distill.teacher.init": spec.distill.teacher.init if spec.distill is not None else None}

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import timm
 import torch
 
 from jobs import checkpoint as ckpt
 from jobs.dependencies import check_study, resolve_run_export
-from jobs.spec import load_spec
+from jobs.spec import SpecError, load_spec
 from rundir import CHECKPOINT_DIR, SPEC_FILE, write_status
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -80,3 +81,32 @@ def test_resolution_of_unfinished_runs(tmp_path, demo_data):
     nobest = tmp_path / "nobest"
     _write_baseline(nobest, demo_data, best=False)
     assert "without a best export" in resolve_run_export(nobest, "baseline", 0, {})
+
+
+def test_load_study_reports_dependency_errors_with_the_rest(tmp_path, demo_data):
+    from orchestrator.study import load_study
+
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+base: {DEMO}
+data_root: {demo_data.root}
+seeds: [0]
+conditions:
+  baseline: {{}}
+  pruned:
+    strategies: [{{name: shallow, params: {{keep_ratio: 0.5, select: diversity}}}}]
+    overrides: {{model.init: "run:baseline", distill.teacher: "run:baseline", distill.loss: feature_mse}}
+  typo: {{overrides: {{model.init: "run:basline"}}}}
+  a: {{overrides: {{model.init: "run:b"}}}}
+  b: {{overrides: {{distill.teacher: "run:a"}}}}
+""")
+    with pytest.raises(SpecError) as info:
+        load_study(study)
+    errors = info.value.errors
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("condition typo: model.init names run:basline, which is not a condition")
+    assert errors[1] == "conditions a -> b -> a form a cycle through run:; a condition cannot need itself"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("\n".join(line for line in study.read_text().splitlines() if not line.startswith(("  typo", "  a:",
+                                                                                                       "  b:"))))
+    assert [r.condition for r in load_study(ok).runs] == ["baseline", "pruned"]
