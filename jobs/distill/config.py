@@ -74,7 +74,8 @@ class DistillConfig(_Strict):
         "numel", description="soft: divide the summed KL by batch x classes (DeiT) or by the batch (batchmean)")
     head: Literal["auto", "class", "distillation"] = Field(
         "auto", description="student head the logit loss trains: auto = the distillation head when the model has "
-                            "one (DeiT distilled), else the class head")
+                            "one (DeiT distilled), else its output; class = the model's output (a distilled model's "
+                            "two heads averaged)")
     labels: bool = Field(True, description="false: labels are never read for training (needs alpha 1)")
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig, description="feature_mse options")
 
