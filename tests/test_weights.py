@@ -137,3 +137,18 @@ def test_bad_files_are_one_line_errors_found_without_loading(trained, tmp_path):
     scrambled = tmp_path / "scrambled.safetensors"
     scrambled.write_bytes(bytes(raw))
     weights.check_init(str(scrambled), NAME, KW, None)
+
+
+def test_shallow_diversity_prunes_loaded_units(trained, tmp_path):
+    from jobs.strategies.shallow import select_diversity
+
+    path = tmp_path / "w.safetensors"
+    save_file(trained, path)
+    spec = [{"name": "shallow", "params": {"keep_ratio": 0.25, "select": "diversity"}}]
+    model = build_start(NAME, spec, KW, init=str(path)).model
+    for i in range(2):
+        w1, w2 = trained[f"blocks.{i}.mlp.fc1.weight"], trained[f"blocks.{i}.mlp.fc2.weight"]
+        keep = torch.sort(select_diversity(w1, w2, 32)).values
+        assert not torch.equal(keep, torch.arange(32))  # not the seed's first units: the trained rows chose
+        assert torch.equal(model.blocks[i].mlp.fc1.weight, w1[keep])
+        assert torch.equal(model.blocks[i].mlp.fc1.bias, trained[f"blocks.{i}.mlp.fc1.bias"][keep])
