@@ -130,3 +130,37 @@ def test_width_projection_is_trained_with_the_student():
     assert not torch.equal(before, distiller.proj.weight)
     assert all(p.grad is None for p in teacher.parameters())
     assert set(distiller.state_dict()["proj"]) == {"weight", "bias"}
+
+
+def _proj_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    torch.manual_seed(0)  # the same models and projection on every rank
+    student = timm.create_model(NAME, **STUDENT)
+    teacher = timm.create_model(NAME, **{**STUDENT, "embed_dim": 64, "num_heads": 4})
+    cfg = DistillConfig.model_validate({"teacher": "self", "loss": "feature_mse", "alpha": 1.0, "labels": False,
+                                        "feature": {"proj": "linear"}})
+    distiller = Distiller(cfg, Teacher(teacher, {}), student, torch.device("cpu"))
+    net = torch.nn.parallel.DistributedDataParallel(student)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.add_to(opt)
+    torch.manual_seed(100 + rank)  # each rank its own images
+    loss = distiller(net, torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), F.cross_entropy)
+    loss.backward()
+    opt.step()
+    torch.save(distiller.proj.state_dict(), f"{out}/proj{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_width_projection_gradients_are_averaged_across_workers(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_proj_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"proj{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # different batches, one update: the all-reduced gradient
