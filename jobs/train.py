@@ -32,6 +32,7 @@ import rundir as run_files
 from jobs import checkpoint as ckpt
 from jobs import recipe, weights
 from jobs.checkpointer import Position
+from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, broadcast, gather
@@ -346,11 +347,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
-    args = parser.parse_args(argv)
+    add_print_config(parser)
+    args = parser.parse_intermixed_args(argv)
     try:
         spec = load_spec(args.config, args.overrides)
     except SpecError as exc:
         return print_errors(f"{args.config} is not a valid run spec", exc.errors)
+    if args.print_config:
+        return print_config(spec)
     from jobs.local import LocalContext
 
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
