@@ -7,7 +7,7 @@ and saved in the checkpoint, never in the exported model.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -18,9 +18,6 @@ from jobs.weights import Place, Start, WeightsError
 from .config import DistillConfig
 from .losses import LOSSES, Outputs
 from .teacher import Teacher, build_teacher, pair_errors
-
-if TYPE_CHECKING:
-    from jobs.spec import RunSpec
 
 
 class _TokenTap:
@@ -118,9 +115,9 @@ class Distiller:
         return (1.0 - self.cfg.alpha) * base_loss(cls_logits, targets) + self.cfg.alpha * kd
 
 
-def make_distiller(spec: "RunSpec", start: Start, device: torch.device) -> Distiller | None:
-    """The run's distiller (None without a distill block); the teacher is checked against the student here
-    too, since a run: teacher only exists once its stage has finished."""
+def make_distiller(spec: Any, start: Start, device: torch.device) -> Distiller | None:
+    """The distiller of a jobs.spec.RunSpec (None without a distill block); the teacher is checked against
+    the student here too, since a run: teacher only exists once its stage has finished."""
     if spec.distill is None:
         return None
     teacher = build_teacher(spec.distill, spec.model.name, spec.create_kwargs(), Place.of(spec), start.unreduced,
