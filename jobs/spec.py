@@ -85,7 +85,9 @@ class ModelSpec(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(300, ge=1, description="epochs of the run (the cosine schedule spans them)")
+    epochs: int = Field(300, ge=0, description="epochs of the run (the cosine schedule spans them); 0 = evaluate the "
+                                               "model as built (loaded, reduced): one metrics row at epoch 0 and "
+                                               "its best export")
     batch_size: int = Field(256, ge=1, description="images per worker per forward pass (micro-batch)")
     grad_accum: int = Field(2, ge=1, description="micro-batches accumulated into one optimizer update")
     opt: str = Field("adamw", description="timm optimizer name (timm.optim.create_optimizer_v2)")
@@ -94,6 +96,9 @@ class TrainConfig(_Strict):
     lr_base_batch: int = Field(1024, ge=1, description="global batch that `lr` is stated for (seed: 256 x 2 x 2)")
     lr_scale: Literal["linear", "sqrt", "none"] = Field("linear", description="how lr follows the global batch")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0")
+    weight_decay_end: float | None = Field(
+        None, ge=0, description="weight decay at the end of the run, reached by a cosine from `weight_decay` over "
+                                "every optimizer update (DGMR: 0.04 -> 0.2); None = constant")
     sched: str = Field("cosine", description="timm scheduler name (timm.scheduler.create_scheduler_v2)")
     warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs (the cosine includes them, as timm's)")
     sched_on_updates: bool = Field(

@@ -182,6 +182,8 @@ def _update(state: LoopState, nonfinite: bool) -> None:
     else:
         if state.hooks.before_update:
             state.hooks.before_update(state)
+        if tc.weight_decay_end is not None:
+            recipe.set_weight_decay(parts.optimizer, recipe.weight_decay_at(tc, n, tc.epochs * state.updates_per_epoch))
         if parts.scaler is not None:
             parts.scaler.unscale_(parts.optimizer)
         if tc.clip_grad is not None:
@@ -249,6 +251,20 @@ def _epoch_row(state: LoopState, epoch: int, epoch_s: float, evals: dict) -> dic
         "wall_time": time.time(),
         "resumed_from": state.checkpointer.resumed_from,
     }
+
+
+def _evaluate_as_built(state: LoopState) -> dict:
+    """`train.epochs: 0`: the model as loaded and reduced, evaluated once; row `epoch 0` and its best export
+    (what a later stage can start from or learn from)."""
+    t0 = time.perf_counter()
+    evals = _evaluate_all(state)
+    row = _epoch_row(state, -1, time.perf_counter() - t0, evals)
+    if state.ctx.rank == 0:
+        run_files.append_row(state.ctx.run_dir, row)
+    state.checkpointer.record(row)
+    state.log("epoch", f"0/0 (as built) top1 {evals['top1']:.2f} ({state.val_count} val samples)")
+    state.ctx.report(row, None)
+    return row
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -325,6 +341,8 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             ctx.report(row, path if rank0 else None)
             if state.hooks.after_epoch:
                 state.hooks.after_epoch(state)
+        if epochs == 0 and state.row is None and not run_files.read_metrics(run_dir).num_rows:
+            state.row = _evaluate_as_built(state)
         if state.row is None:  # resumed a finished run: nothing trained, hand back its last row
             rows = run_files.read_metrics(run_dir).to_pylist()
             state.row = rows[-1] if rows else {}

@@ -17,7 +17,7 @@ from typing import Any
 from jobs.spec import RunSpec, SpecError
 from orchestrator.cluster import quiet_env, ray_session, resolve_address
 from orchestrator.lock import StudyLocked, study_lock
-from orchestrator.plan import Kind, Plan, load_config, make_plan
+from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
 from orchestrator.study import StudySpec, SweepOptions
 from rundir import EVENTS_FILE, EXIT_LOCKED, error_line, print_error, print_errors, read_metrics, run_state
@@ -90,7 +90,7 @@ def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
         if plan.kind == "run":
             _fit_one(todo[0], plan.study_dir, options)
         else:
-            _fit_grid(todo, plan.study_dir, session, options)
+            _fit_grid(todo, plan, session, options)
     return _summary(plan)
 
 
@@ -131,13 +131,22 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions) -> None:
-    """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
-    all the state that matters, and runs added to the study since are included."""
+def _fit_grid(todo: list[RunSpec], plan: Plan, session, options: SweepOptions) -> None:
+    """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
+    A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
+    runs added to the study since are included."""
     from ray import tune
 
+    from orchestrator.ray_stages import StageSearcher
+
+    study_dir = plan.study_dir
     root = ray_root(study_dir, options.storage_path)
     specs = {r.run_id: r for r in todo}
+    stages = plan.stages
+    searcher = StageSearcher(
+        sorted(specs, key=lambda r: stages.get(r, 0)), plan.deps,
+        finished=[p.run_id for p in plan.runs if p.state.finished],
+        is_finished=lambda r: run_state(specs[r].run_dir, specs[r].train.epochs).finished)
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
@@ -149,13 +158,14 @@ def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptio
                                 max_report_frequency=int(options.progress_every_s), print_intermediate_tables=False)
     tuner = tune.Tuner(
         trainable,
-        param_space={"run_id": tune.grid_search(list(specs))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(specs), max_concurrent_trials=k,
+                                    reuse_actors=False,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
     )
-    print(f"study {study_dir}: {len(todo)} runs to train, up to {k} at once")
+    n_stages = 1 + max((stages.get(r, 0) for r in specs), default=0)
+    print(f"study {study_dir}: {len(todo)} runs to train in {n_stages} stage(s), up to {k} at once")
     grid = tuner.fit()
     for result in grid:
         run_id = (result.config or {}).get("run_id")
@@ -167,15 +177,17 @@ def _summary(plan: Plan) -> int:
     """One line per run as its folder now says; 1 unless every run is finished."""
     bad = 0
     print(f"{'run':<40} {'state':<10} {'epochs':>7}  top1")
+    states = current_states(plan)
     for p in plan.runs:
         spec = p.spec
-        state = run_state(spec.run_dir, spec.train.epochs)
+        state = states[p.run_id]
         rows = read_metrics(spec.run_dir).to_pylist() if state.state.value != "blocked" else []
         top1: Any = max(rows, key=lambda r: r["epoch"])["top1"] if rows else None
-        print(f"{spec.run_id:<40} {state.state.value:<10} {state.epochs_done:>3}/{spec.train.epochs:<3}  "
+        shown = "blocked" if state.blocked_by else state.state.value
+        print(f"{spec.run_id:<40} {shown:<10} {state.epochs_done:>3}/{spec.train.epochs:<3}  "
               f"{'' if top1 is None else f'{top1:.2f}'}")
         if not state.finished:
             bad += 1
-            if state.reason:
+            if state.reason or state.blocked_by:
                 print(f"  {spec.run_id}: {state.describe()}", file=sys.stderr)
     return 1 if bad else 0

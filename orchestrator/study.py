@@ -45,6 +45,7 @@ from jobs.spec import (
 )
 from orchestrator.resources import ClusterShape, check_fits
 from rundir import write_index
+from rundir.stages import needed_conditions
 
 STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
@@ -115,11 +116,16 @@ class StudySpec(BaseModel):
 
     def write_index(self) -> Path:
         """runs.json in the study dir: what each run folder is (condition, ablation, seed)."""
+        # `needs`: the conditions a run starts from or learns from, so a copied folder still has its stage graph.
         return write_index(self.study_dir, {r.run_id: {"condition": r.condition, "ablation": r.ablation,
-                                                         "seed": r.seed} for r in self.runs})
+                                                         "seed": r.seed, "needs": list(_needs(r))} for r in self.runs})
 
 
 # ---------------------------------------------------------------------------------------------- loading
+
+
+def _needs(run: RunSpec) -> tuple[str, ...]:
+    return needed_conditions(run_sources(run).values())
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
