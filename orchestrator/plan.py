@@ -208,6 +208,7 @@ def current_states(plan: Plan) -> dict[str, RunState]:
     """Each run's state as its folder says now, `blocked by` the run of an earlier stage that failed or is blocked
     (what an engine prints after the study ran)."""
     states = {p.run_id: run_state(p.spec.run_dir, p.spec.train.epochs) for p in plan.runs}
-    # After the engine ran, a dependency that did not finish (failed, blocked, killed) blocks what needs it.
-    stuck = {r: s.describe() for r, s in states.items() if not s.finished}
+    # After the engine ran, a dependency that started and did not finish (failed, blocked, killed) blocks what
+    # needs it, directly or through runs that never started.
+    stuck = {r: s.describe() for r, s in states.items() if s.started and not s.finished}
     return {r: s.waiting_for(blocker(r, plan.deps, stuck)) if not s.started else s for r, s in states.items()}

@@ -91,5 +91,8 @@ def run_state(run_dir: Path | str, epochs_wanted: int | None = None) -> RunState
     # written around a requeue may know a checkpoint's epoch before any row of this job exists.
     done = max(epochs_done(table), int((status or {}).get("epoch") or 0))
     state = classify(status, done, epochs_wanted)
+    if state is State.FINISHED and (table is None or table.num_rows == 0) and not done:
+        # `train.epochs: 0` is done by its one row at epoch 0; an empty folder has done nothing.
+        state = State.UNFINISHED
     reason = (status or {}).get("error") if state is State.FAILED else None
     return RunState(state, done, total, started, reason)
