@@ -20,7 +20,17 @@ from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
 from orchestrator.study import StudySpec, SweepOptions
-from rundir import EVENTS_FILE, EXIT_LOCKED, error_line, print_error, print_errors, read_metrics, run_state
+from rundir import (
+    EVENTS_FILE,
+    EXIT_LOCKED,
+    State,
+    error_line,
+    print_error,
+    print_errors,
+    read_metrics,
+    run_state,
+    write_status,
+)
 
 RAY_DIR = ".ray"
 TUNE_NAME = "tune"
@@ -171,6 +181,15 @@ def _fit_grid(todo: list[RunSpec], plan: Plan, session, options: SweepOptions) -
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
             print_error(f"run {run_id}: {error_line(str(result.error))}")
+            _record_failure(specs[run_id], str(result.error))
+
+
+def _record_failure(spec: RunSpec, error: str) -> None:
+    """A trial that failed for good (e.g. its workers were killed before the loop could say so) is recorded as
+    failed, so every reader of the folder (a resume, `analysis status`, later stages) knows it will not finish."""
+    state = run_state(spec.run_dir, spec.train.epochs)
+    if state.started and state.state is State.UNFINISHED:
+        write_status(spec.run_dir, "failed", state.epochs_done, spec.train.epochs, f"trial failed: {error_line(error)}")
 
 
 def _summary(plan: Plan) -> int:

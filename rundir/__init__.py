@@ -7,7 +7,7 @@ Only the standard library and pyarrow: `jobs`, `orchestrator` and `analysis` all
 """
 from rundir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from rundir.errors import EXIT_BAD_INPUT, EXIT_LOCKED, error_line, exception_line, print_error, print_errors
-from rundir.events import EventLog, read_events
+from rundir.events import EventLog, read_events, read_timed_events
 from rundir.expression import parse_scalar, split_expression
 from rundir.index import read_index, write_index
 from rundir.metrics import (
@@ -49,6 +49,6 @@ __all__ = [
     "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS", "SPEC_FILE", "STATUS_FILE",
     "EventLog", "MetricsError", "Node", "RunState", "State", "append_row", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_text", "blocker", "check_metrics", "check_row", "check_status", "classify", "condition_graph", "dependencies", "epochs_done", "error_line",
-    "exception_line", "index_nodes", "node_from_spec", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_metrics",
+    "exception_line", "index_nodes", "node_from_spec", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_timed_events", "read_metrics",
     "read_status", "run_state", "split_expression", "stage_lines", "stage_of", "truncate_after", "write_index", "write_status",
 ]
