@@ -81,3 +81,20 @@ def test_stages_wait_for_dependencies_block_on_failure_and_resume(tmp_path, demo
             s = yaml.safe_load((p / "spec.yaml").read_text())
             assert run_state(p, s["train"]["epochs"]).finished
     assert len([p for p in study_dir.iterdir() if (p / "spec.yaml").exists()]) == 6
+
+    # The report: the stage graph, the source columns, and per seed the teacher, the pruned model at epoch 0 and
+    # the recovered one.
+    from analysis.report import build_report
+
+    rep = build_report(study_dir, tmp_path / "report")
+    text = rep.report_md.read_text()
+    assert "stage 0: baseline" in text and "stage 1: pruned <- baseline" in text, text
+    assert "stage 1: recovered <- baseline" in text and "## Recovery" in text, text
+    assert {"init", "teacher", "distill_loss", "alpha", "tau"} <= set(rep.runs.columns)
+    rec = rep.recovery.set_index("seed")
+    assert sorted(rec.index) == [0, 1] and set(rec["condition"]) == {"recovered"}
+    for seed in (0, 1):
+        teacher = next(n for n, s in runs.items() if s["condition"] == "baseline" and s["seed"] == seed)
+        assert rec.loc[seed, "teacher_run"] == teacher
+        assert 0 <= rec.loc[seed, "pruned_top1"] <= 100 and rec.loc[seed, "params_less_pct"] > 0
+    assert (tmp_path / "report" / "recovery_curves.png").stat().st_size > 0

@@ -19,9 +19,9 @@ VIT_B = "vit_base_patch16_224"
 
 
 def print_config(config: str, demo_data, *extra: str, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", config, "--print-config",
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", config,
                            f"data.train_path={demo_data.train_beton}", f"data.val_path={demo_data.val_beton}",
-                           "model.num_classes=10", *extra], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           "model.num_classes=10", *extra, "--print-config"], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return yaml.safe_load(proc.stdout)
