@@ -22,7 +22,7 @@ from jobs.configdoc import add_print_config
 from jobs.spec import RunSpec, SpecError
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.options import add_options, options_from_args
-from orchestrator.plan import Action, Kind, Plan, current_states, load_config, make_plan, print_resolved
+from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
@@ -126,7 +126,7 @@ def _submit_plan(plan: Plan, record: dict, opts: SlurmOptions) -> int:
     if not opts.wait:
         print(f"follow with: python -m orchestrator slurm-status {study_dir}")
         return 1 if plan.held else 0
-    failed = wait_for(jobs, print, lambda: current_states(plan))
+    failed = wait_for(jobs, print, plan.deps)
     if failed:
         print(f"{failed} run(s) failed; fix the cause and rerun them with: python -m orchestrator slurm {plan.config} "
               f"--resume{' --local' if opts.local else ''}")

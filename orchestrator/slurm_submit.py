@@ -165,24 +165,23 @@ def _submit_local(ex, runs: list[RunSpec], parallelism: int) -> list:
     return jobs
 
 
-def wait_for(jobs: list, log: Callable[[str], None], states: Callable[[], dict] | None = None) -> int:
-    """Wait for every job; one line per run; the number of runs that did not finish. `states()`: each run's
-    state once all jobs ended (a job Slurm dropped because a dependency failed is `blocked by` it)."""
-    failed = 0
-    for _, job in jobs:
-        with contextlib.suppress(Exception):  # read below, run by run
-            job.results()
-    final = states() if states is not None else {}
+def wait_for(jobs: list, log: Callable[[str], None], deps: dict[str, list[str]] | None = None) -> int:
+    """Wait for every job; one line per run; the number of runs that did not finish. A job Slurm dropped because
+    a job it depended on failed (`--kill-on-invalid-dep`) is reported as `blocked by` that run."""
+    errors: dict[str, str] = {}
     for spec, job in jobs:
-        if spec.run_id in final and final[spec.run_id].blocked_by:
-            failed += 1
-            log(f"  {spec.run_id}: not run (job {job.job_id} left the queue), {final[spec.run_id].describe()}")
-            continue
         try:
             job.results()  # one result per task
-            log(f"  {spec.run_id}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {spec.run_dir}")
         except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the task's traceback
-            failed += 1
-            state = run_state(spec.run_dir, spec.train.epochs)
-            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {state.reason or error_line(str(exc))}")
-    return failed
+            errors[spec.run_id] = error_line(str(exc))
+    for spec, job in jobs:
+        state = run_state(spec.run_dir, spec.train.epochs)
+        if spec.run_id not in errors:
+            log(f"  {spec.run_id}: {state.describe()} in {spec.run_dir}")
+            continue
+        by = blocker(spec.run_id, deps or {}, errors)
+        if by is not None and not state.started:
+            log(f"  {spec.run_id}: not run (job {job.job_id}), {state.waiting_for(by).describe()}")
+        else:
+            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {state.reason or errors[spec.run_id]}")
+    return len(errors)
