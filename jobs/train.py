@@ -36,6 +36,7 @@ from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, broadcast, gather
+from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
 from jobs.spec import RunSpec, SpecError, load_spec
@@ -72,8 +73,14 @@ def _resume_or_start(state: LoopState) -> None:
         state.log("start", f"{spec.condition_label} {spec.model.name} seed {spec.seed} on {ctx.world_size} worker(s), "
                            f"device {state.device}, {state.static['params']} params, "
                            f"lr {spec.train.scaled_lr(ctx.world_size):.3g}")
-    if state.parts.scheduler is not None:
-        state.parts.scheduler.step_update(num_updates=state.num_updates)
+    scheduler = state.parts.scheduler
+    if scheduler is not None:  # the lr of where training continues (timm ignores the step kind it does not use)
+        scheduler.step(state.epoch)
+        scheduler.step_update(num_updates=state.num_updates)
+    rule = spec.train.lr_rule(ctx.world_size)
+    state.log("lr", rule)
+    if ctx.rank == 0:
+        print(f"{spec.study}/{spec.run_id}: {rule}", flush=True)
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -355,8 +362,6 @@ def main(argv: list[str]) -> int:
         return print_errors(f"{args.config} is not a valid run spec", exc.errors)
     if args.print_config:
         return print_config(spec)
-    from jobs.local import LocalContext
-
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
             row = train_loop(spec, ctx)
