@@ -23,6 +23,7 @@ from .rng import stream_seed
 
 _CROP_TAG = 0x43524F50  # "CROP": separates the crop keys from the batch-augmentation keys
 _AUG_TAG = 0x41554721
+_ERASE_TAG = 0x45524153  # "ERAS": erasing after mixup, keyed apart from the batch augmentation
 
 
 class Source(Protocol):
@@ -89,6 +90,15 @@ class ImageLoader:
         for b, (images, labels) in enumerate(self.source.iterate(self.epoch, start), start=start):
             key = stream_seed(_AUG_TAG, self.seed, self.epoch, self.rank, self.world_size, b)
             yield self.augment(images, key), labels.to(self.device, non_blocking=True).reshape(-1)
+
+    def after_mixup(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """What the augmentation does once the train step has mixed batch number `batch` of the current
+        epoch (random erasing with erase_order after_mixup, else nothing). Keyed like the batch itself,
+        so a resumed epoch erases the same boxes."""
+        fn = getattr(self.augment, "after_mixup", None)
+        if fn is None:
+            return images
+        return fn(images, stream_seed(_ERASE_TAG, self.seed, self.epoch, self.rank, self.world_size, batch))
 
 
 def _check_path(cfg: DataConfig, path: Path, field: str) -> None:
