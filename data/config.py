@@ -29,6 +29,12 @@ class DataConfig(BaseModel):
     # train augmentation
     rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range (fraction of the image).")
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range.")
+    train_interpolation: Literal["bilinear", "bicubic", "random"] = Field(
+        "bilinear",
+        description="Resize of the training crops (timm's names). bilinear: ours (bilinear below 2x shrink, "
+                    "INTER_AREA beyond); bicubic: PIL's antialiased bicubic; random: one or the other per image "
+                    "with probability 1/2 (timm's default for ViT training), drawn from the crop's key.",
+    )
     hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
     auto_augment: str | None = Field("rand-m9-mstd0.5-inc1", description="timm RandAugment config string; null disables it.")
     reprob: float = Field(0.25, ge=0, le=1, description="Random-erasing probability per image (timm RandomErasing).")
