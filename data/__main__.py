@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
         "convert", help="ImageNet-layout folder -> .beton",
         description="Convert SRC (SRC/<class>/*.JPEG, or SRC/{train,val}/<class>/... into OUT/{train,val}.beton). "
                     "Defaults reproduce ffcv-imagenet's files (longest side 500). For 224 px training "
-                    "'--min-side 256 --write-mode jpg' is ~3x smaller and keeps every crop >= 224 px "
+                    "'--min-side 256 --write-mode jpg' is much smaller (JPEG only, about half the pixels) and keeps the validation crop and full-scale training crops >= 224 px "
                     "(the shortest side is capped; '--max-res 256' would cap the longest side: a 500x375 "
                     "photo becomes 256x192 and its validation crop is upscaled).")
     c.add_argument("src", type=Path)

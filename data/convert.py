@@ -12,7 +12,7 @@ Defaults reproduce ffcv-imagenet's published files (longest side 500, 'proportio
 quality 90). For the paper's 224 px training a smaller file is enough: `--min-side 256 --write-mode jpg`
 caps the SHORTEST side at 256 (a 500x375 photo is stored at 341x256), so RandomResizedCrop at scale 1
 and the 0.9 validation crop (230 px) still see >= 224 px. `--max-res` caps the LONGEST side instead:
-`--max-res 256` stores that photo at 256x192, and its validation crop (173 px) is upscaled to 224.
+`--max-res 256` stores that photo at 256x192, and its validation crop (172 px) is upscaled to 224.
 """
 from __future__ import annotations
 
