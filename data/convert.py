@@ -258,7 +258,7 @@ def _max_pixels(paths: list[str], opts: ConvertOptions, skipped: list[tuple[str,
             continue
         keep.append(p)
         w, h = target_size(size, None, opts.min_side) or size
-        most = max(most, w * h)
+        most = max(most, (w + 1) * (h + 1))  # a DCT-scaled decode can round a side up by one pixel
     return keep, most
 
 
@@ -331,7 +331,7 @@ def convert(src: Path | str, out: Path | str, opts: ConvertOptions | None = None
         why = [k for k in meta if old.get(k) != meta[k]]
         log(f"{out}: exists but {', '.join(why)} changed; converting again")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(out.name + ".partial-*"):
+    for stale in [*out.parent.glob(out.name + ".partial-*"), *out.parent.glob(out.name + ".events-*")]:
         log(f"removing {stale.name} left by an interrupted conversion")
         stale.unlink()
 
