@@ -10,14 +10,13 @@ import pytest
 import torch
 from timm.data import Mixup
 
-from analysis.schema import CHECKPOINT_DIR
 from data.config import DataConfig
 from data.loaders import build_train_loader
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.local import LocalContext
 from jobs.spec import load_spec
 from jobs.train import Hooks, train_loop
+from rundir import CHECKPOINT_DIR, read_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers
 
@@ -101,7 +100,7 @@ def _run(spec, hooks: Hooks | None = None) -> None:
 
 
 def _stable(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics.read_metrics(run_dir).to_pylist()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(run_dir).to_pylist()]
 
 
 class _Killed(Exception):
