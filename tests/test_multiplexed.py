@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ from torch import nn
 from jobs.accounting import model_stats
 from jobs.checkpoint import load_model_state, pack_state
 from jobs.models import build_model, check
+from jobs.spec import SpecError, load_spec
 from jobs.strategies import StrategyError, parse_params
 from jobs.strategies.multiplexed import MixedAttention
 
+MINIVIT = Path(__file__).resolve().parents[1] / "configs" / "minivit"
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
 
 
@@ -232,3 +235,29 @@ def test_checkpoint_round_trip_reties_shared_weights():
     x = images()
     with torch.no_grad():
         assert torch.equal(fresh(x), net(x))
+
+
+# ---- shipped configs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, model, params", [
+    ("mini_deit_tiny", "deit_tiny_patch16_224", 3_053_056 - 2 * 192),
+    ("mini_deit_small", "deit_small_patch16_224", 11_413_960 - 2 * 384),
+    ("mini_deit_base", "deit_base_patch16_224", 44_062_312 - 2 * 768),
+    ("mini_swin_style_deit_small", "deit_small_patch16_224", None),
+])
+def test_minivit_configs_validate(name, model, params, demo_data):
+    spec = load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10"])
+    assert spec.model.name == model and [s.name for s in spec.strategies] == ["multiplexed"]
+    assert spec.model.kwargs == {"class_token": False, "global_pool": "avg"}
+    t = spec.train
+    assert (t.epochs, t.opt, t.lr, t.lr_base_batch, t.weight_decay) == (300, "adamw", 5e-4, 512, 0.05)
+    assert t.scaled_lr(world_size=8) == pytest.approx(1e-3)  # 8 x 128 images: 5e-4 x 1024 / 512
+    if params is not None:  # Mini-DeiT drops the class token and its position embedding from the DeiT count
+        with torch.device("meta"):
+            net = build_model(model, spec.strategies, **{**spec.create_kwargs(), "num_classes": 1000})
+        assert model_stats(net).params == params
+    # the dwconv variant needs its prefix-free model: with the class token back, validation says why
+    if name.startswith("mini_swin"):
+        with pytest.raises(SpecError, match="mlp_transform=dwconv convolves the token grid"):
+            load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10", "model.kwargs={}"])
