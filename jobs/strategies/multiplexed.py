@@ -246,6 +246,7 @@ def _add_transform(block: nn.Module, model: nn.Module) -> None:
     TransformedBlock.convert(block, TokenGridConv(dim, model.patch_embed.grid_size, norm, device=norm1.weight.device))
 
 
+@register_strategy("multiplexed", MultiplexedParams)
 def apply(model: nn.Module, params: MultiplexedParams) -> nn.Module:
     """MiniViT weight multiplexing: groups of share_every blocks share qkv/proj/MLP; per-layer head mixes."""
     all_blocks = blocks(model)
@@ -265,8 +266,3 @@ def apply(model: nn.Module, params: MultiplexedParams) -> nn.Module:
             _add_transform(block, model)
     return model
 
-
-@register_strategy("multiplexed", MultiplexedParams)
-def _apply_kwargs(model: nn.Module, **kwargs) -> nn.Module:
-    """MiniViT weight multiplexing: groups of share_every blocks share qkv/proj/MLP; per-layer head mixes."""
-    return apply(model, MultiplexedParams(**kwargs))
