@@ -20,14 +20,15 @@ student (e.g. its EMA), since `copy.deepcopy` would carry the hooks into the cop
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from jobs.strategies.registry import ModelShape
+if TYPE_CHECKING:  # importing jobs.strategies pulls in timm, which a run-spec schema should not need
+    from jobs.strategies.registry import ModelShape
 
 
 class _Strict(BaseModel):
@@ -74,10 +75,10 @@ class RelationConfig(_Strict):
             teacher = [max(0, round((i + 1) * teacher_depth / student_depth) - 1) for i in student]
         return list(student), list(teacher)
 
-    def tokens(self, shape: ModelShape) -> int:
+    def tokens(self, shape: "ModelShape") -> int:
         return shape.num_patches + (shape.num_prefix_tokens if self.prefix_tokens == "keep" else 0)
 
-    def check(self, student: ModelShape, teacher: ModelShape, where: str = "distill.relations") -> list[str]:
+    def check(self, student: "ModelShape", teacher: "ModelShape", where: str = "distill.relations") -> list[str]:
         """Every problem of distilling `teacher` into `student` with these relations, one line each."""
         errors = []
         s_layers, t_layers = self.resolve_layers(student.depth, teacher.depth)
