@@ -13,7 +13,7 @@ from jobs.accounting import model_stats
 from jobs.checkpoint import load_model_state, pack_state
 from jobs.models import build_model, check
 from jobs.spec import SpecError, load_spec
-from jobs.strategies import StrategyError, parse_params
+from jobs.strategies import StrategyError, parse_expression, parse_params
 from jobs.strategies.multiplexed import MixedAttention
 
 MINIVIT = Path(__file__).resolve().parents[1] / "configs" / "minivit"
@@ -190,6 +190,8 @@ def test_all_problems_reported_at_validation_at_once():
     assert check("vit_tiny_patch16_224", [mux(attn_mix="none")], **SMALL, attn_layer="diff") == []
     with pytest.raises(StrategyError, match="attn_mix"):
         parse_params("multiplexed", {"attn_mix": "conv3x3"})
+    (spec,) = parse_expression("multiplexed:attn_mix=none:mlp_transform=none")  # the parser reads none as null
+    assert (spec.params.attn_mix, spec.params.mlp_transform) == ("none", "none")
     with pytest.raises(StrategyError, match="not divisible by share_every 3"):
         small([mux(share_every=3)])
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from timm.layers import trunc_normal_
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import Attention, Block
@@ -50,6 +50,12 @@ class MultiplexedParams(StrategyParams):
     init: Literal["first", "mean"] = Field(
         "first", description="shared weights: the first block's of each group (MiniViT) or the mean over the group"
     )
+
+    @field_validator("attn_mix", "mlp_transform", mode="before")
+    @classmethod
+    def _null_is_none(cls, value):
+        # Strategy expressions read `none` as null (`multiplexed:attn_mix=none`): it means the option "none".
+        return "none" if value is None else value
 
     def check_model(self, shape: ModelShape) -> list[str]:
         errors = []
