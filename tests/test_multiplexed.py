@@ -263,3 +263,50 @@ def test_minivit_configs_validate(name, model, params, demo_data):
     if name.startswith("mini_swin"):
         with pytest.raises(SpecError, match="mlp_transform=dwconv convolves the token grid"):
             load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10", "model.kwargs={}"])
+
+
+# ---- a real run: checkpoint, kill, exact resume ---------------------------------------------------
+
+
+def test_multiplexed_run_resumes_exactly(demo_data, tmp_path):
+    import rundir
+    from jobs import checkpoint as ckpt
+    from jobs.local import LocalContext
+    from jobs.train import Hooks, train_loop
+
+    class Killed(Exception):
+        pass
+
+    def spec(out):  # the demo's prefix-free tiny ViT: every option of the strategy on, dropout paths too
+        return load_spec(MINIVIT.parent / "demo.yaml", [
+            f"data_root={demo_data.root}", f"output_root={out}", "run_id=mux", "model.depth=2", "model.embed_dim=32",
+            "model.num_heads=2", "model.patch_size=8", "model.drop_path_rate=0.1", "data.num_workers=1",
+            "strategies=[{name: multiplexed, params: {share_every: 2, attn_mix: linear, mlp_transform: dwconv}}]",
+            "train.epochs=2", "train.batch_size=256", "train.grad_accum=2", "train.lr=5e-3", "train.warmup_epochs=1",
+            "train.ema=true", "train.ema_decay=0.9",
+        ])
+
+    def run(s, hooks=None):
+        with LocalContext(s.run_dir, use_gpu=False) as ctx:
+            return train_loop(s, ctx, hooks)
+
+    def stable(run_dir):
+        volatile = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
+        return [{k: v for k, v in r.items() if k not in volatile} for r in rundir.read_metrics(run_dir).to_pylist()]
+
+    reference = spec(tmp_path / "reference")
+    run(reference)
+    resumed = spec(tmp_path / "resumed")
+
+    def kill(state):
+        if state.row["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(resumed, Hooks(after_epoch=kill))
+    run(resumed)
+    expected = stable(reference.run_dir)
+    assert stable(resumed.run_dir) == expected and expected[0]["unique_mlps"] == 1
+    packed = ckpt.load_file(ckpt.latest_valid(resumed.run_dir / rundir.CHECKPOINT_DIR), "model.pt")
+    assert packed["aliases"]["blocks.1.attn.qkv.weight"] == "blocks.0.attn.qkv.weight"
+    assert "blocks.1.attn.post_mix.weight" in packed["tensors"]
