@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_minivit_parameter_counts(model, share_every, params, unique):
     mix_gmacs = 12 * 2 * heads * heads * tokens * tokens / 1e9
     assert stats.gflops == pytest.approx(base_stats.gflops + mix_gmacs, rel=1e-9)
     assert stats.gmacs == pytest.approx(base_stats.gmacs + mix_gmacs, rel=1e-9)
+
+
+def test_inspect_prints_the_counts(capsys):
+    from jobs.inspect import main
+
+    assert main(["--model", "deit_base_patch16_224", "--strategy", "multiplexed:share_every=2:attn_mix=conv1x1",
+                 "--strategy", "multiplexed:share_every=12", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["params"], r["unique_mlps"], r["unique_attn"]) for r in rows] == [(44_062_312, 6, 6), (8_638_312, 1, 1)]
+    assert main(["--model", "deit_tiny_patch16_224", "--strategy", "multiplexed"]) == 0
+    table = capsys.readouterr().out
+    assert "| Unique MLPs | Unique Attn |" in table and "multiplexed | 3.05M | 1.8M | 6 | 6 |" in table
 
 
 def test_mix_kinds_and_dwconv_counts():
