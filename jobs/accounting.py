@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .strategies.vit import block_mlps, unique_mlps
+from .strategies.vit import block_mlps, unique_attentions, unique_mlps
 
 # Ops that are the attention matmuls of a ViT block (fused or not); everything else is a layer's weights.
 _ATTENTION_OPS = ("_scaled_dot_product", "bmm", "baddbmm")
@@ -26,6 +26,7 @@ class ModelStats:
     params: int        # unique parameters (a shared tensor counted once)
     mlp_params: int    # unique parameters inside the blocks' MLPs
     unique_mlps: int   # distinct MLP modules
+    unique_attn: int   # distinct attention weight sets (blocks sharing qkv count once)
     mlp_hidden: int    # hidden width of the first block's MLP
     depth: int
     gflops: float      # paper convention (see module doc)
@@ -76,6 +77,7 @@ def model_stats(model: nn.Module, img_size: int | tuple[int, int] | None = None)
         params=count_params([model]),
         mlp_params=count_params(unique_mlps(model)),
         unique_mlps=len(unique_mlps(model)),
+        unique_attn=len(unique_attentions(model)),
         mlp_hidden=mlps[0].fc1.out_features,
         depth=len(mlps),
         gflops=macs_no_attention / 1e9,

@@ -40,11 +40,11 @@ def inspect_one(model: str, expression: str, img_size: int | None = None) -> dic
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["Strategy", "Params", "MLP Params", "Unique MLPs", "GFLOPs", "GMACs", "Hidden", "Expansion Ratio"]
+    header = ["Strategy", "Params", "MLP Params", "Unique MLPs", "Unique Attn", "GFLOPs", "GMACs", "Hidden", "Expansion Ratio"]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for r in rows:
         lines.append(" | ".join([
-            r["strategy"], f"{r['params'] / 1e6:.2f}M", f"{r['mlp_params'] / 1e6:.1f}M", str(r["unique_mlps"]),
+            r["strategy"], f"{r['params'] / 1e6:.2f}M", f"{r['mlp_params'] / 1e6:.1f}M", str(r["unique_mlps"]), str(r["unique_attn"]),
             f"{r['gflops']:.2f}", f"{r['gmacs']:.2f}", str(r["mlp_hidden"]), f"{r['expansion_ratio']:g}",
         ]))
     return "\n".join(lines)

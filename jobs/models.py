@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .strategies import ModelShape, StrategyError, StrategySpec, as_specs, get_strategy, strategy_spec
-from .strategies.vit import block_mlps
+from .strategies.vit import shape_of
 
 
 def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (),
@@ -32,8 +32,7 @@ def model_shape(model: str, **create_kwargs: Any) -> ModelShape:
     """Depth and widths of a timm ViT, read from a meta-device instance (no memory, no init)."""
     with torch.device("meta"):
         net = timm.create_model(model, **create_kwargs)
-    mlps = block_mlps(net)
-    return ModelShape(model, len(mlps), mlps[0].fc1.in_features, mlps[0].fc1.out_features)
+    return shape_of(net, model)
 
 
 def _shape_or_error(model: str, create_kwargs: dict[str, Any]) -> ModelShape | str:

@@ -127,6 +127,7 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         targets = labels
         if state.mixup is not None:
             images, targets = state.mixup(images, labels)
+        images = state.train_loader.after_mixup(images, batch)  # data.erase_order after_mixup: timm's order
         images = _to_format(images, spec, device)
         sync = contextlib.nullcontext() if last_micro or not isinstance(state.net, nn.parallel.DistributedDataParallel) \
             else state.net.no_sync()

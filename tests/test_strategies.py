@@ -253,7 +253,7 @@ def test_params_are_typed_once_and_apply_gets_the_typed_object(monkeypatch):
 @pytest.mark.parametrize(
     "strategies, message",
     [
-        (["nope"], "unknown strategy 'nope': valid choices are baseline, grouped, shallow, thin"),
+        (["nope"], "unknown strategy 'nope': valid choices are baseline, grouped, multiplexed, shallow, thin"),
         ([{"name": "grouped", "params": {"group_size": 0}}], "strategy grouped: group_size input should be greater than or equal to 1 (got 0)"),
         ([{"name": "grouped", "params": {"group_size": 5}}], "strategy grouped: depth 4 of vit_tiny_patch16_224 is not divisible by group_size 5; choose a group_size that divides 4"),
         ([{"name": "grouped", "params": {"gsize": 2}}], "strategy grouped: unknown parameter 'gsize' (valid: group_size, scale, init)"),

@@ -1,5 +1,5 @@
 """Model strategies: one module each, registered by name (see registry.py)."""
-from . import baseline, grouped, shallow, thin  # noqa: F401  (importing registers them)
+from . import baseline, grouped, multiplexed, shallow, thin  # noqa: F401  (importing registers them)
 from .registry import (
     STRATEGIES,
     ModelShape,

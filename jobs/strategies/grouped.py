@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -31,12 +32,21 @@ class GroupedParams(StrategyParams):
         return 1.0 / math.sqrt(self.group_size) if self.scale is None else self.scale
 
     def check_model(self, shape: ModelShape) -> list[str]:
+        errors = []
         if shape.depth % self.group_size:
-            return [
+            errors.append(
                 f"strategy grouped: depth {shape.depth} of {shape.name} is not divisible by group_size "
                 f"{self.group_size}; choose a group_size that divides {shape.depth}"
-            ]
-        return []
+            )
+        if shape.attn_share:
+            errors.append(
+                "strategy grouped after multiplexed: multiplexed already ties each group's MLP, so grouped would "
+                "scale a shared MLP once per group it appears in; list grouped before multiplexed"
+            )
+        return errors
+
+    def shape_after(self, shape: ModelShape) -> ModelShape:
+        return replace(shape, mlp_share=self.group_size)
 
 
 @register_strategy("grouped", GroupedParams)

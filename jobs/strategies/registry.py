@@ -47,7 +47,7 @@ class StrategySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="registered strategy name (baseline, grouped, shallow, thin)")
+    name: str = Field(description="registered strategy name (baseline, grouped, multiplexed, shallow, thin)")
     params: StrategyParams = Field(default_factory=StrategyParams,
                                    description="the strategy's parameters (a mapping; defaults fill the rest)")
 
@@ -83,6 +83,13 @@ class ModelShape:
     depth: int
     embed_dim: int
     mlp_hidden: int
+    num_heads: int = 0
+    num_prefix_tokens: int = 0  # class/distillation/register tokens before the patch tokens
+    num_patches: int = 0
+    attn_type: str = ""  # qualified class name of the blocks' attention ("" = unknown)
+    block_type: str = ""
+    mlp_share: int = 1  # consecutive blocks sharing one MLP so far (grouped, multiplexed)
+    attn_share: int = 0  # multiplexed's share_every once it is applied; 0 = attention not shared
 
 
 @dataclass(frozen=True)

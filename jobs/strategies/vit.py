@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import StrategyError
+from .registry import ModelShape, StrategyError
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -36,3 +36,32 @@ def unique_mlps(model: nn.Module) -> list[nn.Module]:
     for mlp in block_mlps(model):
         seen.setdefault(id(mlp), mlp)
     return list(seen.values())
+
+
+def unique_attentions(model: nn.Module) -> list[nn.Module]:
+    """Each distinct attention weight set once (blocks sharing `attn.qkv` count as one)."""
+    seen: dict[int, nn.Module] = {}
+    for block in blocks(model):
+        attn = getattr(block, "attn", None)
+        seen.setdefault(id(getattr(attn, "qkv", attn)), attn)
+    return list(seen.values())
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def shape_of(model: nn.Module, name: str) -> ModelShape:
+    """What strategy checks need to know about a built (possibly meta-device) ViT."""
+    mlps = block_mlps(model)
+    first = blocks(model)[0]
+    attn = getattr(first, "attn", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    return ModelShape(
+        name, len(mlps), mlps[0].fc1.in_features, mlps[0].fc1.out_features,
+        num_heads=getattr(attn, "num_heads", 0),
+        num_prefix_tokens=getattr(model, "num_prefix_tokens", 0),
+        num_patches=getattr(patch_embed, "num_patches", 0) or 0,
+        attn_type=qualified_name(type(attn)) if attn is not None else "",
+        block_type=qualified_name(type(first)),
+    )
