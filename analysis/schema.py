@@ -50,4 +50,5 @@ METRICS_FILE = "metrics.parquet"
 CHECKPOINT_DIR = "checkpoints"
 EVENTS_FILE = "events.log"
 STATUS_FILE = "status.json"  # {"state": "running|finished|failed", "epoch": int, "epochs_total": int, "error": str|null, "updated": float}
+LAYER_STATS_FILE = "layer_stats.parquet"  # optional (logging.layer_stats): per-block gradient norms, jobs.layer_stats
 BENCH_FILE = "bench.json"    # optional, in the study root: `python -m jobs bench --json` output

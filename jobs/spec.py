@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.config import DataConfig
+from jobs.run_logger import LoggingConfig
 from jobs.strategies import StrategySpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
@@ -143,6 +144,8 @@ class RunSpec(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="processes and devices")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing policy")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="live metrics: TensorBoard, W&B, MLflow, "
+                                   "console step lines, per-block stability statistics")
     seed: int = Field(42, ge=0, description="seeds python/numpy/torch and the loader order")
     output_root: Path = Field(Path("runs"), description="runs are written to output_root/study/run_id")
     study: str = Field("default", description="study name (folder under output_root)")
