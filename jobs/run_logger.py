@@ -52,8 +52,8 @@ class LoggingConfig(_Strict):
     every_steps: int = Field(10, ge=1, description="log train scalars (and layer_stats) every N optimizer updates")
     tensorboard: bool = Field(True, description="TensorBoard event files in the run directory")
     console: bool = Field(True, description="a step line through Python logging (`jobs.progress`) every N updates")
-    progress_bar: Literal["auto", "on", "off"] = Field(
-        "auto", description="tqdm bar on rank 0; auto = only when stdout is a terminal")
+    progress_bar: bool | None = Field(
+        None, description="tqdm bar on rank 0; null = only when stdout is a terminal")
     layer_stats: bool = Field(
         False, description="per block: attention/MLP gradient l2 norm and update-to-weight ratio -> layer_stats.parquet")
     wandb: WandbConfig | None = Field(None, description="also log to Weights & Biases (extra: pip install -e .[wandb])")
@@ -169,8 +169,8 @@ SINK_TYPES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "mlflow": _Mlflow}
 EPOCH_SCALARS = ("train_loss", "top1", "top5", "ema_top1", "ema_top5", "lr", "train_img_s", "epoch_s")
 
 
-def _progress_bar_wanted(setting: str) -> bool:
-    return setting == "on" or (setting == "auto" and sys.stdout.isatty())
+def _progress_bar_wanted(setting: bool | None) -> bool:
+    return sys.stdout.isatty() if setting is None else setting
 
 
 def _format_eta(seconds: float) -> str:
@@ -197,6 +197,7 @@ class RunLogger:
         self.bar = None
         self.layer_stats: LayerStats | None = None
         self._reset_window(time.perf_counter())
+        self._reset_loss()
         self._t_start = self._t_window
         if not self.active:
             return
@@ -216,11 +217,16 @@ class RunLogger:
                             file=sys.stdout, desc=spec.run_id)
 
     def _reset_window(self, now: float) -> None:
+        """Throughput and data-wait window."""
         self._t_window = now
         self._wait = 0.0
         self._images = 0
+
+    def _reset_loss(self) -> None:
+        """Loss window: the updates since the last logged step (epoch ends do not cut it)."""
         self._loss_sum: Any = 0.0
         self._loss_n = 0
+        self._grad_norm = float("nan")  # stays NaN for a skipped (non-finite) update
 
     # ---- called by the loop ----------------------------------------------------------------------
 
@@ -291,6 +297,7 @@ class RunLogger:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{values['train/img_s']:.0f}", refresh=False)
         self._reset_window(time.perf_counter())
+        self._reset_loss()
 
     def epoch_end(self, step: int, row: dict) -> None:
         """The epoch's metrics row, at the global update count the epoch ended on."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import logging
 import math
 import os
 import random
@@ -35,12 +36,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from analysis.schema import CHECKPOINT_DIR, SPEC_FILE
 from jobs import checkpoint as ckpt
 from jobs import metrics as run_files
 from jobs import recipe
 from jobs.context import EngineContext
+from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError, load_spec
 
 
@@ -243,6 +246,7 @@ class _Run:
     resumed_from: int | None = None
     state: LoopState | None = None
     partial: _Partial = field(default_factory=_Partial)
+    logger: RunLogger | None = None
 
 
 def _static_columns(spec: RunSpec, model: nn.Module) -> dict:
@@ -372,7 +376,7 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
     t0 = time.perf_counter()
     batch = start_batch
     # len() is the contract (every rank runs the same number of batches); never read past it.
-    batches = itertools.islice(isolated_batches(run.train_loader, device), n_batches - start_batch)
+    batches = run.logger.timed(itertools.islice(isolated_batches(run.train_loader, device), n_batches - start_batch))
     for images, labels in batches:
         group_start = (batch // accum) * accum
         group_size = min(accum, n_batches - group_start)
@@ -396,6 +400,7 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
         loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
         loss_count += finite.long() * len(labels)
         run.partial.images += len(labels)
+        run.logger.micro_batch(loss, len(labels))
         batch += 1
         state = run.state
         state.epoch, state.batch, state.images, state.targets = epoch, batch, images, targets
@@ -425,6 +430,7 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
                 from timm.utils import dispatch_clip_grad
 
                 dispatch_clip_grad(run.model.parameters(), tc.clip_grad, mode=tc.clip_mode)
+            run.logger.before_step(num_updates + 1, run.model)
             if run.scaler is not None:
                 run.scaler.step(run.optimizer)
                 run.scaler.update()
@@ -437,6 +443,7 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, num_updates: int) -> i
         if run.scheduler is not None:
             run.scheduler.step_update(num_updates=num_updates)
         state.num_updates = num_updates
+        run.logger.after_step(num_updates, epoch, float(run.optimizer.param_groups[0]["lr"]))
         every = spec.checkpoint.every_steps
         if stop or (every and num_updates % every == 0 and batch < n_batches):
             run.partial.loss_sum += float(loss_sum)
@@ -560,6 +567,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
 
     epochs = spec.train.epochs
     epoch = 0
+    run = None
     try:
         data_errors = spec.data.check(spec.model.num_classes)
         if data_errors:
@@ -590,6 +598,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if run.scheduler is not None:
             run.scheduler.step_update(num_updates=num_updates)
         run.state.num_updates = num_updates
+        run.logger = RunLogger(spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=num_updates,
+                               steps_per_epoch=run.updates_per_epoch, log_event=log)
+        run.logger.attach(run.model)
         row: dict = {}
         for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
@@ -603,6 +614,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             row = _epoch_row(run, epoch, time.perf_counter() - t_epoch, evals, run.resumed_from)
             if rank0:
                 run_files.append_row(run_dir, row)
+            run.logger.epoch_end(num_updates, row)
             improved = row[run.best.metric] is not None and row[run.best.metric] > run.best.value
             if improved:
                 run.best.value, run.best.epoch = row[run.best.metric], epoch + 1
@@ -634,9 +646,13 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if rank0:
             run_files.write_status(run_dir, "finished", epochs, epochs)
         log("finish", f"best {run.best.metric} {run.best.value:.2f} at epoch {run.best.epoch}")
+        run.logger.close()
         return row
     except BaseException as exc:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if run is not None and run.logger is not None:
+            with contextlib.suppress(Exception):  # flush what was logged; never hide `exc`
+                run.logger.close()
         if rank0 and run_dir.exists():
             # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
             with contextlib.suppress(OSError):
@@ -656,7 +672,10 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="console verbosity; INFO prints a step line every logging.every_steps updates")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         spec = load_spec(args.config, args.overrides)
     except SpecError as exc:
@@ -668,7 +687,8 @@ def main(argv: list[str]) -> int:
 
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
-            row = train_loop(spec, ctx)
+            with logging_redirect_tqdm():  # step lines above the progress bar, not through it
+                row = train_loop(spec, ctx)
         except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

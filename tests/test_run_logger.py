@@ -29,7 +29,7 @@ def make_spec(out: Path, **logging) -> RunSpec:
                   "embed_dim": 32, "num_heads": 2},
         "data": {"train_path": "train.beton", "val_path": "val.beton", "img_size": 32},
         "train": {"epochs": 3}, "output_root": str(out), "study": "s", "run_id": "r0",
-        "logging": {"tensorboard": True, "every_steps": 5, "progress_bar": "off", **logging},
+        "logging": {"tensorboard": True, "every_steps": 5, "progress_bar": False, **logging},
     })
 
 
