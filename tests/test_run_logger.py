@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from analysis.schema import LAYER_STATS_FILE
+from analysis.schema import LAYER_STATS_FILE, SPEC_FILE
 from jobs.models import build_model
 from jobs.run_logger import RunLogger, mlflow_tracking_uri, wandb_run_id
 from jobs.spec import RunSpec, SpecError, validate_spec
@@ -184,3 +186,27 @@ def test_tensorboard_off_writes_no_event_files(tmp_path):
     train_steps(spec, 1, 5)
     assert not list(spec.run_dir.glob("events.out.tfevents*"))
     shutil.rmtree(spec.run_dir)
+
+
+def test_stability_table_and_figure_by_condition(tmp_path):
+    """Two conditions with real layer stats: the CV table matches a direct computation; analysis needs no torch."""
+    from analysis import layer_stats
+
+    for condition, grouped in (("baseline", False), ("grouped", True)):
+        spec = make_spec(tmp_path, layer_stats=True, every_steps=1).model_copy(
+            update={"run_id": f"{condition}-s0", "condition": condition})
+        train_steps(spec, 1, 8, grouped=grouped)
+        (spec.run_dir / SPEC_FILE).write_text(spec.to_yaml())  # what makes a folder a run folder
+    text, files = layer_stats.report_section(tmp_path / "s", tmp_path)
+    assert files["layer_stats_figure"].stat().st_size > 10_000
+    assert layer_stats.TITLE in text and "| grouped | mlp |" in text
+    table = pd.read_csv(files["layer_stats_table"])
+    df = layer_stats.load(tmp_path / "s")
+    for _, row in table.iterrows():
+        rows = df[(df["condition"] == row["condition"]) & (df["part"] == row["part"])]
+        cvs = [np.std(g["grad_norm"], ddof=1) / np.mean(g["grad_norm"]) for _, g in rows.groupby("block")]
+        assert row["cv_mean"] == pytest.approx(np.mean(cvs)) and row["cv_max"] == pytest.approx(max(cvs))
+    assert table.set_index(["condition", "part"]).loc[("grouped", "mlp"), "shared"]
+    assert len(df[(df["condition"] == "grouped") & (df["part"] == "mlp") & (df["step"] == 1)]) == 1
+    probe = "import sys, analysis.layer_stats, analysis.report; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)

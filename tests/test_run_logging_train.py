@@ -117,3 +117,14 @@ def test_jobs_train_prints_step_lines(demo_data, tmp_path):
                            cwd=ROOT, env=env, timeout=300)
     assert quiet.returncode == 0 and " step " not in quiet.stderr
     assert list((tmp_path / "demo" / "quiet").glob("events.out.tfevents.*"))
+
+
+def test_report_gains_the_stability_section(reference, tmp_path):
+    from analysis import layer_stats
+    from analysis.report import build_report
+
+    rep = build_report(reference.run_dir.parent, tmp_path / "report")
+    text = rep.report_md.read_text()
+    assert "## Training stability: gradient norms per block" in text and f"![{layer_stats.TITLE}]" in text
+    assert rep.files["layer_stats_figure"].exists()
+    assert "| grouped | mlp |" in text and "| grouped | attn |" in text
