@@ -27,6 +27,7 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to use (or RAY_ADDRESS); default: start a local Ray and stop it at exit")
     p.add_argument("--resume", action="store_true",
                    help="continue runs that already have files in the output dir (finished runs are kept)")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -49,7 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .ray_run import run_one
 
     try:
-        with study_lock(spec.run_dir), ray_session(args.address) as session:
+        with study_lock(spec.run_dir), ray_session(args.address, dashboard=not args.no_dashboard) as session:
             errors = [] if embedded else check_fits([spec], session.shape)
             if errors:
                 return _print_errors(f"{args.config} does not fit the cluster", errors)
@@ -82,10 +83,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         study = load_study(args.config, args.overrides, cluster=ClusterShape.this_machine() if embedded else None)
     except SpecError as exc:
         return _print_errors(f"{args.config} is not a valid study", exc.errors)
-    return _sweep(study, args.address, args.resume, embedded, refuse_existing=not args.resume)
+    return _sweep(study, args.address, args.resume, embedded, refuse_existing=not args.resume,
+                  dashboard=not args.no_dashboard)
 
 
-def _sweep(study, address: str | None, resume: bool, embedded: bool, *, refuse_existing: bool) -> int:
+def _sweep(study, address: str | None, resume: bool, embedded: bool, *, refuse_existing: bool,
+           dashboard: bool = True) -> int:
     """Lock the study dir, then (only then) start or join Ray and run the sweep."""
     from .cluster import ray_session
     from .ray_run import sweep
@@ -96,7 +99,7 @@ def _sweep(study, address: str | None, resume: bool, embedded: bool, *, refuse_e
             errors = _check_fresh(study.runs, resume=not refuse_existing)
             if errors:
                 return _print_errors("the study cannot start", errors)
-            with ray_session(address) as session:
+            with ray_session(address, dashboard=dashboard) as session:
                 errors = [] if embedded else check_fits(study.runs, session.shape)
                 if errors:
                     return _print_errors("the study does not fit the cluster", errors)
@@ -112,7 +115,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if "=" in str(args.config):  # `demo key=value ...` without a config path
         args.overrides.insert(0, str(args.config))
         args.config = DEMO_STUDY
-    return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address)
+    return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address,
+                dashboard=not args.no_dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo study")
     p.add_argument("--data-dir", default="demo_data", help="where the shipped dataset is built")
     p.add_argument("--address", default=None, help="Ray cluster to use instead of a local Ray")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")
     sub.add_parser("slurm-status", help="Slurm state of a study's runs (python -m orchestrator slurm-status -h)")

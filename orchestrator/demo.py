@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 
-def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None) -> int:
+def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None,
+         dashboard: bool = True) -> int:
     from data.demo import prepare_demo
     from jobs.spec import SpecError
 
@@ -29,7 +30,9 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
         return _print_errors(f"{config} is not a valid study", exc.errors)
     # A fresh Tune experiment each time; finished runs are skipped by their files, unfinished ones
     # continue from their checkpoints (so a changed epoch count is honoured, unlike a Tune restore).
-    code = _sweep(study, address, resume=False, embedded=embedded, refuse_existing=False)
+    print(f"live curves: tensorboard --logdir {study.study_dir.resolve()}  (then open http://localhost:6006)",
+          flush=True)
+    code = _sweep(study, address, resume=False, embedded=embedded, refuse_existing=False, dashboard=dashboard)
     if code != 0:
         print(f"error: the demo study did not finish (exit {code}); rerun `make demo` to continue it", file=sys.stderr)
         return code
@@ -41,4 +44,5 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
     report = (out / "report.md").resolve()
     print(f"demo finished in {time.time() - t0:.0f} s")
     print(f"report: {report}")
+    print(f"TensorBoard: tensorboard --logdir {study.study_dir.resolve()}")
     return 0

@@ -26,6 +26,14 @@ def _last_line(exc: BaseException) -> str:
     return (lines[-1] if lines else repr(exc))[:400]
 
 
+def tune_loggers() -> list:
+    """Tune's CSV and JSON result files per trial, without its TensorBoard copy (cluster.QUIET_ENV turns
+    the automatic loggers off): the runs log their own curves, per update, into their run folders."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def ray_root(study_dir: Path, storage_path: str | None) -> str:
     return storage_path.rstrip("/") if storage_path else str(Path(study_dir).resolve() / RAY_DIR)
 
@@ -154,7 +162,7 @@ def sweep(study: StudySpec, session, *, resume: bool, locked: bool = False) -> i
             tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
+                name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1, callbacks=tune_loggers(),
                 failure_config=tune.FailureConfig(max_failures=study.sweep.trial_max_failures),
             ),
         )
