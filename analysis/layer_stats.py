@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis import tables
 from analysis.load import find_run_dirs
-from analysis.schema import LAYER_STATS_FILE
+from rundir.names import LAYER_STATS_FILE
 
 FIGURE_FILE = "grad_norm_per_block.png"
 TABLE_FILE = "grad_norm_cv.csv"

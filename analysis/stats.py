@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.load import Study
-from jobs.expression import split_expression
+from rundir import split_expression
 
 # Per-run metrics averaged per condition (mean and std columns in summary).
 AGG_METRICS = (
@@ -60,17 +60,6 @@ def _peak(epochs: pd.Series, values: pd.Series) -> tuple[float, float]:
         return math.nan, math.nan
     i = values.idxmax()
     return float(values[i]), float(epochs[i])
-
-
-def run_state(status: dict | None, complete: bool) -> str:
-    """running/failed as status.json says; finished only when the metrics reach epochs_total."""
-    state = (status or {}).get("state")
-    if state in ("running", "failed"):
-        return state
-    if complete:
-        return "finished"
-    # status.json says finished (or is absent) yet epochs are missing: the process ended early.
-    return "stopped" if state == "finished" else "unknown"
 
 
 def run_table(study: Study) -> pd.DataFrame:
@@ -123,7 +112,7 @@ def run_table(study: Study) -> pd.DataFrame:
         else:
             complete = False
         row["complete"] = complete
-        row["state"] = "pending" if run.planned_only else run_state(run.status, complete)
+        row["state"] = run.state
         rows.append(row)
     out = pd.DataFrame(rows)
     for col in ("run_id", "usable", "problem", "complete", "state", "epochs_done", "epochs_total", "resumed",

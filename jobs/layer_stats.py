@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from analysis.schema import LAYER_STATS_FILE
-from jobs.metrics import _atomic_write_bytes
 from jobs.strategies.vit import blocks
+from rundir.atomic import atomic_write_bytes
+from rundir.names import LAYER_STATS_FILE
 
 PARTS = ("attn", "mlp")
 
@@ -142,4 +142,4 @@ class LayerStats:
         self.rows = []
         sink = pa.BufferOutputStream()
         pq.write_table(self._table, sink)
-        _atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())

@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobs.layer_stats import LayerStats
+from rundir.names import MLFLOW_DIR
 
 progress_log = logging.getLogger("jobs.progress")
 
-MLFLOW_DIR = "mlruns"  # the default MLflow file store, in the study directory
 RUN_TAG = "vitreduce.run_id"
 
 

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.config import DataConfig
+from jobs.checkpointer import CheckpointConfig
 from jobs.run_logger import LoggingConfig
 from jobs.strategies import StrategySpec
 
@@ -128,14 +129,6 @@ class ResourcesConfig(_Strict):
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs reserved per training process")
 
 
-class CheckpointConfig(_Strict):
-    every_epochs: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always after the last)")
-    every_steps: int = Field(0, ge=0, description="also every N optimizer updates, mid-epoch; 0 = off")
-    keep_last: int = Field(2, ge=2, description="numbered checkpoints kept (>= 2 so a corrupt latest has a fallback)")
-    best: bool = Field(True, description="export the best weights as checkpoints/best/model.pt (plain state dict)")
-    best_metric: Literal["auto", "ema_top1", "top1"] = Field("auto", description="auto = ema_top1 when EMA is on")
-
-
 class RunSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="timm model and its creation arguments")
     strategies: list[StrategySpec] = Field(default_factory=list, description="parameter-reduction strategies, in order")
@@ -214,12 +207,64 @@ def parse_value(text: str) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
+def parse_key(key: str) -> list[str | int]:
+    """`strategies.0.params.keep_ratio` -> ['strategies', 0, 'params', 'keep_ratio'] (digits index lists)."""
+    return [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    return path, parse_value(value)
+    return parse_key(key), parse_value(value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set one dotted key (list indices allowed) in a raw spec or study dict; ValueError naming the key."""
+    apply_override(raw, parse_key(key), value)
+
+
+def field_path_error(key: str, model: type[BaseModel] | None = None, what: str = "key") -> str | None:
+    """None when `key` (dotted, list indices allowed) names a field of `model` (default RunSpec), else why not,
+    with the closest field name. Under a free-form mapping field (e.g. model.kwargs) any key is allowed."""
+    cls: Any = model or RunSpec
+    path = parse_key(key)
+    done: list[str] = []
+    annotation: Any = cls
+    for i, part in enumerate(path):
+        if _is_list(annotation):
+            if not isinstance(part, int):
+                return f"{'.'.join(done)} is a list: address an entry by its index (e.g. {'.'.join(done)}.0)"
+            annotation = (typing.get_args(_strip_optional(annotation)) or (Any,))[0]
+        elif _is_mapping(annotation):
+            return None
+        elif (sub := _submodel(annotation)) is not None:
+            field = sub.model_fields.get(str(part))
+            if field is None:
+                close = difflib.get_close_matches(str(part), list(sub.model_fields), n=1)
+                tip = f"; did you mean {'.'.join([*done, close[0]])!r}?" if close else ""
+                return f"unknown {what} {'.'.join(map(str, path[: i + 1]))!r} (not a run-spec field){tip}"
+            annotation = field.annotation
+        else:
+            return f"{'.'.join(done)} is a value, not a section; cannot set {key}"
+        done.append(str(part))
+    return None
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(_strip_optional(annotation)) in (list, tuple)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    plain = _strip_optional(annotation)
+    return plain is dict or typing.get_origin(plain) is dict or plain is Any
 
 
 def apply_override(raw: dict, path: list[str | int], value: Any) -> None:
@@ -334,11 +379,13 @@ def _section(cls: type[BaseModel], raw: Any) -> Any:
         return None
 
 
-def _strategies(raw: Any) -> list[StrategySpec] | None:
+def _strategies(raw: Any) -> list[StrategySpec]:
+    """The strategies when all are valid (their errors are already reported), else none: the model
+    alone is still checked, and no strategy is checked against a list it was not written for."""
     try:
         return [StrategySpec.model_validate(s) for s in raw or []]
     except (ValidationError, TypeError):
-        return None
+        return []
 
 
 def validate_spec(raw: dict[str, Any]) -> RunSpec:

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .study import ClusterShape
+from orchestrator.resources import ClusterShape
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Setting up process group",
     "RAY_AIR_NEW_OUTPUT": "0",  # keep Tune's classic live table (CLIReporter)
     # The loop writes its own TensorBoard files into each run folder; Tune's automatic TBX logger would put
-    # a second, epoch-level copy under <study>/ray/tune/ that `tensorboard --logdir <study>` also shows.
-    # The sweep passes Tune's CSV and JSON loggers explicitly (ray_run.TUNE_LOGGERS), so they stay.
+    # a second, epoch-level copy under <study>/.ray/tune/ that `tensorboard --logdir <study>` also shows.
+    # The sweep passes Tune's CSV and JSON loggers explicitly (ray_run.tune_loggers), so they stay.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 

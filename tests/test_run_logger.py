@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from analysis.schema import LAYER_STATS_FILE, SPEC_FILE
 from jobs.models import build_model
 from jobs.run_logger import RunLogger, mlflow_tracking_uri, wandb_run_id
 from jobs.spec import RunSpec, SpecError, validate_spec
 from jobs.strategies import StrategySpec
+from rundir.names import LAYER_STATS_FILE, SPEC_FILE
 
 STEPS_PER_EPOCH = 10
 

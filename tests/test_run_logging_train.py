@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.schema import LAYER_STATS_FILE
 from jobs.local import LocalContext
 from jobs.spec import load_spec
 from jobs.train import Hooks, train_loop
+from rundir.names import LAYER_STATS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jobs.spec import RunSpec, SpecError, load_spec
 
@@ -27,7 +28,10 @@ def test_demo_config_and_typed_overrides(demo_data, tmp_path):
     ])
     assert isinstance(spec, RunSpec)
     assert spec.train.epochs == 3 and spec.train.lr == 1e-3 and spec.train.amp is False
-    assert spec.strategies[0].name == "grouped" and spec.strategies[0].params == {"group_size": 2}
+    assert spec.strategies[0].name == "grouped" and spec.strategies[0].params.group_size == 2
+    # typed at validation (the strategy's own parameter class), written back as the mapping given
+    assert type(spec.strategies[0].params).__name__ == "GroupedParams"
+    assert yaml.safe_load(spec.to_yaml())["strategies"] == [{"name": "grouped", "params": {"group_size": 2}}]
     assert spec.data.train_path == demo_data.train_beton
     assert spec.run_dir == tmp_path / "demo" / "baseline-s0"
     assert spec.create_kwargs()["img_size"] == 32

@@ -31,9 +31,8 @@ class GroupedParams(StrategyParams):
 
 
 @register_strategy("grouped", GroupedParams)
-def apply(model: nn.Module, group_size: int = 2, scale: float | None = None) -> nn.Module:
+def apply(model: nn.Module, params: GroupedParams) -> nn.Module:
     """Blocks (0..g-1), (g..2g-1), ... use the first block's MLP object; its weights are scaled once."""
-    params = GroupedParams(group_size=group_size, scale=scale)
     all_blocks = blocks(model)
     if len(all_blocks) % params.group_size:
         raise StrategyError(params.check_model(ModelShape(type(model).__name__, len(all_blocks), 0, 0))[0])
