@@ -194,6 +194,8 @@ class RunLogger:
         self.total_steps = steps_per_epoch * spec.train.epochs
         self.start_step = start_step
         self.sinks: list[Any] = []
+        self._sinks_open = False
+        self._log_event = log_event
         self.bar = None
         self.layer_stats: LayerStats | None = None
         self._reset_window(time.perf_counter())
@@ -201,15 +203,6 @@ class RunLogger:
         self._t_start = self._t_window
         if not self.active:
             return
-        for name, wanted in SINKS.items():
-            if wanted(self.cfg):
-                try:
-                    self.sinks.append(SINK_TYPES[name](spec, self.run_dir, start_step))
-                except Exception as exc:  # a tracking server down must not stop a 300-epoch run
-                    text = f"{name} logging disabled: {type(exc).__name__}: {' '.join(str(exc).split())}"
-                    progress_log.warning(text)
-                    if log_event:
-                        log_event("warning", text)
         if _progress_bar_wanted(self.cfg.progress_bar):
             from tqdm import tqdm
 
@@ -328,7 +321,22 @@ class RunLogger:
                 progress_log.warning("closing %s: %s", type(sink).__name__, exc)
         self.sinks = []
 
+    def _open_sinks(self) -> None:
+        """On the first value: a resumed run that has nothing left to train leaves its folder as it was."""
+        self._sinks_open = True
+        for name, wanted in SINKS.items():
+            if wanted(self.cfg):
+                try:
+                    self.sinks.append(SINK_TYPES[name](self.spec, self.run_dir, self.start_step))
+                except Exception as exc:  # a tracking server down must not stop a 300-epoch run
+                    text = f"{name} logging disabled: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                    progress_log.warning(text)
+                    if self._log_event:
+                        self._log_event("warning", text)
+
     def _emit(self, step: int, values: dict[str, float]) -> None:
+        if not self._sinks_open:
+            self._open_sinks()
         for sink in self.sinks:
             if getattr(sink, "logged_up_to", -1) >= step:
                 continue

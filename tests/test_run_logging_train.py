@@ -128,3 +128,9 @@ def test_report_gains_the_stability_section(reference, tmp_path):
     assert "## Training stability: gradient norms per block" in text and f"![{layer_stats.TITLE}]" in text
     assert rep.files["layer_stats_figure"].exists()
     assert "| grouped | mlp |" in text and "| grouped | attn |" in text
+
+
+def test_resuming_a_finished_run_adds_no_event_file(reference):
+    before = sorted(p.name for p in reference.run_dir.glob("events.out.tfevents.*"))
+    run(reference)
+    assert sorted(p.name for p in reference.run_dir.glob("events.out.tfevents.*")) == before
