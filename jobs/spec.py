@@ -82,7 +82,10 @@ class TrainConfig(_Strict):
     lr_scale: Literal["linear", "sqrt", "none"] = Field("linear", description="how lr follows the global batch")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0")
     sched: str = Field("cosine", description="timm scheduler name (timm.scheduler.create_scheduler_v2)")
-    warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs, stepped per optimizer update")
+    warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs (the cosine includes them, as timm's)")
+    sched_on_updates: bool = Field(
+        False, description="step the schedule every optimizer update; false = once per epoch, as timm's train.py "
+                           "without --sched-on-updates (epoch 0 trains entirely at warmup_lr)")
     warmup_lr: float = Field(1e-5, ge=0, description="learning rate at the start of warmup")
     min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
     clip_grad: float | None = Field(None, gt=0, description="gradient clipping threshold; None = off")
@@ -97,8 +100,9 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per optimizer update")
     ema_warmup: bool = Field(False, description="ModelEmaV3 decay warmup")
     amp: bool = Field(True, description="autocast on CUDA (seed: --amp)")
-    amp_dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="autocast dtype; float16 adds a GradScaler")
-    amp_cpu: bool = Field(False, description="also autocast (bfloat16) on CPU; off so CPU runs stay fp32 and exact")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(
+        "bfloat16", description="autocast dtype; float16 (timm's --amp) adds a torch.amp.GradScaler, saved in checkpoints")
+    amp_cpu: bool = Field(False, description="also autocast (amp_dtype) on CPU; off so CPU runs stay fp32")
     channels_last: bool = Field(True, description="channels-last memory format (GPU only)")
     compile: bool = Field(False, description="torch.compile the model (GPU only)")
     deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise resume on GPU too)")
@@ -116,10 +120,22 @@ class TrainConfig(_Strict):
     def mixup_active(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
+    def global_batch(self, world_size: int) -> int:
+        return self.batch_size * self.grad_accum * world_size
+
     def scaled_lr(self, world_size: int) -> float:
-        ratio = self.batch_size * self.grad_accum * world_size / self.lr_base_batch
+        ratio = self.global_batch(world_size) / self.lr_base_batch
         factor = {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scale]
         return self.lr * factor
+
+    def lr_rule(self, world_size: int) -> str:
+        """The effective learning rate and how it follows from the spec, on one line."""
+        g, base = self.global_batch(world_size), self.lr_base_batch
+        how = {"linear": f"train.lr {self.lr:g} x {g} / {base}", "sqrt": f"train.lr {self.lr:g} x sqrt({g} / {base})",
+               "none": f"train.lr {self.lr:g} as given"}[self.lr_scale]
+        return (f"lr {self.scaled_lr(world_size):.6g} = {how} (lr_scale {self.lr_scale}, lr_base_batch {base}; "
+                f"global batch {g} = {self.batch_size} x {self.grad_accum} accum x {world_size} workers); "
+                f"schedule {self.sched} stepped per {'update' if self.sched_on_updates else 'epoch'}")
 
 
 class ResourcesConfig(_Strict):

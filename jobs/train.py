@@ -33,8 +33,10 @@ import rundir as run_files
 from jobs import checkpoint as ckpt
 from jobs import recipe
 from jobs.checkpointer import Position
+from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
 from jobs.distributed import all_reduce_sum, gather
+from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
 from jobs.run_logger import RunLogger
@@ -72,8 +74,14 @@ def _resume_or_start(state: LoopState) -> None:
         state.log("start", f"{spec.condition_label} {spec.model.name} seed {spec.seed} on {ctx.world_size} worker(s), "
                            f"device {state.device}, {state.static['params']} params, "
                            f"lr {spec.train.scaled_lr(ctx.world_size):.3g}")
-    if state.parts.scheduler is not None:
-        state.parts.scheduler.step_update(num_updates=state.num_updates)
+    scheduler = state.parts.scheduler
+    if scheduler is not None:  # the lr of where training continues (timm ignores the step kind it does not use)
+        scheduler.step(state.epoch)
+        scheduler.step_update(num_updates=state.num_updates)
+    rule = spec.train.lr_rule(ctx.world_size)
+    state.log("lr", rule)
+    if ctx.rank == 0:
+        print(f"{spec.study}/{spec.run_id}: {rule}", flush=True)
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -331,14 +339,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="console verbosity; INFO prints a step line every logging.every_steps updates")
-    args = parser.parse_args(argv)
+    add_print_config(parser)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         spec = load_spec(args.config, args.overrides)
     except SpecError as exc:
         return print_errors(f"{args.config} is not a valid run spec", exc.errors)
-    from jobs.local import LocalContext
-
+    if args.print_config:
+        return print_config(spec)
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
             with logging_redirect_tqdm():  # step lines above the progress bar, not through it

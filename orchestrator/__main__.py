@@ -1,4 +1,4 @@
-"""`python -m orchestrator run|sweep|demo|slurm|slurm-status ...`.
+"""`python -m orchestrator run|sweep|demo|slurm|slurm-status|config-keys ...`.
 
 Every config error is printed (one line each) and the command exits with status 2 before Ray starts.
 """
@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jobs.configdoc import add_print_config
 from orchestrator.options import add_options, options_from_args
 from orchestrator.study import SweepOptions
 
@@ -24,6 +25,7 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep finished runs, continue unfinished ones from their checkpoints, start runs added since")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    add_print_config(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -31,6 +33,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .ray_run import run_config
 
+    if args.print_config:
+        from .plan import print_resolved
+
+        return print_resolved(args.config, args.overrides, "run")
     options, errors = options_from_args(SweepOptions, args, RUN_OPTIONS)
     if errors:
         return print_errors("bad options", errors)
@@ -41,6 +47,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .ray_run import run_config
 
+    if args.print_config:
+        from .plan import print_resolved
+
+        return print_resolved(args.config, args.overrides, "study")
     return run_config(args.config, args.overrides, "study", address=args.address, resume=args.resume,
                       dashboard=not args.no_dashboard)[0]
 
@@ -52,7 +62,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.overrides.insert(0, str(args.config))
         args.config = DEMO_STUDY
     return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address,
-                dashboard=not args.no_dashboard)
+                print_config=args.print_config, dashboard=not args.no_dashboard)
+
+
+def _config_keys(argv: list[str]) -> int:
+    from jobs.configdoc import key_rows, keys_main, run_spec_rows
+
+    from .study import StudyAxes
+
+    return keys_main(argv, "python -m orchestrator config-keys", lambda: key_rows(StudyAxes) + run_spec_rows(),
+                     "study and run-spec")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         from .slurm_status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "config-keys":
+        return _config_keys(argv[1:])
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="Run ViT parameter-reduction studies.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,slurm,slurm-status}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,slurm,slurm-status,config-keys}")
     p = sub.add_parser("run", help="one run spec as a Ray TorchTrainer")
     _ray_args(p)
     add_options(p, SweepOptions, RUN_OPTIONS)
@@ -82,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="demo_data", help="where the shipped dataset is built")
     p.add_argument("--address", default=None, help="Ray cluster to use instead of a local Ray")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    add_print_config(p)
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")
     sub.add_parser("slurm-status", help="Slurm state of a study's runs (python -m orchestrator slurm-status -h)")
+    sub.add_parser("config-keys", help="every study and run-spec key with its type, default and doc")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

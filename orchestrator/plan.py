@@ -21,10 +21,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from jobs.spec import RunSpec, load_spec, read_yaml
+from jobs.configdoc import print_config
+from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
 from orchestrator.resources import ClusterShape
 from orchestrator.study import STUDY_KEYS, StudySpec, load_study
-from rundir import RunState, State, run_state
+from rundir import RunState, State, print_errors, run_state
 
 Kind = Literal["run", "study"]
 
@@ -138,7 +139,18 @@ def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (),
     return kind, [resolve_paths(load_spec(config, overrides))], None
 
 
-def plan_run(spec: RunSpec, resume: bool, job: str | None = None) -> PlannedRun:
+def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = (), kind: Kind | None = None) -> int:
+    """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status."""
+    try:
+        kind, runs, study = load_config(config, overrides, kind=kind)
+    except SpecError as exc:
+        what = {"run": "run spec", "study": "study"}.get(kind or "", "config")
+        return print_errors(f"{config} is not a valid {what}", exc.errors)
+    return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
+
+
+def plan_run(spec: RunSpec, job: str | None = None) -> PlannedRun:
+    """What happens to one run: from its state (rundir) and whether an engine still has a job queued for it."""
     state = run_state(spec.run_dir, spec.train.epochs)
     if job is not None and not state.finished:
         action = Action.QUEUED
@@ -157,7 +169,7 @@ def make_plan(kind: Kind, config: Path | str, runs: list[RunSpec], study: StudyS
               resume: bool, live: dict[str, str] | None = None) -> Plan:
     """The plan for `runs` as their folders are now. `live`: run_id -> the engine's job still queued for it."""
     live = live or {}
-    planned = [plan_run(r, resume, live.get(r.run_id)) for r in runs]
+    planned = [plan_run(r, live.get(r.run_id)) for r in runs]
     plan = Plan(kind, Path(config), planned, study, resume)
     if not resume:
         existing = [p for p in planned if p.state.started or p.action is Action.QUEUED]

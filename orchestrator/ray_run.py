@@ -19,7 +19,7 @@ from orchestrator.cluster import quiet_env, ray_session, resolve_address
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.plan import Kind, Plan, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
-from orchestrator.study import SweepOptions
+from orchestrator.study import StudySpec, SweepOptions
 from rundir import EVENTS_FILE, EXIT_LOCKED, error_line, print_error, print_errors, read_metrics, run_state
 
 RAY_DIR = ".ray"
@@ -49,6 +49,11 @@ def tune_loggers() -> list:
     return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
+def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
+    """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
+    return make_plan(kind, config, runs, study, resume=resume)
+
+
 def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
                options: SweepOptions | None = None, dashboard: bool = True) -> tuple[int, Path | None]:
     """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan.
@@ -67,7 +72,7 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
     study_dir = Path(runs[0].run_dir).parent
     try:
         with study_lock(study_dir):
-            plan = make_plan(kind, config, runs, study, resume=resume)
+            plan = plan_runs(kind, config, runs, study, resume=resume)
             if plan.errors:
                 return print_errors(f"{config} cannot start", plan.errors), study_dir
             print(f"live curves: tensorboard --logdir {study_dir.resolve()}", flush=True)

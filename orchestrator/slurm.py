@@ -16,13 +16,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from jobs.spec import SpecError
+from jobs.configdoc import add_print_config
+from jobs.spec import RunSpec, SpecError
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.options import add_options, options_from_args
-from orchestrator.plan import Plan, load_config, make_plan
+from orchestrator.plan import Kind, Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
+from orchestrator.study import StudySpec
 from rundir import EXIT_LOCKED, print_error, print_errors
 
 
@@ -37,11 +39,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="read CONFIG as a run spec or a study (default: a study when it has seeds/conditions/grid/"
                         "base/sweep)")
     add_options(p, SlurmOptions)
+    add_print_config(p)
     return p
+
+
+def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, opts: SlurmOptions,
+              record: dict) -> Plan:
+    """The shared plan, with the runs whose job is still in the queue left to it (a study submitted before is
+    existing output too: without --resume it is refused like a run folder with output)."""
+    plan = make_plan(kind, config, runs, study, resume=opts.resume,
+                     live=live_jobs(record, opts.local) if opts.resume else None)
+    if record.get("runs") and not opts.resume:
+        plan.errors.append(f"{Path(runs[0].run_dir).parent} was already submitted ({len(recorded_jobs(record))} "
+                           f"job(s) in {JOBS_FILE}); pass --resume to continue, or set another study/run_id")
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    if args.print_config:
+        return print_resolved(args.config, args.overrides, args.kind)
     opts, errors = options_from_args(SlurmOptions, args)
     if args.local and (args.nodes or 1) > 1:
         # checked here too, so that it is reported together with a bad value of another option
@@ -68,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with study_lock(study_dir):
             record = read_jobs(study_dir)
-            plan = make_plan(kind, args.config, runs, study, resume=opts.resume,
-                             live=live_jobs(record, opts.local) if opts.resume else None)
-            if record.get("runs") and not opts.resume:
-                plan.errors.append(f"{study_dir} was already submitted ({len(recorded_jobs(record))} job(s) in "
-                                   f"{JOBS_FILE}); pass --resume to continue, or set another study/run_id")
+            plan = plan_runs(kind, args.config, runs, study, opts=opts, record=record)
             if plan.errors:
                 return print_errors(f"cannot submit {args.config}", plan.errors)
             return _submit_plan(plan, record, opts)

@@ -12,7 +12,7 @@ import pickle
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.slurm_options import SlurmError
 from rundir import atomic_write_json, error_line
@@ -112,6 +112,12 @@ def job_states(record: dict[str, Any], study_dir: Path) -> dict[str, str]:
         queued: dict[str, str] | None = squeue_states(jobs)
     except SlurmError:
         queued = None  # the queue cannot be asked: accounting is all there is
+    return merge_states(jobs, queued, accounted, lambda job: state_from_files(folder, job, local=False))
+
+
+def merge_states(jobs: list[str], queued: dict[str, str] | None, accounted: dict[str, str],
+                 from_files: Callable[[str], str]) -> dict[str, str]:
+    """The state of each job from the queue (None: it could not be asked), accounting and the result files."""
     out = {}
     for job in jobs:
         if queued is not None and job in queued:
@@ -120,7 +126,7 @@ def job_states(record: dict[str, Any], study_dir: Path) -> dict[str, str]:
         state = accounted.get(job)
         if queued is not None and (state is None or state in LIVE_STATES):
             # Out of the queue: accounting still calling it live (or silent) has not caught up yet.
-            files = state_from_files(folder, job, local=False)
+            files = from_files(job)
             state = files if files != "UNKNOWN" else ENDED
-        out[job] = state or state_from_files(folder, job, local=False)
+        out[job] = state or from_files(job)
     return out

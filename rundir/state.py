@@ -29,7 +29,7 @@ class State(str, Enum):
 @dataclass(frozen=True)
 class RunState:
     state: State
-    epochs_done: int          # highest epoch in metrics.parquet (or status.json when the metrics are unreadable)
+    epochs_done: int          # highest epoch in metrics.parquet or status.json
     epochs_total: int | None  # what the spec asks for now (or what the run recorded, when no spec is given)
     started: bool             # the folder holds any of the run's files
     reason: str | None = None  # the recorded error of a failed run, the problem of a blocked one
@@ -74,7 +74,9 @@ def run_state(run_dir: Path | str, epochs_wanted: int | None = None) -> RunState
     if problem or errors:
         return RunState(State.BLOCKED, int((status or {}).get("epoch") or 0), total, True,
                         problem or errors[0])
-    done = epochs_done(table)
+    # status.json is written after the epoch's row, so the metrics normally hold at least its epoch; a status
+    # written around a requeue may know a checkpoint's epoch before any row of this job exists.
+    done = max(epochs_done(table), int((status or {}).get("epoch") or 0))
     state = classify(status, done, epochs_wanted)
     reason = (status or {}).get("error") if state is State.FAILED else None
     return RunState(state, done, total, started, reason)

@@ -325,6 +325,9 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
     wait_until("b's job to end", lambda: job_state(job_b) in ("GONE", "FAILED"), 60)
     stopped_b = status(dir_b)
     assert "--resume" in stopped_b["error"] and 2 <= stopped_b["epoch"] < epochs, stopped_b
+    # Out of the queue, the job is never shown live, whatever accounting says yet; FAILED once it is known.
+    wait_until("slurm-status to show b's job FAILED",
+               lambda: slurm_status.study_status(out / "tlb")[0]["slurm_state"] == "FAILED", 120)
     assert slurm_status.status_main([str(out / "tlb")]) == 0
     table = capsys.readouterr().out
     assert "FAILED" in table and "not requeued at the time limit" in table, table

@@ -106,3 +106,30 @@ def test_layout_gpu_and_cpu(demo_data, tmp_path):
         so.layout(runs[0], so.SlurmOptions(nodes=3))
     with pytest.raises(so.SlurmError, match="use_gpu is false"):
         so.layout(runs[0], so.SlurmOptions(gpus_per_node=2))
+
+
+def test_a_job_out_of_the_queue_is_never_shown_live():
+    """Accounting lags the queue: a job squeue no longer lists is not RUNNING, whatever sacct says yet."""
+    files = {"1": "FAILED", "2": "UNKNOWN"}.get
+    merged = sq.merge_states(["1", "2", "3", "4"], queued={"3": "PENDING"},
+                             accounted={"1": "RUNNING", "2": "RUNNING", "3": "RUNNING", "4": "COMPLETED"},
+                             from_files=lambda job: files(job, "UNKNOWN"))
+    assert merged == {"1": "FAILED", "2": sq.ENDED, "3": "PENDING", "4": "COMPLETED"}
+    assert not {merged["1"], merged["2"]} & sq.LIVE_STATES
+    # without the queue (squeue failed), accounting is all there is
+    assert sq.merge_states(["1"], None, {"1": "RUNNING"}, lambda job: "UNKNOWN") == {"1": "RUNNING"}
+
+
+def test_local_resume_continues_a_run_whose_epochs_were_raised(demo_data, tmp_path, capsys):
+    """The raised-epochs rule on the Slurm engine end to end: a finished 2-epoch run asked for 3 continues from
+    its epoch-2 checkpoint (one more epoch, nothing recomputed)."""
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "run.yaml", demo_data.root, out, "up", run_id="r0")
+    assert slurm.main([str(cfg), "--local", "--time", "10"]) == 0
+    capsys.readouterr()
+    assert slurm.main([str(cfg), "--local", "--time", "10", "--resume", "train.epochs=3"]) == 0
+    text = capsys.readouterr().out
+    assert "r0: continues from its checkpoints (unfinished (2/3 epochs))" in text, text
+    assert "r0: finished (3/3 epochs)" in text, text
+    rows = pq.read_table(out / "up" / "r0" / "metrics.parquet").to_pylist()
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["resumed_from"] for r in rows] == [None, None, 2]
