@@ -9,7 +9,8 @@ its own child process, interleaved: ours, reference, ours, reference, ... (--rou
 one untimed read of every file so both find it in the page cache.
 
 - ours: `data.__main__.main(["convert", TREE, OUT, "--force", ...])`, i.e. the CLI itself, with
-  timers wrapped around its phases (scan + fingerprint, check pass, ffcv write, fsync; the rest:
+  timers wrapped around its phases (scan + fingerprint, sizes (header read for the page size; nothing
+  to read when --max-res bounds it), ffcv write (decode failures recorded there), fsync; the rest:
   label map, skip report, convert.json, rename).
 - reference: github.com/libffcv/ffcv-imagenet write_imagenet.py: torchvision ImageFolder +
   ffcv.writer.DatasetWriter(path, {'image': RGBImageField(write_mode, max_resolution,
@@ -19,7 +20,7 @@ one untimed read of every file so both find it in the page cache.
 Figures per side: img/s (wall) and images per CPU-second (the child and all its descendants: this
 machine is shared, so the CPU figure is the one to compare), and the ratio ours / reference of
 each, for the conversion alone (without the fixed start-up, imports and exit of each command) and
-for the whole command; the CPU and wall time of every phase (ours does more: the check pass, fsync,
+for the whole command; the CPU and wall time of every phase (ours does more: the sizes pass, fsync,
 rename, label map), the write phase's ratio on its own, and the ratio the extra phases alone predict. Afterwards both .beton files are read back: same sample count, same labels (in ImageFolder
 order, and equal to the class folders' indices of our label map), same stored image sizes.
 The last line of stdout is the JSON result; its "figures" are what `bench/record.py` logs.
@@ -101,7 +102,7 @@ def child_ours(args) -> dict:
 
     wall["imports"], cpu["startup"] = time.perf_counter() - t0, _self_cpu()
     _seed()
-    for fn, name in (("_scan", "scan"), ("_check_files", "check"), ("_write", "write")):
+    for fn, name in (("_scan", "scan"), ("_max_pixels", "sizes"), ("_write", "write")):
         setattr(dc, fn, _timed(wall, cpu, name, getattr(dc, fn)))
     dc.os.fsync = _timed(wall, cpu, "fsync", dc.os.fsync)
     dc.convert = _timed(wall, cpu, "convert", dc.convert)
@@ -111,7 +112,7 @@ def child_ours(args) -> dict:
                   "--chunk-size", str(args.chunk_size)])
     if rc != 0:
         raise SystemExit(f"data convert failed with exit code {rc}")
-    wall["other"] = wall.pop("convert") - sum(wall[k] for k in ("scan", "check", "write", "fsync"))
+    wall["other"] = wall.pop("convert") - sum(wall[k] for k in ("scan", "sizes", "write", "fsync"))
     for k in ("convert", "write"):  # the write's CPU is known only once its processes are joined: see _summarise
         cpu.pop(k)
     return _end(wall, cpu)
@@ -157,7 +158,7 @@ def run_child(side: str, tree: Path, out: Path, argv: list[str]) -> dict:
     res = json.loads(next(x[7:] for x in proc.stdout.splitlines() if x.startswith("RESULT ")))
     c = res["cpu"]
     c["exit"] = cpu - c.pop("end")
-    c["write"] = cpu - sum(c.values())  # total - (start-up, scan, check, fsync, exit)
+    c["write"] = cpu - sum(c.values())  # total - (start-up, scan, sizes, fsync, exit)
     return {"wall_s": wall, "cpu_s": cpu, "phase_wall_s": res["wall"], "phase_cpu_s": c}
 
 
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     ours, ref = _summarise(runs["ours"], len(files)), _summarise(runs["reference"], len(files))
     pair = [r["cpu_s"] / o["cpu_s"] for o, r in zip(runs["ours"], runs["reference"])]
     ow, oc = ours["phase_wall_median_s"], ours["phase_cpu_median_s"]
-    extra = ow["scan"] + ow["check"] + ow["fsync"] + ow["other"] - ref["phase_wall_median_s"]["scan"]
-    extra_cpu = oc["scan"] + oc["check"] + oc["fsync"] - ref["phase_cpu_median_s"]["scan"]
+    extra = ow["scan"] + ow["sizes"] + ow["fsync"] + ow["other"] - ref["phase_wall_median_s"]["scan"]
+    extra_cpu = oc["scan"] + oc["sizes"] + oc["fsync"] - ref["phase_cpu_median_s"]["scan"]
     ref_conv_cpu = len(files) / ref["conversion_img_per_cpu_s"]
     figures = {
         "p5_ours_over_reference_cpu": round(ours["conversion_img_per_cpu_s"] / ref["conversion_img_per_cpu_s"], 3),
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{figures['p5_whole_command_ours_over_reference_cpu']:.3f} by CPU, "
           f"{figures['p5_whole_command_ours_over_reference_wall']:.3f} by wall (per round, CPU: "
           + ", ".join(f"{x:.3f}" for x in pair) + f"); write phase alone {figures['p5_write_phase_ours_over_reference_cpu']:.3f} "
-          f"by CPU, {figures['p5_write_phase_ours_over_reference_wall']:.3f} by wall; our extra phases (scan+check+fsync+rest, "
+          f"by CPU, {figures['p5_write_phase_ours_over_reference_wall']:.3f} by wall; our extra phases (scan+sizes+fsync+rest, "
           f"less the reference's scan: median) {extra:.2f}s wall, {extra_cpu:.2f}s CPU per conversion")
     print(f"expected from the extra work alone (CPU): {figures['p5_expected_from_extra_work_cpu']:.3f}")
     print(f"read back: {check}")

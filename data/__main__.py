@@ -18,11 +18,18 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "convert", help="ImageNet-layout folder -> .beton",
         description="Convert SRC (SRC/<class>/*.JPEG, or SRC/{train,val}/<class>/... into OUT/{train,val}.beton). "
-                    "Defaults reproduce ffcv-imagenet's files; for 224 px training "
-                    "'--max-res 256 --write-mode jpg' is ~4x smaller and enough.")
+                    "Defaults reproduce ffcv-imagenet's files (longest side 500). For 224 px training "
+                    "'--min-side 256 --write-mode jpg' is much smaller (JPEG only, about half the pixels) and keeps the validation crop and full-scale training crops >= 224 px "
+                    "(the shortest side is capped; '--max-res 256' would cap the longest side: a 500x375 "
+                    "photo becomes 256x192 and its validation crop is upscaled).")
     c.add_argument("src", type=Path)
     c.add_argument("out", type=Path)
-    c.add_argument("--max-res", type=int, default=_D.max_res, help="longest side after resizing (default 500)")
+    c.add_argument("--max-res", type=int, default=None,
+                   help=f"cap on the LONGEST side, aspect kept (default {_D.max_res}, or no cap when --min-side "
+                        "is given; 0: no cap)")
+    c.add_argument("--min-side", type=int, default=None,
+                   help="cap on the SHORTEST side, aspect kept: shrink so that min(w, h) <= N "
+                        "(e.g. 256 for 224 px training; default: no cap)")
     c.add_argument("--write-mode", default=_D.write_mode, choices=["raw", "jpg", "smart", "proportion"],
                    help="raw pixels, JPEG, smart (JPEG only above --smart-threshold bytes) or a random proportion")
     c.add_argument("--jpeg-quality", type=int, default=_D.jpeg_quality)
@@ -46,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo dataset ready: train={paths.train_beton} val={paths.val_beton} "
               f"(trees: {paths.train_dir}, {paths.val_dir}; {paths.num_classes} classes)")
         return 0
-    opts = ConvertOptions(max_res=args.max_res, write_mode=args.write_mode, jpeg_quality=args.jpeg_quality,
+    max_res = args.max_res if args.max_res is not None else (None if args.min_side is not None else _D.max_res)
+    opts = ConvertOptions(max_res=max_res or None, min_side=args.min_side, write_mode=args.write_mode, jpeg_quality=args.jpeg_quality,
                           compress_probability=args.compress_probability, smart_threshold=args.smart_threshold,
                           workers=args.workers, chunk_size=args.chunk_size)
     try:

@@ -1,5 +1,5 @@
 """Batch-tensor augmentation after decoding (crop + flip happen in the source, keyed per sample):
-RandAugment -> normalize -> random erasing.
+RandAugment -> normalize -> random erasing (here, or after the train step's mixup: `erase_order`).
 
 Runs on the loader's device (GPU when training on GPU). Every random choice of a batch comes from
 a generator seeded with the batch's key (seed, epoch, rank, world, batch number), so the stream
@@ -126,9 +126,15 @@ class TrainAugment:
             x = self.norm(self.randaug(to_float_nchw(images, self.device), gen))
         else:
             x = self.norm.from_uint8(images)
-        if self.erase is not None:
+        if self.erase is not None and self.cfg.erase_order == "per_image":
             x = self._erase(x, int(torch.randint(2**62, (1,), generator=gen)))
         return x.to(self.norm.dtype)
+
+    def after_mixup(self, x: torch.Tensor, key: int) -> torch.Tensor:
+        """Random erasing of the mixed batch (erase_order after_mixup; identity otherwise), in place."""
+        if self.erase is None or self.cfg.erase_order != "after_mixup":
+            return x
+        return self._erase(x, key)
 
     def _erase(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         # timm's RandomErasing draws from the global `random` and the device's default torch

@@ -2,7 +2,8 @@
 
 Defaults are the paper's recipe (DeiT/timm ViT training on ImageNet at 224 px): RandomResizedCrop
 (0.08-1, 3/4-4/3) -> flip -> RandAugment rand-m9-mstd0.5-inc1 -> normalize -> random erasing 0.25,
-repeated augmentation x3; validation center crop with crop_pct 0.875.
+repeated augmentation x3; validation center crop with crop_pct 0.9 (timm's value for
+vit_base_patch16_224, which the seed's train.py took from the model's pretrained config).
 """
 from __future__ import annotations
 
@@ -28,18 +29,32 @@ class DataConfig(BaseModel):
     # train augmentation
     rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range (fraction of the image).")
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range.")
+    train_interpolation: Literal["bilinear", "bicubic", "random"] = Field(
+        "bilinear",
+        description="Resize of the training crops (timm's names). bilinear: ours (bilinear below 2x shrink, "
+                    "INTER_AREA beyond); bicubic: PIL's antialiased bicubic; random: one or the other per image "
+                    "with probability 1/2 (timm's default for ViT training), drawn from the crop's key.",
+    )
     hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
     auto_augment: str | None = Field("rand-m9-mstd0.5-inc1", description="timm RandAugment config string; null disables it.")
     reprob: float = Field(0.25, ge=0, le=1, description="Random-erasing probability per image (timm RandomErasing).")
     remode: Literal["const", "rand", "pixel"] = Field("pixel", description="Random-erasing fill mode (timm).")
     recount: int = Field(1, ge=1, description="Maximum number of erased boxes per image (timm).")
+    erase_order: Literal["per_image", "after_mixup"] = Field(
+        "per_image",
+        description="When random erasing runs: per_image = on each augmented image before mixup/cutmix; "
+                    "after_mixup = on the already mixed, normalized batch, as timm's train.py does with its "
+                    "prefetcher (the default there), so an erased box is noise over the mixed image.",
+    )
     aug_repeats: int = Field(3, ge=1, description="Repeated augmentation (DeiT RASampler): copies of each sample per epoch; 1 disables.")
     ra_selected_round: int = Field(
         256, ge=0,
         description="RASampler epoch length: floor(N / round) * round / world samples per rank (DeiT); 0 = ceil(N / world).",
     )
     # validation
-    crop_pct: float = Field(0.875, gt=0, le=1, description="Validation center crop: crop side / shorter image side (timm).")
+    crop_pct: float = Field(0.9, gt=0, le=1,
+                            description="Validation center crop: crop side / shorter image side (timm; 0.9 is "
+                                        "vit_base_patch16_224's, 0.875 timm's generic default).")
     # normalisation
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean of [0, 1] pixels.")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std of [0, 1] pixels.")

@@ -1,15 +1,18 @@
 """ImageNet-layout JPEG tree -> FFCV .beton (`python -m data convert SRC OUT.beton`).
 
-Two passes over the files: a cheap check (PIL decode at 1/8 DCT scale, which still reads every
-entropy-coded byte, so truncation is caught) decides which files are convertible, because FFCV's
-DatasetWriter needs the sample count up front and cannot skip a sample once started; then
-DatasetWriter encodes them. The .beton is written under a temporary name and renamed at the end;
-`<stem>.convert.json` records the source fingerprint and options so a re-run with the same input is
-skipped.
+One pass over the image data: ffcv's DatasetWriter decodes and encodes every file; a file that
+fails to decode (truncated, not an image, too large) is recorded by the writer process, stored as a
+1-pixel placeholder, and removed from the finished file afterwards (data.beton_edit: only the small
+metadata and allocation tables are rewritten), because the writer needs the sample count up front
+and cannot skip an index once started. The .beton is written under a temporary name and renamed at
+the end; `<stem>.convert.json` records the source fingerprint and options so a re-run with the same
+input is skipped.
 
-Defaults reproduce ffcv-imagenet's published files (max side 500, 'proportion', 50% JPEG,
-quality 90). For the paper's 224 px training a smaller file is enough: `--max-res 256 --write-mode jpg`
-(~4x smaller; RandomResizedCrop at scale 1 then still sees >= 224 px).
+Defaults reproduce ffcv-imagenet's published files (longest side 500, 'proportion', 50% JPEG,
+quality 90). For the paper's 224 px training a smaller file is enough: `--min-side 256 --write-mode jpg`
+caps the SHORTEST side at 256 (a 500x375 photo is stored at 341x256), so RandomResizedCrop at scale 1
+and the 0.9 validation crop (230 px) still see >= 224 px. `--max-res` caps the LONGEST side instead:
+`--max-res 256` stores that photo at 256x192, and its validation crop (172 px) is upscaled to 224.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import Pool, cpu_count
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -38,7 +42,8 @@ class ConvertError(Exception):
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    max_res: int | None = 500
+    max_res: int | None = 500  # longest side after resizing (ffcv's max_resolution); None: no cap
+    min_side: int | None = None  # shortest side after resizing (aspect kept); None: no cap
     write_mode: str = "proportion"
     jpeg_quality: int = 90
     compress_probability: float = 0.5
@@ -51,7 +56,9 @@ class ConvertOptions:
         if self.write_mode not in WRITE_MODES:
             errs.append(f"--write-mode: {self.write_mode!r} is not one of {', '.join(WRITE_MODES)}")
         if self.max_res is not None and self.max_res < 8:
-            errs.append(f"--max-res: {self.max_res} is too small (use >= 8, e.g. 256 or 500)")
+            errs.append(f"--max-res: {self.max_res} is too small (use >= 8, e.g. 500)")
+        if self.min_side is not None and self.min_side < 8:
+            errs.append(f"--min-side: {self.min_side} is too small (use >= 8, e.g. 256 for 224 px training)")
         if not 1 <= self.jpeg_quality <= 100:
             errs.append(f"--jpeg-quality: {self.jpeg_quality} must be in 1..100")
         if not 0 <= self.compress_probability <= 1:
@@ -66,6 +73,8 @@ class ConvertOptions:
         d = asdict(self)
         d.pop("workers")
         d.pop("chunk_size")
+        if d["min_side"] is None:  # files converted before the option existed stay up to date
+            d.pop("min_side")
         return d
 
 
@@ -105,18 +114,26 @@ def meta_path(out: Path) -> Path:
 
 # --------------------------------------------------------------------------- reading images
 
-def _draft_size(size: tuple[int, int], max_res: int | None) -> tuple[int, int] | None:
-    if max_res is None or max(size) <= max_res:
+def target_size(size: tuple[int, int], max_res: int | None, min_side: int | None = None) -> tuple[int, int] | None:
+    """(w, h) after the caps (aspect kept; ffcv's rounding: truncate), or None when no cap shrinks it."""
+    r = 1.0
+    if max_res is not None:
+        r = min(r, max_res / max(size))
+    if min_side is not None:
+        r = min(r, min_side / min(size))
+    if r >= 1:
         return None
-    r = max_res / max(size)
-    return max(1, int(np.ceil(size[0] * r))), max(1, int(np.ceil(size[1] * r)))
+    # the epsilon keeps the capped side at exactly N (256 / 375 * 375 is 255.99... in floating point)
+    return max(1, int(size[0] * r + 1e-6)), max(1, int(size[1] * r + 1e-6))
 
 
-def load_rgb(path: Path, max_res: int | None) -> tuple[np.ndarray, str]:
-    """Decode to an RGB uint8 array (JPEG DCT-scaled towards max_res); returns (array, source mode)."""
+def load_rgb(path: Path, max_res: int | None, min_side: int | None = None) -> tuple[np.ndarray, str]:
+    """Decode to an RGB uint8 array (JPEG DCT-scaled towards the target size, then shrunk to the
+    shortest-side cap with INTER_AREA; the longest-side cap is left to ffcv's field, as in
+    ffcv-imagenet); returns (array, source mode)."""
     with Image.open(path) as im:
         mode = im.mode
-        target = _draft_size(im.size, max_res)
+        target = target_size(im.size, max_res, min_side)
         if target is not None and im.format == "JPEG":
             im.draft(None, target)  # DCT-domain downscale: never below target, so quality is kept
         im.load()
@@ -126,28 +143,30 @@ def load_rgb(path: Path, max_res: int | None) -> tuple[np.ndarray, str]:
             im = Image.alpha_composite(bg, im)  # transparent pixels become white, not black
         if im.mode != "RGB":
             im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8), mode
+        arr = np.asarray(im, dtype=np.uint8)
+    if min_side is not None:
+        shrunk = target_size((arr.shape[1], arr.shape[0]), None, min_side)
+        if shrunk is not None:
+            arr = cv2.resize(arr, shrunk, interpolation=cv2.INTER_AREA)
+    return arr, mode
 
 
-def probe(path: str) -> tuple[str | None, str, tuple[int, int]]:
-    """(None, mode, (w, h)) when the file converts, else (reason, '', (0, 0))."""
+def failure_reason(path: str, e: BaseException) -> str:
+    """One-line reason a file does not convert (for the skip report)."""
+    if isinstance(e, Image.DecompressionBombError):
+        return f"too large ({e})"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image (PIL cannot identify it)"
+    return f"unreadable ({type(e).__name__}: {e})"
+
+
+def header_size(path: str) -> tuple[str | None, tuple[int, int]]:
+    """(None, (w, h)) from the file's header alone (no pixel data read), or (reason, (0, 0))."""
     try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)", "", (0, 0)
         with Image.open(path) as im:
-            mode, size = im.mode, im.size
-            if im.format == "JPEG":
-                im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
-            im.load()
-            if min(size) < 1:
-                return "image has a zero side", "", (0, 0)
-        return None, mode, size
-    except Image.DecompressionBombError as e:
-        return f"too large ({e})", "", (0, 0)
-    except Image.UnidentifiedImageError:
-        return "not an image (PIL cannot identify it)", "", (0, 0)
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"unreadable ({type(e).__name__}: {e})", "", (0, 0)
+            return None, im.size
+    except Exception as e:  # noqa: BLE001 - any failure of one file is a skip reason, not a crash
+        return failure_reason(path, e), (0, 0)
 
 
 def page_size_for(max_pixels: int) -> int:
@@ -163,22 +182,31 @@ def page_size_for(max_pixels: int) -> int:
 
 
 class _TreeDataset:
-    """(image, label) for FFCV's writer; a decode that fails now (file changed since the check)
-    is recorded and the write is redone without it, because a raising writer process would hang."""
+    """(image, label) for FFCV's writer. A file that fails to decode is appended to `events` with its
+    reason and stored as a 1-pixel placeholder (a raising writer process would hang the writer);
+    non-RGB source modes are appended too. Lines are short single writes to an O_APPEND file, so the
+    writer processes never interleave them."""
 
-    def __init__(self, paths: list[str], labels: list[int], max_res: int | None, failures: str):
-        self.paths, self.labels, self.max_res, self.failures = paths, labels, max_res, failures
+    def __init__(self, paths: list[str], labels: list[int], opts: ConvertOptions, events: str):
+        self.paths, self.labels, self.events = paths, labels, events
+        self.max_res, self.min_side = opts.max_res, opts.min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _note(self, kind: str, i: int, text: str) -> None:
+        line = " ".join(text.split("\n"))
+        with open(self.events, "a") as f:
+            f.write(f"{kind}\t{i}\t{line}\n")
+
     def __getitem__(self, i: int):
         try:
-            arr, _ = load_rgb(Path(self.paths[i]), self.max_res)
+            arr, mode = load_rgb(Path(self.paths[i]), self.max_res, self.min_side)
         except Exception as e:  # noqa: BLE001 - any decode failure of one file must not stop the run
-            with open(self.failures, "a") as f:
-                f.write(f"{self.paths[i]}\tunreadable at write time ({type(e).__name__}: {e})\n")
-            arr = np.zeros((1, 1, 3), np.uint8)
+            self._note("fail", i, failure_reason(self.paths[i], e))
+            return np.zeros((1, 1, 3), np.uint8), self.labels[i]
+        if mode != "RGB":
+            self._note("mode", i, mode)
         return arr, self.labels[i]
 
 
@@ -209,15 +237,32 @@ def _scan(src: Path, label_map: dict[str, int] | None):
     return candidates, skipped, fp.hexdigest()
 
 
-def _check_files(paths: list[str], workers: int) -> list[tuple[str | None, str, tuple[int, int]]]:
-    bar = dict(total=len(paths), desc="check", unit="img", file=sys.stderr, mininterval=1.0)
-    if workers <= 1 or len(paths) < 2000:
-        return [probe(p) for p in tqdm(paths, **bar)]
+def _header_sizes(paths: list[str], workers: int) -> list[tuple[str | None, tuple[int, int]]]:
+    bar = dict(total=len(paths), desc="sizes", unit="img", file=sys.stderr, mininterval=1.0)
+    if workers <= 1 or len(paths) < 20000:
+        return [header_size(p) for p in tqdm(paths, **bar)]
     with Pool(workers) as pool:
-        return list(tqdm(pool.imap(probe, paths, chunksize=64), **bar))
+        return list(tqdm(pool.imap(header_size, paths, chunksize=256), **bar))
 
 
-def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, failures: Path,
+def _max_pixels(paths: list[str], opts: ConvertOptions, skipped: list[tuple[str, str]]) -> tuple[list[str], int]:
+    """The files to write and the most pixels one of them holds once resized (it sizes the pages).
+    A longest-side cap bounds it without reading anything; otherwise the headers are read (a few
+    hundred bytes per file), and files whose header is unreadable are skipped here already."""
+    if opts.max_res is not None:
+        return paths, opts.max_res * opts.max_res
+    keep, most = [], 1
+    for p, (reason, size) in zip(paths, _header_sizes(paths, opts.workers)):
+        if reason is not None:
+            skipped.append((p, reason))
+            continue
+        keep.append(p)
+        w, h = target_size(size, None, opts.min_side) or size
+        most = max(most, (w + 1) * (h + 1))  # a DCT-scaled decode can round a side up by one pixel
+    return keep, most
+
+
+def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, events: Path,
            max_pixels: int) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.fields.rgb_image import IMAGE_MODES
@@ -234,8 +279,19 @@ def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOpti
     }
     writer = DatasetWriter(str(out_tmp), fields, page_size=page_size_for(max_pixels),
                            num_workers=min(opts.workers, max(1, len(paths))))
-    writer.from_indexed_dataset(_TreeDataset(paths, labels, opts.max_res, str(failures)),
-                                chunksize=opts.chunk_size)
+    writer.from_indexed_dataset(_TreeDataset(paths, labels, opts, str(events)), chunksize=opts.chunk_size)
+
+
+def _read_events(events: Path) -> tuple[dict[int, str], Counter[str]]:
+    """Write-time failures (sample index -> reason) and the source modes of the non-RGB samples."""
+    failed: dict[int, str] = {}
+    modes: dict[int, str] = {}
+    if events.exists():
+        for line in events.read_text().splitlines():
+            kind, i, text = line.split("\t", 2)
+            (failed if kind == "fail" else modes)[int(i)] = text
+    recoded = Counter(m for i, m in modes.items() if i not in failed)
+    return failed, recoded
 
 
 # --------------------------------------------------------------------------- public API
@@ -275,53 +331,50 @@ def convert(src: Path | str, out: Path | str, opts: ConvertOptions | None = None
         why = [k for k in meta if old.get(k) != meta[k]]
         log(f"{out}: exists but {', '.join(why)} changed; converting again")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(out.name + ".partial-*"):
+    for stale in [*out.parent.glob(out.name + ".partial-*"), *out.parent.glob(out.name + ".events-*")]:
         log(f"removing {stale.name} left by an interrupted conversion")
         stale.unlink()
 
-    verdicts = _check_files([p for p, _ in candidates], opts.workers)
-    good: list[tuple[str, str]] = []
-    recoded: Counter[str] = Counter()
-    max_pixels = 1
-    for (p, name), (reason, mode, (w, h)) in zip(candidates, verdicts):
-        if reason is None:
-            good.append((p, name))
-            if opts.max_res is not None and max(w, h) > opts.max_res:
-                w, h = opts.max_res, opts.max_res
-            max_pixels = max(max_pixels, w * h)
-            if mode != "RGB":
-                recoded[mode] += 1
-        else:
-            skipped.append((p, reason))
-    classes_with_images = sorted({name for _, name in good})
-    not_in_map = {n for n in class_folders(src) if label_map is not None and n not in label_map}
-    empty = sorted(set(class_folders(src)) - set(classes_with_images) - not_in_map)
-    mapping = label_map if label_map is not None else {n: i for i, n in enumerate(classes_with_images)}
+    paths, max_pixels = _max_pixels([p for p, _ in candidates], opts, skipped)
+    ok = set(paths)
+    good = [(p, name) for p, name in candidates if p in ok]
     if not good:
-        raise ConvertError(f"SRC: {src} has no readable image (all {len(candidates)} candidates failed; "
-                           f"see the reasons with --workers 1)")
+        raise ConvertError(f"SRC: {src} has no readable image (all {len(candidates)} candidates failed, "
+                           f"e.g. {skipped[-1][0]}: {skipped[-1][1]})")
+    # labels as if every file converts; a class left without images by a failed decode is removed
+    # from the map afterwards and the stored labels are renumbered with it
+    names = sorted({name for _, name in good})
+    first_map = label_map if label_map is not None else {n: i for i, n in enumerate(names)}
 
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    failures = out.with_name(f"{out.name}.failures-{os.getpid()}")
+    events = out.with_name(f"{out.name}.events-{os.getpid()}")
     try:
-        for _attempt in range(3):
-            failures.unlink(missing_ok=True)
-            _write(tmp, [p for p, _ in good], [mapping[n] for _, n in good], opts, failures, max_pixels)
-            failed = failures.read_text().splitlines() if failures.exists() else []
-            if not failed:
-                break
-            bad = dict(line.split("\t", 1) for line in failed)
-            skipped.extend(bad.items())
-            good = [(p, n) for p, n in good if p not in bad]
-            tmp.unlink(missing_ok=True)
-        else:
-            raise ConvertError(f"{src}: files keep changing during the conversion; retry when the tree is stable")
+        events.unlink(missing_ok=True)
+        _write(tmp, [p for p, _ in good], [first_map[n] for _, n in good], opts, events, max_pixels)
+        failed, recoded = _read_events(events)
+        skipped.extend((good[i][0], reason) for i, reason in sorted(failed.items()))
+        converted = [g for i, g in enumerate(good) if i not in failed]
+        if not converted:
+            raise ConvertError(f"SRC: {src} has no readable image (all {len(candidates)} candidates failed, "
+                               f"e.g. {good[0][0]}: {failed[0]})")
+        classes_with_images = sorted({name for _, name in converted})
+        mapping = label_map if label_map is not None else {n: i for i, n in enumerate(classes_with_images)}
+        if failed:
+            from .beton_edit import drop_samples
+
+            remap = np.array([mapping.get(n, -1) for n in sorted(first_map, key=first_map.get)], np.int64)
+            drop = np.zeros(len(good), bool)
+            drop[list(failed)] = True
+            drop_samples(tmp, drop, label_field="f1", label_remap=None if label_map is not None else remap)
+        good = converted
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-        failures.unlink(missing_ok=True)
+        events.unlink(missing_ok=True)
+    not_in_map = {n for n in class_folders(src) if label_map is not None and n not in label_map}
+    empty = sorted(set(class_folders(src)) - set(classes_with_images) - not_in_map)
 
     write_label_map(out, mapping)
     rel = [(os.path.relpath(p, src), r) for p, r in skipped]

@@ -22,7 +22,8 @@ from ffcv.traversal_order.base import TraversalOrder
 from numba import njit
 
 from . import jpegcrop
-from .rng import batch_key, flip_draw, rrc_params, sample_key
+from .resample import bicubic_resize
+from .rng import batch_key, bicubic_draw, flip_draw, rrc_params, sample_key
 
 
 @njit(cache=True, nogil=True)
@@ -105,12 +106,16 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     below never read, columns outside the iMCU-aligned window skipped); multi-scan (progressive)
     JPEGs and raw samples take the full-decode path.
     With fast_resize, the remaining resize is bilinear when it shrinks by less than 2x (no
-    anti-aliasing needed) and ffcv's INTER_AREA (OpenCV) otherwise.
+    anti-aliasing needed) and ffcv's INTER_AREA (OpenCV) otherwise. A sample that
+    rng.bicubic_draw(key, p_bicubic) selects is resized bicubic instead (data.resample, PIL's
+    arithmetic), for timm's `random` (p 0.5) and `bicubic` (p 1) train interpolation.
     """
 
     def __init__(self, output_size: tuple[int, int], salt: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True, crop_decode: bool = True):
+                 dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True, crop_decode: bool = True,
+                 p_bicubic: float = 0.0):
         super().__init__(output_size)
+        self.p_bicubic = float(p_bicubic)
         self.crop_decode = crop_decode
         self.hflip = float(hflip)
         self.fast_resize = fast_resize
@@ -138,6 +143,7 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
         use_region = native is not None and self.crop_decode
         region_c, bilinear_c = native if native is not None else (_no_region, _numba_bilinear)
         p_flip = self.hflip
+        p_bicubic = self.p_bicubic
         fast = self.fast_resize
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -178,7 +184,9 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     temp_buffer = image_data.reshape(height, width, 3)
                 # cv2's INTER_AREA is slow only when shrinking by a non-integer factor
-                if fast and (h > out_h or w > out_w) and h < 2 * out_h and w < 2 * out_w:
+                if bicubic_draw(key, p_bicubic):
+                    bicubic_resize(temp_buffer, i, j, h, w, destination[dst_ix])
+                elif fast and (h > out_h or w > out_w) and h < 2 * out_h and w < 2 * out_w:
                     bilinear_c(temp_buffer, i, j, h, w, destination[dst_ix])
                 else:
                     resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
@@ -213,14 +221,14 @@ class FfcvSource:
 
     def __init__(self, path: Path, *, train: bool, order_fn: Callable[[int], np.ndarray], batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, os_cache: bool = True,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.9, os_cache: bool = True,
                  batches_ahead: int = 3, dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True,
-                 crop_decode: bool = True):
+                 crop_decode: bool = True, p_bicubic: float = 0.0):
         self.order = IndexOrder(order_fn)
         self.batch_size = batch_size
         if train:
             decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling, hflip,
-                                                    fast_resize, crop_decode)
+                                                    fast_resize, crop_decode, p_bicubic)
         else:
             decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)
         image = [decoder, ToTensor()]

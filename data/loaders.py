@@ -19,10 +19,11 @@ from .augment import TrainAugment, ValAugment
 from .config import DataConfig
 from .labels import read_label_map
 from .order import train_order, val_order
-from .rng import stream_seed
+from .rng import BICUBIC_PROBABILITY, stream_seed
 
 _CROP_TAG = 0x43524F50  # "CROP": separates the crop keys from the batch-augmentation keys
 _AUG_TAG = 0x41554721
+_ERASE_TAG = 0x45524153  # "ERAS": erasing after mixup, keyed apart from the batch augmentation
 
 
 class Source(Protocol):
@@ -41,6 +42,7 @@ def _ffcv_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callab
 
     if not kw["train"]:
         kw.pop("hflip", None)
+        kw.pop("p_bicubic", None)
     else:
         kw["dct_scaling"] = cfg.dct_scaling
         kw["fast_resize"] = cfg.fast_resize
@@ -90,6 +92,15 @@ class ImageLoader:
             key = stream_seed(_AUG_TAG, self.seed, self.epoch, self.rank, self.world_size, b)
             yield self.augment(images, key), labels.to(self.device, non_blocking=True).reshape(-1)
 
+    def after_mixup(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """What the augmentation does once the train step has mixed batch number `batch` of the current
+        epoch (random erasing with erase_order after_mixup, else nothing). Keyed like the batch itself,
+        so a resumed epoch erases the same boxes."""
+        fn = getattr(self.augment, "after_mixup", None)
+        if fn is None:
+            return images
+        return fn(images, stream_seed(_ERASE_TAG, self.seed, self.epoch, self.rank, self.world_size, batch))
+
 
 def _check_path(cfg: DataConfig, path: Path, field: str) -> None:
     if not path.exists():
@@ -119,7 +130,8 @@ def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int
     source = BACKENDS[cfg.backend](
         cfg, cfg.train_path, train=True, make_order=make_order, batch_size=batch_size, img_size=cfg.img_size,
         num_workers=cfg.num_workers, device=device, salt=stream_seed(_CROP_TAG, seed),
-        scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, hflip=cfg.hflip)
+        scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, hflip=cfg.hflip,
+        p_bicubic=BICUBIC_PROBABILITY[cfg.train_interpolation])
     return ImageLoader(source, TrainAugment(cfg, device), seed=seed, rank=rank, world_size=world_size,
                        device=device, batch_size=batch_size)
 

@@ -85,6 +85,19 @@ def flip_draw(key, p):
     return uniform(key, FLIP_DRAW) < p
 
 
+INTERP_DRAW = 41  # counter of the interpolation draw (train_interpolation random)
+
+# train_interpolation -> probability that a sample is resized bicubic (timm's names; `random` is
+# timm's choice of bilinear or bicubic per image)
+BICUBIC_PROBABILITY = {"bilinear": 0.0, "bicubic": 1.0, "random": 0.5}
+
+
+@njit(cache=True, nogil=True)
+def bicubic_draw(key, p):
+    """True with probability p: whether the sample with this key is resized bicubic."""
+    return p > 0 and uniform(key, INTERP_DRAW) < p
+
+
 @njit(cache=True, nogil=True)
 def center_crop_params(height, width, crop_pct):
     """Square of side crop_pct * shorter side, centred (FFCV CenterCropRGBImageDecoder's geometry)."""

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
 from .labels import folder_label_map, is_image_file
-from .rng import batch_key, center_crop_params, flip_draw, rrc_params, sample_key
+from .resample import bicubic_resize
+from .rng import batch_key, bicubic_draw, center_crop_params, flip_draw, rrc_params, sample_key
 
 
 class _Folder(ImageFolder):
@@ -26,11 +27,13 @@ class _Folder(ImageFolder):
 
 class _CropFolder(Dataset):
     """ImageFolder samples; item (index, key): RandomResizedCrop from key (train) or center crop (val),
-    resized with OpenCV INTER_AREA like ffcv; returns (uint8 HWC array, label)."""
+    resized with OpenCV INTER_AREA like ffcv (or bicubic where rng.bicubic_draw selects it, with the
+    ffcv decoder's function); returns (uint8 HWC array, label)."""
 
-    def __init__(self, root: Path, train: bool, img_size: int, scale, ratio, crop_pct: float, hflip: float = 0.0):
+    def __init__(self, root: Path, train: bool, img_size: int, scale, ratio, crop_pct: float, hflip: float = 0.0,
+                 p_bicubic: float = 0.0):
         self.folder = _Folder(str(root), is_valid_file=is_image_file)
-        self.hflip = hflip
+        self.hflip, self.p_bicubic = hflip, p_bicubic
         self.train, self.size, self.scale, self.ratio, self.crop_pct = train, img_size, scale, ratio, crop_pct
 
     def __len__(self) -> int:
@@ -45,7 +48,11 @@ class _CropFolder(Dataset):
             i, j, ch, cw = rrc_params(np.uint64(key), h, w, self.scale[0], self.scale[1], self.ratio[0], self.ratio[1])
         else:
             i, j, ch, cw = center_crop_params(h, w, self.crop_pct)
-        crop = cv2.resize(img[i:i + ch, j:j + cw], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if self.train and bicubic_draw(np.uint64(key), self.p_bicubic):
+            crop = np.empty((self.size, self.size, 3), np.uint8)
+            bicubic_resize(img, i, j, ch, cw, crop)
+        else:
+            crop = cv2.resize(img[i:i + ch, j:j + cw], (self.size, self.size), interpolation=cv2.INTER_AREA)
         if self.train and flip_draw(np.uint64(key), self.hflip):
             crop = np.ascontiguousarray(crop[:, ::-1])
         return torch.from_numpy(crop), label
@@ -75,8 +82,9 @@ class TorchSource:
     def __init__(self, root: Path, *, train: bool, make_order: Callable[[int], Callable[[int], np.ndarray]],
                  batch_size: int,
                  img_size: int, num_workers: int, device: torch.device, salt: int = 0,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.875, hflip: float = 0.0):
-        self.dataset = _CropFolder(root, train, img_size, scale, ratio, crop_pct, hflip)
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct: float = 0.9, hflip: float = 0.0,
+                 p_bicubic: float = 0.0):
+        self.dataset = _CropFolder(root, train, img_size, scale, ratio, crop_pct, hflip, p_bicubic)
         self.order_fn = make_order(len(self.dataset))
         self.batch_size, self.drop_last = batch_size, train
         self.num_workers, self.device, self.salt = num_workers, device, salt

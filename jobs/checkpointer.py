@@ -57,6 +57,7 @@ class Trainables:
     optimizer: torch.optim.Optimizer
     scheduler: Any                        # timm Scheduler
     scaler: Any                           # torch.amp.GradScaler
+    distiller: Any = None                 # jobs.distill Distiller: its projection's state, its teacher's identity
 
 
 @dataclass
@@ -132,6 +133,8 @@ class Checkpointer:
             else:
                 parts.ema.set(parts.model)
                 self.log("warning", f"{path.name} has no EMA; EMA restarts from the model weights")
+        if parts.distiller is not None and (path / "distill.pt").exists():
+            parts.distiller.load_state_dict(ckpt.load_file(path, "distill.pt"))
         parts.optimizer.load_state_dict(state["optimizer"])
         if parts.scaler is not None and state.get("scaler"):
             parts.scaler.load_state_dict(state["scaler"])
@@ -178,6 +181,7 @@ class Checkpointer:
             path = ckpt.save(self.dir, self.number, self._files(position, per_rank), {
                 **position.__dict__, "world_size": self.ctx.world_size, "model": self.identity["model"],
                 "strategies": self.identity["strategies"], "seed": self.identity["seed"],
+                **({"teacher": self.parts.distiller.identity} if self.parts.distiller is not None else {}),
             }, self.config.keep_last)
             self.log("checkpoint", f"{path.name} at epoch {position.epoch} batch {position.batch} "
                                    f"(update {position.num_updates})")
@@ -203,6 +207,8 @@ class Checkpointer:
         }
         if parts.ema is not None:
             files["ema.pt"] = ckpt.pack_state(parts.ema.module.state_dict())
+        if parts.distiller is not None:
+            files["distill.pt"] = parts.distiller.state_dict()
         return files
 
     # ---- best ----------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from data.loaders import build_train_loader, build_val_loader
-from jobs import recipe
+from jobs import recipe, weights
 from jobs.accounting import model_stats
 from jobs.checkpointer import Checkpointer, Trainables
 from jobs.context import EngineContext
+from jobs.distill.runtime import make_distiller
 from jobs.distributed import is_distributed
-from jobs.models import build_model
 from jobs.rng import rng_isolated, seed_everything
 from jobs.spec import RunSpec
 
@@ -97,10 +97,17 @@ class LoopState:
 # ---- build ------------------------------------------------------------------------------------
 
 
-def build_initial_model(spec: RunSpec) -> nn.Module:
-    """The run's model at initialisation: the same weights on every rank and in every process."""
+def build_start(spec: RunSpec) -> weights.Start:
+    """The run's model at initialisation (starting weights, then strategies): the same on every rank and in
+    every process; with an unreduced copy when the teacher is `self`."""
     seed_everything(spec.seed)
-    return build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+    keep = spec.distill is not None and spec.distill.teacher.is_self
+    return weights.build_start(spec.model.name, spec.strategies, spec.create_kwargs(), spec.model.init,
+                               weights.Place.of(spec), keep_unreduced=keep)
+
+
+def build_initial_model(spec: RunSpec) -> nn.Module:
+    return build_start(spec).model
 
 
 def _static_columns(spec: RunSpec, model: nn.Module) -> dict:
@@ -129,13 +136,17 @@ def build_state(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log: Callable[[
     device = torch.device(ctx.device)
     tc = spec.train
     _setup_determinism(spec, device)
-    model = build_initial_model(spec)
+    start = build_start(spec)
+    model = start.model
     static = _static_columns(spec, model)
     model.to(device)
     if tc.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    distiller = make_distiller(spec, start, device)
     ema = recipe.build_ema(model, tc)
     optimizer = recipe.build_optimizer(model, tc, ctx.world_size)
+    if distiller is not None:
+        distiller.add_to(optimizer)  # before the scheduler, which records every group's base lr
     with rng_isolated(device):
         kw = dict(rank=ctx.rank, world_size=ctx.world_size, device=device)
         train_loader = build_train_loader(spec.data, batch_size=tc.batch_size, seed=spec.seed, **kw)
@@ -149,7 +160,7 @@ def build_state(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log: Callable[[
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile and device.type == "cuda":
         net = torch.compile(net)
-    parts = Trainables(model, ema, optimizer, scheduler, recipe.build_scaler(device, tc))
+    parts = Trainables(model, ema, optimizer, scheduler, recipe.build_scaler(device, tc), distiller)
     identity = {"model": spec.model.name, "strategies": [s.model_dump(mode="json") for s in spec.strategies],
                 "create_kwargs": spec.create_kwargs(), "seed": spec.seed}
     checkpointer = Checkpointer(spec.checkpoint, ctx, device, parts, identity,

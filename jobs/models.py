@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import timm
 import torch
@@ -12,14 +12,16 @@ from .strategies import ModelShape, StrategyError, StrategySpec, as_specs, get_s
 from .strategies.vit import block_mlps
 
 
-def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> nn.Module:
+def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (),
+                create_fn: Callable[..., nn.Module] | None = None, **create_kwargs: Any) -> nn.Module:
     """`timm.create_model(model, **create_kwargs)` with `create` strategies folded into the kwargs,
-    then every `post` strategy applied in the listed order."""
+    then every `post` strategy applied in the listed order. `create_fn(model, **kwargs)` replaces
+    timm.create_model, e.g. to load starting weights before the strategies act on them."""
     parsed = [(get_strategy(s.name), s.params) for s in as_specs(strategies)]
     for strategy, params in parsed:
         if strategy.stage == "create":
             create_kwargs = strategy.apply(create_kwargs, params)
-    net = timm.create_model(model, **create_kwargs)
+    net = (create_fn or timm.create_model)(model, **create_kwargs)
     for strategy, params in parsed:
         if strategy.stage == "post":
             net = strategy.apply(net, params)

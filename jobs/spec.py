@@ -29,7 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from data.config import DataConfig
 from jobs.checkpointer import CheckpointConfig
+from jobs.distill.config import DistillConfig
 from jobs.run_logger import LoggingConfig
+from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
@@ -57,6 +59,18 @@ class ModelSpec(_Strict):
     embed_dim: int | None = Field(None, ge=1, description="token width; None = the timm model's own")
     num_heads: int | None = Field(None, ge=1, description="attention heads; None = the timm model's own")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="further timm.create_model keyword arguments")
+    init: str = Field("random", description="starting weights, loaded before strategies: random, pretrained (timm's, "
+                                            "from the local Hugging Face cache), a .safetensors/.pth/.pt file, "
+                                            "local-dir:<folder>, or run:<condition> (that run's best export)")
+
+    @field_validator("init")
+    @classmethod
+    def _init_source(cls, value: str) -> str:
+        try:
+            parse_source(value, "model.init")
+        except WeightsError as exc:
+            raise ValueError(str(exc).removeprefix("model.init: ")) from None
+        return absolute(value)
 
     def create_kwargs(self, img_size: int) -> dict[str, Any]:
         """Keyword arguments for `jobs.models.build_model` (timm.create_model) at this resolution."""
@@ -155,6 +169,7 @@ class RunSpec(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing policy")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="live metrics: TensorBoard, W&B, MLflow, "
                                    "console step lines, per-block stability statistics")
+    distill: DistillConfig | None = Field(None, description="a frozen teacher and its loss; None = no distillation")
     seed: int = Field(42, ge=0, description="seeds python/numpy/torch and the loader order")
     output_root: Path = Field(Path("runs"), description="runs are written to output_root/study/run_id")
     study: str = Field("default", description="study name (folder under output_root)")
@@ -379,6 +394,22 @@ def semantic_errors(
     return errors
 
 
+def start_errors(spec: RunSpec) -> list[str]:
+    """Starting weights and teacher: files exist, are readable and fit, checked without loading them."""
+    from jobs import weights  # imports timm, like jobs.models above
+    from jobs.distill.teacher import check_teacher
+
+    place = weights.Place.of(spec)
+    errors = []
+    try:
+        weights.check_init(spec.model.init, spec.model.name, spec.create_kwargs(), place)
+    except weights.WeightsError as exc:
+        errors.append(str(exc))
+    if spec.distill is not None:
+        errors += check_teacher(spec.distill, spec.model.name, spec.create_kwargs(), place)
+    return errors
+
+
 def _section(cls: type[BaseModel], raw: Any) -> Any:
     """The section validated without its bad keys (their errors are already reported), or None."""
     if not isinstance(raw, dict):
@@ -414,6 +445,8 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
         errors += format_validation_error(exc)
     if spec is not None:
         errors += semantic_errors(spec.model, spec.strategies, spec.data)
+        if not errors:
+            errors += start_errors(spec)
     else:
         # Run the cross-field checks on every section that is valid by itself, so one bad key
         # does not hide a missing dataset.

@@ -23,6 +23,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from timm.utils import dispatch_clip_grad
@@ -31,11 +32,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import rundir as run_files
 from jobs import checkpoint as ckpt
-from jobs import recipe
+from jobs import recipe, weights
 from jobs.checkpointer import Position
 from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
-from jobs.distributed import all_reduce_sum, gather
+from jobs.distill.teacher import resume_error, teacher_identity
+from jobs.distributed import all_reduce_sum, broadcast, gather
 from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
@@ -124,15 +126,21 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         if state.mixup is not None and len(labels) % 2:
             # timm Mixup pairs samples; an odd final batch loses its last image.
             images, labels = images[:-1], labels[:-1]
+        if parts.distiller is not None:
+            labels = parts.distiller.train_labels(labels)
         targets = labels
         if state.mixup is not None:
             images, targets = state.mixup(images, labels)
+        images = state.train_loader.after_mixup(images, batch)  # data.erase_order after_mixup: timm's order
         images = _to_format(images, spec, device)
         sync = contextlib.nullcontext() if last_micro or not isinstance(state.net, nn.parallel.DistributedDataParallel) \
             else state.net.no_sync()
         with sync:
             with recipe.autocast(device, spec.train):
-                loss = state.loss_fn(state.net(images), targets)
+                if parts.distiller is not None:
+                    loss = parts.distiller(state.net, images, targets, state.loss_fn)
+                else:
+                    loss = state.loss_fn(state.net(images), targets)
             finite = torch.isfinite(loss.detach())
             scaled = loss / group_size
             (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
@@ -254,6 +262,27 @@ def _epoch_row(state: LoopState, epoch: int, epoch_s: float, evals: dict) -> dic
 # ---- the loop -----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _weights_errors() -> Iterator[None]:
+    """Starting weights or a teacher that cannot be used are spec errors: one line, no traceback."""
+    try:
+        yield
+    except weights.WeightsError as exc:
+        raise SpecError([str(exc)]) from None
+
+
+def _refuse_changed_teacher(spec: RunSpec, ctx: EngineContext) -> None:
+    """A checkpoint trained with another teacher (or none) is not resumed."""
+    latest = broadcast(ctx.latest_checkpoint() if ctx.rank == 0 else None, ctx)
+    if latest is None:
+        return
+    recorded = ckpt.read_manifest(Path(latest)).get("teacher")
+    current = teacher_identity(spec.distill, spec.model.name, weights.Place.of(spec), spec.model.init)
+    problem = resume_error(recorded, current)
+    if problem:
+        raise SpecError([f"{problem} (checkpoint {latest})"])
+
+
 def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) -> dict:
     """Train `spec` under engine `ctx` (resuming from ctx.latest_checkpoint()); returns the last row."""
     run_dir, rank0, epochs = Path(ctx.run_dir), ctx.rank == 0, spec.train.epochs
@@ -266,6 +295,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             events(kind, text)
 
     epoch, state = 0, None
+    # Before the try: a refused resume writes nothing, not even a failed status.
+    with _weights_errors():
+        _refuse_changed_teacher(spec, ctx)
     try:
         data_errors = spec.data.check(spec.model.num_classes)
         if data_errors:
@@ -273,7 +305,8 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if rank0:
             (run_dir / SPEC_FILE).write_text(spec.to_yaml())
             run_files.write_status(run_dir, "running", 0, epochs)
-        state = build_state(spec, ctx, hooks or Hooks(), log)
+        with _weights_errors():
+            state = build_state(spec, ctx, hooks or Hooks(), log)
         # Which process is which rank, per (re)start: what an operator needs to find a hung or dead worker.
         workers = gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
         log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobs.dependencies import check_study, run_sources
 from jobs.spec import (
     ResourcesConfig,
     RunSpec,
@@ -166,6 +167,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         axes = _without_bad_axes(axes)
     runs, run_errors, invalid = _expand(axes, base)
     errors.extend(run_errors)
+    errors.extend(check_study(runs, run_sources))  # run:<condition> names, cycles, grids
     judged = runs + invalid
     if cluster is not None and judged:
         errors.extend(check_fits(judged, cluster))

@@ -136,5 +136,5 @@ def test_orchestrator_study_commands_print_the_study_and_its_runs(argv, demo_dat
     assert len(runs) == 9 and all(set(r) == set(RunSpec.model_fields) for r in runs)
     assert {r["condition"] for r in runs} == {"baseline", "grouped", "shallow"}
     grouped = next(r for r in runs if r["condition"] == "grouped")
-    assert grouped["strategies"] == [{"name": "grouped", "params": {"group_size": 2, "scale": None}}]
+    assert grouped["strategies"] == [{"name": "grouped", "params": {"group_size": 2, "scale": None, "init": "first"}}]
     assert all(r["train"]["epochs"] == 12 for r in runs)

@@ -205,3 +205,104 @@ def test_prepare_demo_counts_and_idempotence(demo_data):
     again = prepare_demo(demo_data.root, log=logs.append)
     assert again == demo_data and logs == []
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def _raw_images(path: Path) -> list[np.ndarray]:
+    """Every stored image of a write_mode=raw .beton, read at its data pointer."""
+    n, _, images = _read_beton(path)
+    data = np.fromfile(path, np.uint8)
+    out = []
+    for m in images:
+        assert int(m["mode"]) == 1  # raw
+        size = int(m["height"]) * int(m["width"]) * 3
+        out.append(data[int(m["data_ptr"]):int(m["data_ptr"]) + size].reshape(int(m["height"]), int(m["width"]), 3))
+    assert len(out) == n
+    return out
+
+
+@pytest.mark.parametrize("caps", [{"max_res": 48}, {"max_res": None}, {"max_res": None, "min_side": 64}])
+def test_failed_decode_is_dropped_in_the_write_pass(tmp_path, caps):
+    """Files that fail only when decoded (a truncated JPEG passes the header read) are skipped and listed,
+    a class left without images loses its label, the other labels are renumbered, and every kept sample
+    still points at its own pixels (the tables were compacted, not the data)."""
+    src = tmp_path / "src"
+    good: dict[str, list[np.ndarray]] = {}
+    for c, files in {"a": ["0", "1_bad", "2"], "b": ["0_bad"], "c": ["0", "1"]}.items():
+        (src / c).mkdir(parents=True)
+        for f in files:
+            img = _img(hash((c, f)) % 1000, (40, 30))
+            if f.endswith("_bad"):
+                img.save(src / c / f"{f}.jpg", quality=95)
+                data = (src / c / f"{f}.jpg").read_bytes()
+                (src / c / f"{f}.jpg").write_bytes(data[: len(data) // 2])
+            else:
+                img.save(src / c / f"{f}.png")
+                good.setdefault(c, []).append(np.asarray(img))
+    out = tmp_path / "d.beton"
+    res = convert(src, out, ConvertOptions(write_mode="raw", workers=2, chunk_size=2, **caps), log=lambda *_: None)
+    assert res.converted == 4 and res.num_classes == 2
+    assert sorted(dict(res.skipped)) == ["a/1_bad.jpg", "b/0_bad.jpg"]
+    assert all(r.startswith("unreadable") for _, r in res.skipped)
+    assert res.empty_classes == ["b"]
+    assert read_label_map(out) == {"a": 0, "c": 1}
+    assert skipped_path(out).read_text().count("\n") == 3
+    n, labels, _ = _read_beton(out)
+    assert n == 4 and list(labels) == [0, 0, 1, 1]
+    for got, want in zip(_raw_images(out), good["a"] + good["c"]):
+        assert np.array_equal(got, want)
+    from data.config import beton_problem
+
+    assert beton_problem(out) is None
+    reader_loader_labels = _loader_labels(out)
+    assert reader_loader_labels == [0, 0, 1, 1]
+
+
+def _loader_labels(path: Path) -> list[int]:
+    """Labels as ffcv's own Loader reads them (allocation table included)."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": None, "label": [IntDecoder()]})
+    return [int(x) for (labels,) in loader for x in labels.reshape(-1)]
+
+
+def test_all_files_failing_at_write_time_is_one_clear_error(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.jpg").write_text("not a JPEG\n")
+    with pytest.raises(ConvertError, match=r"no readable image .*x\.jpg: not an image"):
+        convert(src, tmp_path / "d.beton", OPTS, log=lambda *_: None)
+    assert not list(tmp_path.glob("d.beton*"))
+
+
+def test_shortest_side_cap_keeps_resolution_where_longest_side_cap_loses_it(tmp_path):
+    """A 500x375 photo: --max-res 256 stores 256x192 (its 0.9 val crop would be 173 px), --min-side 256
+    stores 341x256, aspect kept; through the CLI, --min-side alone lifts the default longest-side cap."""
+    from data.__main__ import main
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    photo = _img(3, (500, 375))
+    photo.save(src / "a" / "p.JPEG", quality=95)
+    photo.rotate(90, expand=True).save(src / "a" / "q.JPEG", quality=95)  # 375x500: portrait
+    _img(4, (200, 150)).save(src / "a" / "small.JPEG")  # below both caps: untouched
+    sizes = {}
+    for name, flags in {"max": ["--max-res", "256"], "min": ["--min-side", "256"]}.items():
+        out = tmp_path / f"{name}.beton"
+        assert main(["convert", str(src), str(out), "--write-mode", "raw", "--workers", "1", *flags]) == 0
+        _, _, images = _read_beton(out)
+        sizes[name] = [(int(m["width"]), int(m["height"])) for m in images]
+    assert sizes["max"] == [(256, 192), (192, 256), (200, 150)]
+    assert sizes["min"] == [(341, 256), (256, 341), (200, 150)]
+    small = _raw_images(tmp_path / "min.beton")[0]
+    ref = cv2_area(np.asarray(Image.open(src / "a" / "p.JPEG").convert("RGB")), (341, 256))
+    assert np.array_equal(small, ref)  # full decode (a 1/2 DCT scale would go below 256), then INTER_AREA
+    with pytest.raises(ConvertError, match="--min-side"):
+        convert(src, tmp_path / "x.beton", ConvertOptions(min_side=4))
+
+
+def cv2_area(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)

@@ -256,7 +256,7 @@ def test_params_are_typed_once_and_apply_gets_the_typed_object(monkeypatch):
         (["nope"], "unknown strategy 'nope': valid choices are baseline, grouped, shallow, thin"),
         ([{"name": "grouped", "params": {"group_size": 0}}], "strategy grouped: group_size input should be greater than or equal to 1 (got 0)"),
         ([{"name": "grouped", "params": {"group_size": 5}}], "strategy grouped: depth 4 of vit_tiny_patch16_224 is not divisible by group_size 5; choose a group_size that divides 4"),
-        ([{"name": "grouped", "params": {"gsize": 2}}], "strategy grouped: unknown parameter 'gsize' (valid: group_size, scale)"),
+        ([{"name": "grouped", "params": {"gsize": 2}}], "strategy grouped: unknown parameter 'gsize' (valid: group_size, scale, init)"),
         ([{"name": "shallow", "params": {"keep_ratio": 0}}], "strategy shallow: keep_ratio input should be greater than 0 (got 0)"),
         ([{"name": "shallow", "params": {"keep_ratio": 1.5}}], "strategy shallow: keep_ratio input should be less than or equal to 1 (got 1.5)"),
         ([{"name": "shallow", "params": {"keep_ratio": 0.001}}], "strategy shallow: keep_ratio 0.001 keeps no unit of vit_tiny_patch16_224's 128 hidden units; use keep_ratio >= 0.00781"),
