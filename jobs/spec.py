@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from data.config import DataConfig
 from jobs.checkpointer import CheckpointConfig
 from jobs.distill.config import DistillConfig
+from jobs.run_logger import LoggingConfig
 from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
 
@@ -166,6 +167,8 @@ class RunSpec(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="processes and devices")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing policy")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="live metrics: TensorBoard, W&B, MLflow, "
+                                   "console step lines, per-block stability statistics")
     distill: DistillConfig | None = Field(None, description="a frozen teacher and its loss; None = no distillation")
     seed: int = Field(42, ge=0, description="seeds python/numpy/torch and the loader order")
     output_root: Path = Field(Path("runs"), description="runs are written to output_root/study/run_id")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from typing import Iterator
 import torch
 from timm.utils import dispatch_clip_grad
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import rundir as run_files
 from jobs import checkpoint as ckpt
@@ -39,6 +41,7 @@ from jobs.distributed import all_reduce_sum, broadcast, gather
 from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
+from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError, load_spec
 from rundir import SPEC_FILE, print_error, print_errors
 
@@ -115,7 +118,8 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
 
     batch = start_batch
     # len() is the contract (every rank runs the same number of batches); never read past it.
-    for images, labels in itertools.islice(isolated_batches(state.train_loader, device), n_batches - start_batch):
+    batches = itertools.islice(isolated_batches(state.train_loader, device), n_batches - start_batch)
+    for images, labels in state.logger.timed(batches):
         group_start = (batch // accum) * accum
         group_size = min(accum, n_batches - group_start)
         last_micro = batch + 1 == group_start + group_size
@@ -144,6 +148,7 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
         loss_count += finite.long() * len(labels)
         state.sums.images += len(labels)
+        state.logger.micro_batch(loss, len(labels))
         batch += 1
         state.epoch, state.batch, state.images, state.targets = epoch, batch, images, targets
         if not last_micro:
@@ -153,6 +158,7 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         bad.zero_()
         stop = stop_total > 0
         _update(state, nonfinite=bad_total > 0)
+        state.logger.after_step(state.num_updates, epoch, float(parts.optimizer.param_groups[0]["lr"]))
         if stop or state.checkpointer.due_mid_epoch(state.num_updates, batch, n_batches):
             flush_sums()
             state.checkpointer.save(Position(epoch, batch, state.num_updates), dict(state.sums.__dict__))
@@ -187,6 +193,7 @@ def _update(state: LoopState, nonfinite: bool) -> None:
             parts.scaler.unscale_(parts.optimizer)
         if tc.clip_grad is not None:
             dispatch_clip_grad(parts.model.parameters(), tc.clip_grad, mode=tc.clip_mode)
+        state.logger.before_step(n + 1, parts.model)
         if parts.scaler is not None:
             parts.scaler.step(parts.optimizer)
             parts.scaler.update()
@@ -287,7 +294,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if rank0:
             events(kind, text)
 
-    epoch = 0
+    epoch, state = 0, None
     # Before the try: a refused resume writes nothing, not even a failed status.
     with _weights_errors():
         _refuse_changed_teacher(spec, ctx)
@@ -304,6 +311,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         workers = gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
         log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))
         _resume_or_start(state)
+        state.logger = RunLogger(spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=state.num_updates,
+                                 steps_per_epoch=state.updates_per_epoch, log_event=log)
+        state.logger.attach(state.model)
         start_epoch, start_batch = state.epoch, state.batch
         for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
@@ -314,6 +324,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             state.row = row = _epoch_row(state, epoch, time.perf_counter() - t_epoch, evals)
             if rank0:
                 run_files.append_row(run_dir, row)
+            state.logger.epoch_end(state.num_updates, row)
             state.checkpointer.record(row)
             path = None
             if state.checkpointer.due_at_epoch_end(epoch + 1, epochs):
@@ -333,9 +344,13 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             run_files.write_status(run_dir, "finished", epochs, epochs)
         best = state.checkpointer.best
         log("finish", f"best {best.metric} {best.value:.2f} at epoch {best.epoch}")
+        state.logger.close()
         return state.row
     except BaseException as exc:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if state is not None and state.logger is not None:
+            with contextlib.suppress(Exception):  # flush what was logged; never hide `exc`
+                state.logger.close()
         if rank0 and run_dir.exists():
             # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
             with contextlib.suppress(OSError):
@@ -355,8 +370,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="console verbosity; INFO prints a step line every logging.every_steps updates")
     add_print_config(parser)
     args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         spec = load_spec(args.config, args.overrides)
     except SpecError as exc:
@@ -365,7 +383,8 @@ def main(argv: list[str]) -> int:
         return print_config(spec)
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
-            row = train_loop(spec, ctx)
+            with logging_redirect_tqdm():  # step lines above the progress bar, not through it
+                row = train_loop(spec, ctx)
         except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
             print_error(str(exc))
             return 1

@@ -41,13 +41,21 @@ def concurrency(runs: list[RunSpec], shape) -> int:
     return max(1, min(fits, len(runs)))
 
 
+def tune_loggers() -> list:
+    """Tune's CSV and JSON result files per trial, without its TensorBoard copy (cluster.QUIET_ENV turns
+    the automatic loggers off): the runs log their own curves, per update, into their run folders."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
     """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
     return make_plan(kind, config, runs, study, resume=resume)
 
 
 def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
-               options: SweepOptions | None = None) -> tuple[int, Path | None]:
+               options: SweepOptions | None = None, dashboard: bool = True) -> tuple[int, Path | None]:
     """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan.
     Returns (exit code, study dir or None when nothing was planned)."""
     embedded = resolve_address(address) is None
@@ -67,7 +75,8 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
             plan = plan_runs(kind, config, runs, study, resume=resume)
             if plan.errors:
                 return print_errors(f"{config} cannot start", plan.errors), study_dir
-            with ray_session(address) as session:
+            print(f"live curves: tensorboard --logdir {study_dir.resolve()}", flush=True)
+            with ray_session(address, dashboard=dashboard) as session:
                 errors = [] if embedded else check_fits(runs, session.shape)
                 if errors:
                     return print_errors(f"{config} does not fit the cluster", errors), study_dir
@@ -153,6 +162,7 @@ def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptio
         tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
+                                  callbacks=tune_loggers(),
                                   failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
     )
     print(f"study {study_dir}: {len(todo)} runs to train, up to {k} at once")
