@@ -223,10 +223,12 @@ def check_p6(env: Env) -> dict:
         overrides.append("train.amp_cpu=true")  # the bf16 autocast path, on the CPU's kernels
     spec = load_spec(PAPER, overrides)
     marks: list[tuple[int, int, float]] = []  # (epoch, update, time after the update)
+    layouts: set[bool] = set()                 # whether the batches the model saw were channels-last
 
     def after_step(state) -> None:
         _sync(env.device)
         marks.append((state.epoch, state.num_updates, time.perf_counter()))
+        layouts.add(state.images.is_contiguous(memory_format=torch.channels_last))
 
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
@@ -248,8 +250,11 @@ def check_p6(env: Env) -> dict:
         "img_s": img_s, "mfu": mfu, "peak_tflops": env.peak_tflops, "gmacs": row["gmacs"], "params": row["params"],
         "images_timed": images, "updates": len(marks), "batch_size": spec.train.batch_size,
         "grad_accum": spec.train.grad_accum, "amp_dtype": spec.train.amp_dtype, "channels_last": spec.train.channels_last,
-        "compiled_graphs": graphs, "data_prep_s": data_s, "train_loss": row["train_loss"],
-        "passed": math.isfinite(img_s) and math.isfinite(row["train_loss"]) and (graphs > 0 or not cuda),
+        "compiled_graphs": graphs, "input_channels_last": sorted(layouts), "data_prep_s": data_s,
+        "train_loss": row["train_loss"],
+        # on a GPU the recipe's compile and channels-last must have taken effect (the loop applies them there only)
+        "passed": math.isfinite(img_s) and math.isfinite(row["train_loss"])
+        and (not cuda or (graphs > 0 and layouts == {spec.train.channels_last})),
     }
 
 
