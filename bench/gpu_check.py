@@ -143,7 +143,8 @@ def check_distributed(env: Env) -> dict:
         out = {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "all_reduce_ok": ok,
                "init_and_reduce_s": time.perf_counter() - t0}
         if cuda:
-            out["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
+            version = torch.cuda.nccl.version()
+            out["nccl_version"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --only: unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}", file=sys.stderr)
         return 2
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # NCCL's device_id needs the index
     sizes = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         workdir = args.workdir or Path(tmp)
