@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from jobs import recipe
+from jobs.accounting import model_stats
 from jobs.local import LocalContext
+from jobs.models import build_model
 from jobs.spec import load_spec
 from jobs.train import Hooks, build_initial_model, evaluate, train_loop
 
@@ -87,6 +89,11 @@ def test_bf16_autocast_end_to_end_through_train_loop(synth_betons, tmp_path):
     model = models[0]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert np.isfinite(row["train_loss"]) and row["top1"] is not None and row["ema_top1"] is not None
+    # the run's compute columns (model built on the CPU, fused attention) equal the count on the meta device
+    with torch.device("meta"):
+        reference = build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
+    stats = model_stats(reference)
+    assert (row["gmacs"], row["gflops"]) == (stats.gmacs, stats.gflops) and stats.gmacs > stats.gflops
 
 
 @pytest.mark.parametrize("amp", [False, True])
