@@ -5,14 +5,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.load import find_run_dirs
+from analysis.report import build_report
+from analysis.status import format_status, status_rows, watch
+from rundir import print_error, read_index
+
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.load import find_run_dirs, read_runs_index
-    from analysis.report import build_report
-
-    if not find_run_dirs(args.study_dir) and not read_runs_index(args.study_dir)[0]:
-        print(f"error: no run folders in {args.study_dir} (expected {args.study_dir}/<run>/metrics.parquet); "
-              "is this the study directory?", file=sys.stderr)
+    if not find_run_dirs(args.study_dir) and not read_index(args.study_dir)[0]:
+        print_error(f"no run folders in {args.study_dir} (expected {args.study_dir}/<run>/metrics.parquet); "
+                    "is this the study directory?")
         return 1
     out = args.out or args.study_dir / "report"
     rep = build_report(args.study_dir, out, include_incomplete=args.include_incomplete)
@@ -26,8 +28,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from analysis.status import format_status, status_rows, watch
-
     if args.watch:
         watch(args.study_dir, args.watch)
     else:

@@ -11,29 +11,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
 
-from analysis.schema import (
+from rundir import (
     BENCH_FILE,
-    CHECKPOINT_DIR,
-    EVENTS_FILE,
     METRICS_FILE,
     METRICS_SCHEMA,
+    RUN_MARKERS,
+    RUNS_FILE,
     SPEC_FILE,
     STATUS_FILE,
+    State,
+    check_metrics,
+    check_status,
+    classify,
+    exception_line,
+    read_index,
 )
+from rundir.metrics import REQUIRED_COLUMNS
 
-# Without these a row cannot be placed in a condition or an epoch; every other column may be absent.
-REQUIRED_COLUMNS = ("model", "seed", "epoch", "epochs_total", "top1")
 # A run is one model/seed/configuration; rows that disagree on these cannot be one run.
 CONSTANT_COLUMNS = ("model", "seed", "strategy_params", "ablation")
 JSON_COLUMNS = ("strategy_params", "ablation")
-RUN_MARKERS = (SPEC_FILE, METRICS_FILE, STATUS_FILE, EVENTS_FILE, CHECKPOINT_DIR)
-# Written by orchestrator.study into the study dir: {run_id: {"condition", "ablation", "seed"}} for every
-# planned run, so runs that have not started yet can be listed too.
-RUNS_INDEX_FILE = "runs.json"
-STATES = ("running", "finished", "failed")
 
 
 @dataclass
@@ -51,6 +49,7 @@ class RunFolder:
     has_metrics: bool = False       # metrics.parquet exists
     usable: bool = False            # its rows made it into Study.metrics
     planned_only: bool = False      # listed in the study's runs.json, no folder yet
+    state: str = State.UNFINISHED.value  # rundir's run state; "pending" for a planned run without a folder
     info: dict = field(default_factory=dict)  # condition/seed/model/epochs_total from spec.yaml or runs.json
 
 
@@ -76,15 +75,6 @@ class Study:
 
     def problems_of(self, run_id: str) -> list[RunProblem]:
         return [p for p in self.problems if p.run == run_id]
-
-
-def _first_line(exc: BaseException, path: Path | None = None, limit: int = 160) -> str:
-    """A one-line, bounded error text; the (already named) file's full path is dropped."""
-    text = " ".join(str(exc).split())
-    if path is not None:
-        text = text.replace(f"'{path}'", path.name).replace(str(path), path.name)
-    text = f"{type(exc).__name__}: {text}".rstrip(": ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def canonical_json(text: str | None, default: str) -> str:
@@ -128,57 +118,6 @@ def read_spec_info(run_dir: Path) -> dict:
     }
 
 
-def read_runs_index(study_dir: Path) -> tuple[dict[str, dict], str | None]:
-    path = study_dir / RUNS_INDEX_FILE
-    if not path.exists():
-        return {}, None
-    try:
-        index = json.loads(path.read_text())
-        if not isinstance(index, dict) or not all(isinstance(v, dict) for v in index.values()):
-            raise ValueError("expected an object of run_id -> {condition, ablation, seed}")
-    except (OSError, ValueError) as exc:
-        return {}, f"{RUNS_INDEX_FILE} unreadable, runs not started yet cannot be listed ({_first_line(exc, path)})"
-    return index, None
-
-
-def read_status(run_dir: Path) -> tuple[dict | None, str | None]:
-    path = run_dir / STATUS_FILE
-    if not path.exists():
-        return None, None
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return None, f"{STATUS_FILE} unreadable ({_first_line(exc, path)})"
-    if not isinstance(status, dict):
-        return None, f"{STATUS_FILE} is not a JSON object"
-    if status.get("state") not in STATES:
-        return status, f"{STATUS_FILE} has state {status.get('state')!r}, expected one of {', '.join(STATES)}"
-    return status, None
-
-
-def _conform(table: pa.Table) -> tuple[pa.Table | None, list[str], list[str]]:
-    """Cast to METRICS_SCHEMA. Returns (table, errors, warnings); table is None when errors."""
-    missing_required = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing_required:
-        return None, [f"{METRICS_FILE} lacks required columns {', '.join(missing_required)}"], []
-    warnings = []
-    missing = [f.name for f in METRICS_SCHEMA if f.name not in table.column_names]
-    if missing:
-        warnings.append(f"{METRICS_FILE} lacks columns {', '.join(missing)} (treated as empty)")
-    columns = []
-    for f in METRICS_SCHEMA:
-        if f.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, f.type))
-            continue
-        col = table.column(f.name)
-        try:
-            columns.append(col.cast(f.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            return None, [f"{METRICS_FILE} column {f.name} has type {col.type}, expected {f.type} "
-                          f"({_first_line(exc)})"], warnings
-    return pa.Table.from_arrays(columns, schema=METRICS_SCHEMA), [], warnings
-
-
 def _is_spec_list(value) -> bool:
     return isinstance(value, list) and all(
         isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("params", {}), dict)
@@ -189,14 +128,9 @@ def _is_object(value) -> bool:
     return isinstance(value, dict)
 
 
-def read_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[str]]:
-    """One run's rows, deduplicated per epoch. Returns (frame, errors, warnings); frame None on errors."""
-    path = run_dir / METRICS_FILE
-    try:
-        raw = ds.dataset(path, format="parquet").to_table()
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        return None, [f"{METRICS_FILE} is not readable parquet ({_first_line(exc, path)})"], []
-    table, errors, warnings = _conform(raw)
+def read_run_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[str]]:
+    """One run's rows as a frame, deduplicated per epoch. Returns (frame, errors, warnings); frame None on errors."""
+    table, errors, warnings = check_metrics(run_dir)
     if errors:
         return None, errors, warnings
     if table.num_rows == 0:
@@ -210,7 +144,7 @@ def read_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], list[st
         try:
             df[col] = [canonical_json(v, default) for v in df[col]]
         except ValueError as exc:
-            return None, [f"{METRICS_FILE} column {col} is not valid JSON ({_first_line(exc)})"], warnings
+            return None, [f"{METRICS_FILE} column {col} is not valid JSON ({exception_line(exc)})"], warnings
     for col, ok, what in (("strategy_params", _is_spec_list, 'a JSON list of {"name", "params"}'),
                           ("ablation", _is_object, "a JSON object")):
         bad = [v for v in df[col].unique() if not ok(json.loads(v))]
@@ -267,25 +201,27 @@ def read_bench(study_dir: Path) -> tuple[list[BenchEntry], str | None]:
                     mac_ratio=float(r.get("mac_ratio", math.nan)), params=float(r.get("params", math.nan)),
                 ))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [], f"{BENCH_FILE} unreadable, throughput falls back to training img/s ({_first_line(exc, path)})"
+        return [], f"{BENCH_FILE} unreadable, throughput falls back to training img/s ({exception_line(exc, path)})"
     return entries, None
 
 
-def load_study(study_dir: str | Path) -> Study:
+def read_study(study_dir: str | Path) -> Study:
+    """Every run folder of a study directory, its usable metrics rows and the problems found."""
     root = Path(study_dir).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"study directory {root} does not exist")
     runs, problems, frames = [], [], []
-    index, index_problem = read_runs_index(root)
+    index, index_problem = read_index(root)
     if index_problem:
         problems.append(RunProblem("(study)", index_problem, excluded=False))
     for run_dir in find_run_dirs(root):
         run = RunFolder(run_id=run_dir.name, path=run_dir)
         runs.append(run)
         run.info = {**index.get(run.run_id, {}), **read_spec_info(run_dir)}
-        run.status, status_problem = read_status(run_dir)
+        run.status, status_problem = check_status(run_dir)
         if status_problem:
             problems.append(RunProblem(run.run_id, status_problem, excluded=False))
+        run.state = State.BLOCKED.value if status_problem else classify(run.status, 0, None).value
         run.has_metrics = (run_dir / METRICS_FILE).exists()
         if not run.has_metrics:
             state = (run.status or {}).get("state")
@@ -293,11 +229,15 @@ def load_study(study_dir: str | Path) -> Study:
                    "running": "running, no epoch finished yet"}.get(state, f"no {METRICS_FILE}")
             problems.append(RunProblem(run.run_id, why, excluded=True))
             continue
-        df, errors, warnings = read_metrics(run_dir)
+        df, errors, warnings = read_run_metrics(run_dir)
         problems += [RunProblem(run.run_id, w, excluded=False) for w in warnings]
         if errors:
             problems += [RunProblem(run.run_id, e, excluded=True) for e in errors]
+            run.state = State.BLOCKED.value
             continue
+        if not status_problem:
+            total = (run.status or {}).get("epochs_total") or int(df["epochs_total"].max())
+            run.state = classify(run.status, int(df["epoch"].max()), total).value
         recorded = df["run_id"].dropna().unique().tolist()
         if recorded and recorded != [run.run_id]:
             problems.append(RunProblem(
@@ -307,8 +247,9 @@ def load_study(study_dir: str | Path) -> Study:
         frames.append(df)
     found = {r.run_id for r in runs}
     for run_id in sorted(set(index) - found):
-        runs.append(RunFolder(run_id=run_id, path=root / run_id, planned_only=True, info=dict(index[run_id])))
-        problems.append(RunProblem(run_id, f"not started (planned in {RUNS_INDEX_FILE}, no run folder yet)",
+        runs.append(RunFolder(run_id=run_id, path=root / run_id, planned_only=True, info=dict(index[run_id]),
+                              state="pending"))
+        problems.append(RunProblem(run_id, f"not started (planned in {RUNS_FILE}, no run folder yet)",
                                    excluded=True))
     metrics = (pd.concat(frames, ignore_index=True) if frames
                else METRICS_SCHEMA.empty_table().to_pandas())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, paper, tables
-from analysis.load import Study, load_study
+from analysis.load import Study, read_study
 from analysis.stats import ALPHA, summarize
 
 
@@ -154,7 +154,7 @@ def _report_markdown(rep: Report, include_incomplete: bool) -> str:
 
 def build_report(study_dir: str | Path, out_dir: str | Path, include_incomplete: bool = False) -> Report:
     """Load STUDY_DIR and write every output into OUT_DIR (created if needed). Returns what was written."""
-    study = load_study(study_dir)
+    study = read_study(study_dir)
     runs, summary = summarize(study, include_incomplete)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import load_study
+from analysis.load import read_study
 from analysis.stats import run_table
 
 COLUMNS = ("run", "condition", "seed", "state", "epochs", "last top-1", "best top-1", "updated", "note")
@@ -24,7 +24,7 @@ def _age(seconds: float) -> str:
 
 
 def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[str, str]]:
-    study = load_study(study_dir)
+    study = read_study(study_dir)
     runs = run_table(study)
     now = time.time() if now is None else now
     last_rows = (study.metrics.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rundir import print_error
+
 from .convert import ConvertError, ConvertOptions, convert_any
 
 _D = ConvertOptions()
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in convert_any(args.src, args.out, opts, force=args.force):
             print(r.summary())
     except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     return 0
 

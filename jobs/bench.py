@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from rundir import print_error
 
 from .accounting import model_img_size, model_stats
 from .models import build_model, check
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
-        print("error: --device cuda but no GPU is visible; use --device cpu", file=sys.stderr)
+        print_error("--device cuda but no GPU is visible; use --device cpu")
         return 2
     try:
         res = run_bench(
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             compile_model=args.compile,
         )
     except StrategyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     print(format_result(res))
     if args.json:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
+
+from rundir import print_error
 
 from .accounting import model_stats
 from .models import build_model, check, needs_weights
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = [inspect_one(args.model, expr, args.img_size) for expr in expressions]
     except StrategyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     if args.format == "json":
         print(json.dumps(rows, indent=2))

@@ -15,8 +15,8 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from analysis.schema import CHECKPOINT_DIR
 from jobs import checkpoint
+from rundir import CHECKPOINT_DIR
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:

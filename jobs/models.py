@@ -2,28 +2,29 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import timm
 import torch
 from torch import nn
 
-from .strategies import ModelShape, StrategyError, StrategySpec, as_specs, get_strategy, parse_params
+from .strategies import ModelShape, StrategyError, StrategySpec, as_specs, get_strategy, strategy_spec
 from .strategies.vit import block_mlps
 
 
-def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> nn.Module:
+def build_model(model: str, strategies: Iterable[StrategySpec | dict | str] = (),
+                create_fn: Callable[..., nn.Module] | None = None, **create_kwargs: Any) -> nn.Module:
     """`timm.create_model(model, **create_kwargs)` with `create` strategies folded into the kwargs,
-    then every `post` strategy applied in the listed order."""
-    specs = as_specs(strategies)
-    parsed = [(get_strategy(s.name), parse_params(s.name, s.params)) for s in specs]
+    then every `post` strategy applied in the listed order. `create_fn(model, **kwargs)` replaces
+    timm.create_model, e.g. to load starting weights before the strategies act on them."""
+    parsed = [(get_strategy(s.name), s.params) for s in as_specs(strategies)]
     for strategy, params in parsed:
         if strategy.stage == "create":
-            create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
-    net = timm.create_model(model, **create_kwargs)
+            create_kwargs = strategy.apply(create_kwargs, params)
+    net = (create_fn or timm.create_model)(model, **create_kwargs)
     for strategy, params in parsed:
         if strategy.stage == "post":
-            net = strategy.apply(net, **params.model_dump())
+            net = strategy.apply(net, params)
     return net
 
 
@@ -50,9 +51,9 @@ def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **cr
     parsed = []
     for item in strategies or ():
         try:
-            spec = as_specs([item])[0]
-            parsed.append((get_strategy(spec.name), parse_params(spec.name, spec.params)))
-        except (StrategyError, ValueError) as exc:
+            spec = strategy_spec(item)
+            parsed.append((get_strategy(spec.name), spec.params))
+        except StrategyError as exc:
             errors.append(str(exc).splitlines()[0])
     if not timm.is_model(model.split(".")[0]):
         close = difflib.get_close_matches(model, timm.list_models(), n=3)
@@ -66,7 +67,7 @@ def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **cr
     if any(strategy.stage == "create" for strategy, _ in parsed):
         for strategy, params in parsed:
             if strategy.stage == "create":
-                create_kwargs = strategy.apply(create_kwargs, **params.model_dump())
+                create_kwargs = strategy.apply(create_kwargs, params)
         shape = _shape_or_error(model, create_kwargs)
         if isinstance(shape, str):
             return errors + [shape]
@@ -79,4 +80,4 @@ def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **cr
 
 def needs_weights(strategies: Iterable[StrategySpec | dict | str]) -> bool:
     """True when some strategy reads weight values, so the model cannot be built on the meta device."""
-    return any(parse_params(s.name, s.params).needs_weights for s in as_specs(strategies))
+    return any(s.params.needs_weights for s in as_specs(strategies))

@@ -26,7 +26,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int) -> torc
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int):
-    """Schedule in optimizer updates (step_update each update), warmup included; None for sched 'none'."""
+    """timm's scheduler, warmup included, stepped per epoch (`step(epoch)`) or, with `sched_on_updates`, per
+    optimizer update (`step_update(n)`); the loop calls both and timm ignores the other one. None for 'none'."""
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,
@@ -34,7 +35,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_
         warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr,
         min_lr=cfg.min_lr,
-        step_on_epochs=False,
+        step_on_epochs=not cfg.sched_on_updates,
         updates_per_epoch=updates_per_epoch,
     )
     return scheduler
@@ -78,12 +79,13 @@ def autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractConte
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=getattr(torch, cfg.amp_dtype))
     if device.type == "cpu" and cfg.amp_cpu:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast("cpu", dtype=getattr(torch, cfg.amp_dtype))
     return contextlib.nullcontext()
 
 
 def build_scaler(device: torch.device, cfg: TrainConfig) -> torch.amp.GradScaler | None:
-    """A GradScaler only for float16 autocast on CUDA; bfloat16 has fp32's range and needs none."""
-    if cfg.amp and device.type == "cuda" and cfg.amp_dtype == "float16":
-        return torch.amp.GradScaler("cuda")
+    """A GradScaler wherever float16 autocast is on (timm's --amp); bfloat16 has fp32's range and needs none."""
+    autocast_on = cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.amp_cpu))
+    if autocast_on and cfg.amp_dtype == "float16":
+        return torch.amp.GradScaler(device.type)
     return None

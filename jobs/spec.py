@@ -28,6 +28,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.config import DataConfig
+from jobs.checkpointer import CheckpointConfig
+from jobs.distill.config import DistillConfig
+from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
@@ -55,6 +58,18 @@ class ModelSpec(_Strict):
     embed_dim: int | None = Field(None, ge=1, description="token width; None = the timm model's own")
     num_heads: int | None = Field(None, ge=1, description="attention heads; None = the timm model's own")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="further timm.create_model keyword arguments")
+    init: str = Field("random", description="starting weights, loaded before strategies: random, pretrained (timm's, "
+                                            "from the local Hugging Face cache), a .safetensors/.pth/.pt file, "
+                                            "local-dir:<folder>, or run:<condition> (that run's best export)")
+
+    @field_validator("init")
+    @classmethod
+    def _init_source(cls, value: str) -> str:
+        try:
+            parse_source(value, "model.init")
+        except WeightsError as exc:
+            raise ValueError(str(exc).removeprefix("model.init: ")) from None
+        return absolute(value)
 
     def create_kwargs(self, img_size: int) -> dict[str, Any]:
         """Keyword arguments for `jobs.models.build_model` (timm.create_model) at this resolution."""
@@ -80,7 +95,10 @@ class TrainConfig(_Strict):
     lr_scale: Literal["linear", "sqrt", "none"] = Field("linear", description="how lr follows the global batch")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0")
     sched: str = Field("cosine", description="timm scheduler name (timm.scheduler.create_scheduler_v2)")
-    warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs, stepped per optimizer update")
+    warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs (the cosine includes them, as timm's)")
+    sched_on_updates: bool = Field(
+        False, description="step the schedule every optimizer update; false = once per epoch, as timm's train.py "
+                           "without --sched-on-updates (epoch 0 trains entirely at warmup_lr)")
     warmup_lr: float = Field(1e-5, ge=0, description="learning rate at the start of warmup")
     min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
     clip_grad: float | None = Field(None, gt=0, description="gradient clipping threshold; None = off")
@@ -95,8 +113,9 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per optimizer update")
     ema_warmup: bool = Field(False, description="ModelEmaV3 decay warmup")
     amp: bool = Field(True, description="autocast on CUDA (seed: --amp)")
-    amp_dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="autocast dtype; float16 adds a GradScaler")
-    amp_cpu: bool = Field(False, description="also autocast (bfloat16) on CPU; off so CPU runs stay fp32 and exact")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(
+        "bfloat16", description="autocast dtype; float16 (timm's --amp) adds a torch.amp.GradScaler, saved in checkpoints")
+    amp_cpu: bool = Field(False, description="also autocast (amp_dtype) on CPU; off so CPU runs stay fp32")
     channels_last: bool = Field(True, description="channels-last memory format (GPU only)")
     compile: bool = Field(False, description="torch.compile the model (GPU only)")
     deterministic: bool = Field(False, description="torch deterministic algorithms (bitwise resume on GPU too)")
@@ -114,10 +133,22 @@ class TrainConfig(_Strict):
     def mixup_active(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
+    def global_batch(self, world_size: int) -> int:
+        return self.batch_size * self.grad_accum * world_size
+
     def scaled_lr(self, world_size: int) -> float:
-        ratio = self.batch_size * self.grad_accum * world_size / self.lr_base_batch
+        ratio = self.global_batch(world_size) / self.lr_base_batch
         factor = {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scale]
         return self.lr * factor
+
+    def lr_rule(self, world_size: int) -> str:
+        """The effective learning rate and how it follows from the spec, on one line."""
+        g, base = self.global_batch(world_size), self.lr_base_batch
+        how = {"linear": f"train.lr {self.lr:g} x {g} / {base}", "sqrt": f"train.lr {self.lr:g} x sqrt({g} / {base})",
+               "none": f"train.lr {self.lr:g} as given"}[self.lr_scale]
+        return (f"lr {self.scaled_lr(world_size):.6g} = {how} (lr_scale {self.lr_scale}, lr_base_batch {base}; "
+                f"global batch {g} = {self.batch_size} x {self.grad_accum} accum x {world_size} workers); "
+                f"schedule {self.sched} stepped per {'update' if self.sched_on_updates else 'epoch'}")
 
 
 class ResourcesConfig(_Strict):
@@ -125,14 +156,6 @@ class ResourcesConfig(_Strict):
     use_gpu: bool = Field(True, description="train on GPUs; false = CPU (gloo) for debugging and tests")
     cpus_per_worker: int = Field(8, ge=1, description="CPU cores reserved per training process (loader workers)")
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs reserved per training process")
-
-
-class CheckpointConfig(_Strict):
-    every_epochs: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always after the last)")
-    every_steps: int = Field(0, ge=0, description="also every N optimizer updates, mid-epoch; 0 = off")
-    keep_last: int = Field(2, ge=2, description="numbered checkpoints kept (>= 2 so a corrupt latest has a fallback)")
-    best: bool = Field(True, description="export the best weights as checkpoints/best/model.pt (plain state dict)")
-    best_metric: Literal["auto", "ema_top1", "top1"] = Field("auto", description="auto = ema_top1 when EMA is on")
 
 
 class RunSpec(_Strict):
@@ -143,6 +166,7 @@ class RunSpec(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation recipe")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="processes and devices")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpointing policy")
+    distill: DistillConfig | None = Field(None, description="a frozen teacher and its loss; None = no distillation")
     seed: int = Field(42, ge=0, description="seeds python/numpy/torch and the loader order")
     output_root: Path = Field(Path("runs"), description="runs are written to output_root/study/run_id")
     study: str = Field("default", description="study name (folder under output_root)")
@@ -211,12 +235,64 @@ def parse_value(text: str) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
+def parse_key(key: str) -> list[str | int]:
+    """`strategies.0.params.keep_ratio` -> ['strategies', 0, 'params', 'keep_ratio'] (digits index lists)."""
+    return [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    return path, parse_value(value)
+    return parse_key(key), parse_value(value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set one dotted key (list indices allowed) in a raw spec or study dict; ValueError naming the key."""
+    apply_override(raw, parse_key(key), value)
+
+
+def field_path_error(key: str, model: type[BaseModel] | None = None, what: str = "key") -> str | None:
+    """None when `key` (dotted, list indices allowed) names a field of `model` (default RunSpec), else why not,
+    with the closest field name. Under a free-form mapping field (e.g. model.kwargs) any key is allowed."""
+    cls: Any = model or RunSpec
+    path = parse_key(key)
+    done: list[str] = []
+    annotation: Any = cls
+    for i, part in enumerate(path):
+        if _is_list(annotation):
+            if not isinstance(part, int):
+                return f"{'.'.join(done)} is a list: address an entry by its index (e.g. {'.'.join(done)}.0)"
+            annotation = (typing.get_args(_strip_optional(annotation)) or (Any,))[0]
+        elif _is_mapping(annotation):
+            return None
+        elif (sub := _submodel(annotation)) is not None:
+            field = sub.model_fields.get(str(part))
+            if field is None:
+                close = difflib.get_close_matches(str(part), list(sub.model_fields), n=1)
+                tip = f"; did you mean {'.'.join([*done, close[0]])!r}?" if close else ""
+                return f"unknown {what} {'.'.join(map(str, path[: i + 1]))!r} (not a run-spec field){tip}"
+            annotation = field.annotation
+        else:
+            return f"{'.'.join(done)} is a value, not a section; cannot set {key}"
+        done.append(str(part))
+    return None
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(_strip_optional(annotation)) in (list, tuple)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    plain = _strip_optional(annotation)
+    return plain is dict or typing.get_origin(plain) is dict or plain is Any
 
 
 def apply_override(raw: dict, path: list[str | int], value: Any) -> None:
@@ -315,6 +391,22 @@ def semantic_errors(
     return errors
 
 
+def start_errors(spec: RunSpec) -> list[str]:
+    """Starting weights and teacher: files exist, are readable and fit, checked without loading them."""
+    from jobs import weights  # imports timm, like jobs.models above
+    from jobs.distill.teacher import check_teacher
+
+    place = weights.Place.of(spec)
+    errors = []
+    try:
+        weights.check_init(spec.model.init, spec.model.name, spec.create_kwargs(), place)
+    except weights.WeightsError as exc:
+        errors.append(str(exc))
+    if spec.distill is not None:
+        errors += check_teacher(spec.distill, spec.model.name, spec.create_kwargs(), place)
+    return errors
+
+
 def _section(cls: type[BaseModel], raw: Any) -> Any:
     """The section validated without its bad keys (their errors are already reported), or None."""
     if not isinstance(raw, dict):
@@ -331,11 +423,13 @@ def _section(cls: type[BaseModel], raw: Any) -> Any:
         return None
 
 
-def _strategies(raw: Any) -> list[StrategySpec] | None:
+def _strategies(raw: Any) -> list[StrategySpec]:
+    """The strategies when all are valid (their errors are already reported), else none: the model
+    alone is still checked, and no strategy is checked against a list it was not written for."""
     try:
         return [StrategySpec.model_validate(s) for s in raw or []]
     except (ValidationError, TypeError):
-        return None
+        return []
 
 
 def validate_spec(raw: dict[str, Any]) -> RunSpec:
@@ -348,6 +442,8 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
         errors += format_validation_error(exc)
     if spec is not None:
         errors += semantic_errors(spec.model, spec.strategies, spec.data)
+        if not errors:
+            errors += start_errors(spec)
     else:
         # Run the cross-field checks on every section that is valid by itself, so one bad key
         # does not hide a missing dataset.

@@ -1,4 +1,4 @@
-"""`python -m orchestrator run|sweep|demo|slurm|slurm-status ...`.
+"""`python -m orchestrator run|sweep|demo|slurm|slurm-status|config-keys ...`.
 
 Every config error is printed (one line each) and the command exits with status 2 before Ray starts.
 """
@@ -8,16 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_LOCKED = 3
+from jobs.configdoc import add_print_config
+from orchestrator.options import add_options, options_from_args
+from orchestrator.study import SweepOptions
+
 DEMO_STUDY = Path("configs/demo_study.yaml")
-
-
-def _print_errors(what: str, errors: list[str]) -> int:
-    print(f"error: {what}:", file=sys.stderr)
-    for line in errors:
-        print(f"  {line}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+# `run` trains one spec: of the sweep options only these apply to it.
+RUN_OPTIONS = ["max_failures", "storage_path"]
 
 
 def _ray_args(p: argparse.ArgumentParser) -> None:
@@ -26,84 +23,34 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to use (or RAY_ADDRESS); default: start a local Ray and stop it at exit")
     p.add_argument("--resume", action="store_true",
-                   help="continue runs that already have files in the output dir (finished runs are kept)")
+                   help="keep finished runs, continue unfinished ones from their checkpoints, start runs added since")
+    add_print_config(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from jobs.spec import SpecError, load_spec
+    from rundir import print_errors
 
-    from .cluster import resolve_address
-    from .study import ClusterShape, StudyLocked, absolute_paths, check_fits, study_lock
+    from .ray_run import run_config
 
-    embedded = resolve_address(args.address) is None
-    try:
-        spec = absolute_paths(load_spec(args.config, args.overrides))
-    except SpecError as exc:
-        return _print_errors(f"{args.config} is not a valid run spec", exc.errors)
-    errors = check_fits([spec], ClusterShape.this_machine()) if embedded else []
-    errors += _check_fresh([spec], args.resume)
+    if args.print_config:
+        from .plan import print_resolved
+
+        return print_resolved(args.config, args.overrides, "run")
+    options, errors = options_from_args(SweepOptions, args, RUN_OPTIONS)
     if errors:
-        return _print_errors(f"{args.config} cannot run", errors)
-
-    from .cluster import ray_session
-    from .ray_run import run_one
-
-    try:
-        with study_lock(spec.run_dir), ray_session(args.address) as session:
-            errors = [] if embedded else check_fits([spec], session.shape)
-            if errors:
-                return _print_errors(f"{args.config} does not fit the cluster", errors)
-            return run_one(spec, session, max_failures=args.max_failures, storage_path=args.storage_path)
-    except StudyLocked as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-
-
-def _check_fresh(runs, resume: bool) -> list[str]:
-    if resume:
-        return []
-    from .ray_run import started_runs
-
-    started = started_runs(runs)
-    if not started:
-        return []
-    shown = ", ".join(started[:4]) + (f" and {len(started) - 4} more" if len(started) > 4 else "")
-    return [f"output already exists for {shown}; pass --resume to continue, or set another study/run_id"]
+        return print_errors("bad options", errors)
+    return run_config(args.config, args.overrides, "run", address=args.address, resume=args.resume,
+                      options=options)[0]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from jobs.spec import SpecError
+    from .ray_run import run_config
 
-    from .cluster import resolve_address
-    from .study import ClusterShape, load_study
+    if args.print_config:
+        from .plan import print_resolved
 
-    embedded = resolve_address(args.address) is None
-    try:
-        study = load_study(args.config, args.overrides, cluster=ClusterShape.this_machine() if embedded else None)
-    except SpecError as exc:
-        return _print_errors(f"{args.config} is not a valid study", exc.errors)
-    return _sweep(study, args.address, args.resume, embedded, refuse_existing=not args.resume)
-
-
-def _sweep(study, address: str | None, resume: bool, embedded: bool, *, refuse_existing: bool) -> int:
-    """Lock the study dir, then (only then) start or join Ray and run the sweep."""
-    from .cluster import ray_session
-    from .ray_run import sweep
-    from .study import StudyLocked, check_fits, study_lock
-
-    try:
-        with study_lock(study.study_dir):
-            errors = _check_fresh(study.runs, resume=not refuse_existing)
-            if errors:
-                return _print_errors("the study cannot start", errors)
-            with ray_session(address) as session:
-                errors = [] if embedded else check_fits(study.runs, session.shape)
-                if errors:
-                    return _print_errors("the study does not fit the cluster", errors)
-                return sweep(study, session, resume=resume, locked=True)
-    except StudyLocked as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
+        return print_resolved(args.config, args.overrides, "study")
+    return run_config(args.config, args.overrides, "study", address=args.address, resume=args.resume)[0]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -112,27 +59,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if "=" in str(args.config):  # `demo key=value ...` without a config path
         args.overrides.insert(0, str(args.config))
         args.config = DEMO_STUDY
-    return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address)
+    return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address,
+                print_config=args.print_config)
+
+
+def _config_keys(argv: list[str]) -> int:
+    from jobs.configdoc import key_rows, keys_main, run_spec_rows
+
+    from .study import StudyAxes
+
+    return keys_main(argv, "python -m orchestrator config-keys", lambda: key_rows(StudyAxes) + run_spec_rows(),
+                     "study and run-spec")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Slurm is its own CLI (issue 7); imported only when asked for, so Ray users never need submitit.
+    # Slurm is its own CLI; imported only when asked for, so Ray users never need submitit.
     if argv and argv[0] == "slurm":
         from .slurm import main as slurm_main
 
         return slurm_main(argv[1:])
     if argv and argv[0] == "slurm-status":
-        from .slurm import status_main
+        from .slurm_status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "config-keys":
+        return _config_keys(argv[1:])
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="Run ViT parameter-reduction studies.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,slurm,slurm-status}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,slurm,slurm-status,config-keys}")
     p = sub.add_parser("run", help="one run spec as a Ray TorchTrainer")
     _ray_args(p)
-    p.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the latest checkpoint")
-    p.add_argument("--storage-path", default=None, help="where Ray keeps its state (default: <study dir>/.ray)")
+    add_options(p, SweepOptions, RUN_OPTIONS)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("sweep", help="a study (conditions x grid x seeds) as a Ray Tune grid")
     _ray_args(p)
@@ -142,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo study")
     p.add_argument("--data-dir", default="demo_data", help="where the shipped dataset is built")
     p.add_argument("--address", default=None, help="Ray cluster to use instead of a local Ray")
+    add_print_config(p)
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")
     sub.add_parser("slurm-status", help="Slurm state of a study's runs (python -m orchestrator slurm-status -h)")
+    sub.add_parser("config-keys", help="every study and run-spec key with its type, default and doc")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .study import ClusterShape
+from orchestrator.resources import ClusterShape
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`python -m orchestrator demo`: shipped dataset -> demo study on Ray -> analysis report -> its path.
 
-Idempotent: a second call reuses the dataset and every finished run (the sweep resumes the study),
-so an interrupted `make demo` continues where it stopped.
+Idempotent: a second call reuses the dataset and every finished run (the plan resumes the study), so an
+interrupted `make demo` continues where it stopped, and a raised epoch count is honoured.
 """
 from __future__ import annotations
 
@@ -9,35 +9,29 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.report import build_report
+from data.demo import prepare_demo
+from orchestrator.plan import print_resolved
+from orchestrator.ray_run import run_config
+from rundir import print_error
 
-def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None) -> int:
-    from data.demo import prepare_demo
-    from jobs.spec import SpecError
 
-    from .__main__ import _print_errors, _sweep
-    from .cluster import resolve_address
-    from .study import ClusterShape, load_study
-
+def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None,
+         print_config: bool = False) -> int:
+    # --print-config: stdout is the YAML alone (the dataset is still built: the config names its files)
+    say = (lambda *a: print(*a, file=sys.stderr)) if print_config else print
     t0 = time.time()
-    paths = prepare_demo(data_dir)
-    print(f"dataset: {paths.train_beton} and {paths.val_beton} ({time.time() - t0:.0f} s)")
+    paths = prepare_demo(data_dir, log=say)
+    say(f"dataset: {paths.train_beton} and {paths.val_beton} ({time.time() - t0:.0f} s)")
     overrides = [f"data_root={Path(paths.root).resolve()}", *overrides]
-    embedded = resolve_address(address) is None
-    try:
-        study = load_study(config, overrides, cluster=ClusterShape.this_machine() if embedded else None)
-    except SpecError as exc:
-        return _print_errors(f"{config} is not a valid study", exc.errors)
-    # A fresh Tune experiment each time; finished runs are skipped by their files, unfinished ones
-    # continue from their checkpoints (so a changed epoch count is honoured, unlike a Tune restore).
-    code = _sweep(study, address, resume=False, embedded=embedded, refuse_existing=False)
-    if code != 0:
-        print(f"error: the demo study did not finish (exit {code}); rerun `make demo` to continue it", file=sys.stderr)
-        return code
-
-    from analysis.report import build_report
-
-    out = study.study_dir / "report"
-    build_report(study.study_dir, out)
+    if print_config:
+        return print_resolved(config, overrides, "study")
+    code, study_dir = run_config(config, overrides, "study", address=address, resume=True)
+    if code != 0 or study_dir is None:
+        print_error(f"the demo study did not finish (exit {code}); rerun `make demo` to continue it")
+        return code or 1
+    out = study_dir / "report"
+    build_report(study_dir, out)
     report = (out / "report.md").resolve()
     print(f"demo finished in {time.time() - t0:.0f} s")
     print(f"report: {report}")

@@ -1,9 +1,10 @@
-"""`run` and `sweep` on Ray: one TorchTrainer, or a Tune grid with one TorchTrainer per trial.
+"""`run` and `sweep` on Ray: the shared plan submitted as one TorchTrainer, or a Tune grid with one TorchTrainer
+per run to train.
 
-Layout of a study dir (DESIGN.md): `<output_root>/<study>/<run_id>/{spec.yaml, metrics.parquet,
-checkpoints/, events.log, status.json}`, plus `runs.json` (what each run is), `.study.lock` while a
-driver runs, and `.ray/` (Ray's own state: `tune/` experiment, `train/<run_id>/` pointer checkpoints)
-unless `sweep.storage_path` puts Ray's state elsewhere (e.g. a cloud URI).
+Layout of a study dir: `<output_root>/<study>/<run_id>/{spec.yaml, metrics.parquet, checkpoints/, events.log,
+status.json}` (rundir), plus `runs.json`, `.study.lock` while a driver runs, and `.ray/` (Ray's own state:
+`tune/` experiment, `train/<run_id>/` pointer checkpoints) unless `sweep.storage_path` puts Ray's state
+elsewhere (e.g. a cloud URI).
 """
 from __future__ import annotations
 
@@ -13,45 +14,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .study import RunSpec, StudySpec, absolute_paths, study_lock
+from jobs.spec import RunSpec, SpecError
+from orchestrator.cluster import quiet_env, ray_session, resolve_address
+from orchestrator.lock import StudyLocked, study_lock
+from orchestrator.plan import Kind, Plan, load_config, make_plan
+from orchestrator.resources import ClusterShape, check_fits
+from orchestrator.study import StudySpec, SweepOptions
+from rundir import EVENTS_FILE, EXIT_LOCKED, error_line, print_error, print_errors, read_metrics, run_state
 
 RAY_DIR = ".ray"
 TUNE_NAME = "tune"
 TABLE_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "top1": "top1", "ema_top1": "ema_top1", "epoch_s": "epoch_s"}
 
 
-def _last_line(exc: BaseException) -> str:
-    """The exception's own message: Ray wraps it in tracebacks of every process it crossed."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[-1] if lines else repr(exc))[:400]
-
-
 def ray_root(study_dir: Path, storage_path: str | None) -> str:
     return storage_path.rstrip("/") if storage_path else str(Path(study_dir).resolve() / RAY_DIR)
-
-
-def run_state(spec: RunSpec) -> tuple[str, int]:
-    """(state, epochs done) from the run dir: 'new' when nothing was written yet."""
-    from jobs.metrics import read_metrics, read_status
-
-    status = read_status(spec.run_dir) or {}
-    done = 0
-    table = read_metrics(spec.run_dir)
-    if table.num_rows:
-        done = max(table.column("epoch").to_pylist())
-    state = status.get("state", "new" if not done else "running")
-    if state == "finished" and done < spec.train.epochs:
-        state = "running"  # epochs raised since it finished: continue from its last checkpoint
-    return state, done
-
-
-def started_runs(runs: list[RunSpec]) -> list[str]:
-    out = []
-    for spec in runs:
-        state, done = run_state(spec)
-        if state != "new" or (Path(spec.run_dir) / "checkpoints").exists():
-            out.append(f"{spec.run_id} ({state}, {done}/{spec.train.epochs} epochs)")
-    return out
 
 
 def concurrency(runs: list[RunSpec], shape) -> int:
@@ -64,45 +41,85 @@ def concurrency(runs: list[RunSpec], shape) -> int:
     return max(1, min(fits, len(runs)))
 
 
-# ---------------------------------------------------------------------------------------------- run
+def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
+    """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
+    return make_plan(kind, config, runs, study, resume=resume)
 
 
-def run_one(spec: RunSpec, session, *, max_failures: int, storage_path: str | None = None) -> int:
-    """Train one run spec with a TorchTrainer on the connected Ray; 0 when it finished."""
-    from .ray_engine import build_trainer
+def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
+               options: SweepOptions | None = None) -> tuple[int, Path | None]:
+    """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan.
+    Returns (exit code, study dir or None when nothing was planned)."""
+    embedded = resolve_address(address) is None
+    what = "run spec" if kind == "run" else "study"
+    try:
+        kind, runs, study = load_config(config, overrides, kind=kind,
+                                        cluster=ClusterShape.this_machine() if embedded else None)
+    except SpecError as exc:
+        return print_errors(f"{config} is not a valid {what}", exc.errors), None
+    errors = check_fits(runs, ClusterShape.this_machine()) if embedded and kind == "run" else []
+    if errors:
+        return print_errors(f"{config} cannot run", errors), None
+    options = options or (study.sweep if study is not None else SweepOptions())
+    study_dir = Path(runs[0].run_dir).parent
+    try:
+        with study_lock(study_dir):
+            plan = plan_runs(kind, config, runs, study, resume=resume)
+            if plan.errors:
+                return print_errors(f"{config} cannot start", plan.errors), study_dir
+            with ray_session(address) as session:
+                errors = [] if embedded else check_fits(runs, session.shape)
+                if errors:
+                    return print_errors(f"{config} does not fit the cluster", errors), study_dir
+                return submit_plan(plan, session, options), study_dir
+    except StudyLocked as exc:
+        print_error(str(exc))
+        return EXIT_LOCKED, study_dir
 
-    spec = absolute_paths(spec)
-    root = ray_root(Path(spec.run_dir).parent, storage_path)
-    trainer = build_trainer(spec, storage_path=f"{root}/train", max_failures=max_failures)
+
+def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
+    """Train what the plan says (the caller holds the study lock); 0 when every run is finished."""
+    quiet_env()
+    plan.write_index()
+    if plan.resume:
+        print(plan.summary())
+    for line in plan.lines():
+        print(f"  {line}")
+    todo = plan.to_submit
+    if todo:
+        if plan.kind == "run":
+            _fit_one(todo[0], plan.study_dir, options)
+        else:
+            _fit_grid(todo, plan.study_dir, session, options)
+    return _summary(plan)
+
+
+def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
+    from orchestrator.ray_engine import build_trainer
+
+    trainer = build_trainer(spec, storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
+                            max_failures=options.max_failures)
     t0 = time.time()
     try:
         trainer.fit()
     except Exception as exc:  # TrainingFailedError and friends: one line, details in events.log
-        print(f"error: run {spec.run_id} failed: {_last_line(exc)}", file=sys.stderr)
-        print(f"  details: {Path(spec.run_dir) / 'events.log'}", file=sys.stderr)
-        return 1
-    state, done = run_state(spec)
-    print(f"finished {spec.run_dir}: {done}/{spec.train.epochs} epochs ({state}) in {time.time() - t0:.0f} s")
-    return 0 if state == "finished" else 1
-
-
-# ---------------------------------------------------------------------------------------------- sweep
+        print_error(f"run {spec.run_id} failed: {error_line(str(exc))}")
+        print(f"  details: {Path(spec.run_dir) / EVENTS_FILE}", file=sys.stderr)
+        return
+    print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
 
 
 def trial_driver(config: dict, specs: dict[str, RunSpec], storage_path: str, max_failures: int) -> None:
-    """One Tune trial: the run's TorchTrainer, or nothing when the run already finished."""
+    """One Tune trial: the run's TorchTrainer; a retried trial whose run meanwhile finished reports its last row."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from jobs.metrics import read_metrics
-
-    from .ray_engine import build_trainer
+    from orchestrator.ray_engine import build_trainer
 
     spec = specs[config["run_id"]]
-    state, done = run_state(spec)
-    if state == "finished":
+    if run_state(spec.run_dir, spec.train.epochs).finished:
         rows = read_metrics(spec.run_dir).to_pylist()
-        last = max(rows, key=lambda r: r["epoch"]) if rows else {"epoch": done}
+        last = max(rows, key=lambda r: r["epoch"]) if rows else {}
         tune.report({k: v for k, v in last.items() if isinstance(v, (int, float, str)) or v is None})
         return
     trainer = build_trainer(spec, storage_path=storage_path, max_failures=max_failures, callbacks=[TuneReportCallback()])
@@ -114,72 +131,51 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def sweep(study: StudySpec, session, *, resume: bool, locked: bool = False) -> int:
-    """Run every run of the study as a Tune trial; 0 when all finished. `locked`: the caller already
-    holds the study lock (taken before Ray started)."""
-    import contextlib
-
+def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions) -> None:
+    """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
+    all the state that matters, and runs added to the study since are included."""
     from ray import tune
 
-    from .cluster import quiet_env
-
-    quiet_env()
-    runs = [absolute_paths(r) for r in study.runs]
-    study_dir = Path(runs[0].run_dir).parent
-    root = ray_root(study_dir, study.sweep.storage_path)
-    specs = {r.run_id: r for r in runs}
-    k = concurrency(runs, session.shape)
-    if study.sweep.max_concurrent_trials:
-        k = min(k, study.sweep.max_concurrent_trials)
+    root = ray_root(study_dir, options.storage_path)
+    specs = {r.run_id: r for r in todo}
+    k = concurrency(todo, session.shape)
+    if options.max_concurrent_trials:
+        k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, specs=specs, storage_path=f"{root}/train", max_failures=study.sweep.max_failures),
+        tune.with_parameters(trial_driver, specs=specs, storage_path=f"{root}/train", max_failures=options.max_failures),
         session.driver_resources(),
     )
-    with contextlib.nullcontext() if locked else study_lock(study_dir):
-        study.write_index()
-        if resume:
-            # A fresh grid of the study as it is now rather than Tuner.restore: the run folders hold all
-            # the state that matters (finished runs return at once, the others continue from their
-            # checkpoints), and runs added to the study since (more seeds, a new condition) are included.
-            states = [run_state(r)[0] for r in runs]
-            print(f"resuming {study_dir}: {states.count('finished')} finished runs kept, "
-                  f"{sum(s not in ('finished', 'new') for s in states)} continue from their checkpoints, "
-                  f"{states.count('new')} new")
-        reporter = tune.CLIReporter(
-            metric_columns=TABLE_COLUMNS, parameter_columns=[],
-            max_report_frequency=int(study.sweep.progress_every_s), print_intermediate_tables=False)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"run_id": tune.grid_search(list(specs))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(
-                name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
-                failure_config=tune.FailureConfig(max_failures=study.sweep.trial_max_failures),
-            ),
-        )
-        print(f"study {study_dir}: {len(runs)} runs, up to {k} at once")
-        grid = tuner.fit()
-    return _summary(runs, grid)
-
-
-def _summary(runs: list[RunSpec], grid: Any) -> int:
-    failed = {}
+    reporter = tune.CLIReporter(metric_columns=TABLE_COLUMNS, parameter_columns=[],
+                                max_report_frequency=int(options.progress_every_s), print_intermediate_tables=False)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run_id": tune.grid_search(list(specs))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
+    )
+    print(f"study {study_dir}: {len(todo)} runs to train, up to {k} at once")
+    grid = tuner.fit()
     for result in grid:
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
-            failed[run_id] = _last_line(result.error)
-    bad = 0
-    print(f"{'run':<40} {'state':<9} {'epochs':>7}  top1")
-    for spec in runs:
-        state, done = run_state(spec)
-        from jobs.metrics import read_metrics
+            print_error(f"run {run_id}: {error_line(str(result.error))}")
 
-        rows = read_metrics(spec.run_dir).to_pylist()
-        top1 = max(rows, key=lambda r: r["epoch"])["top1"] if rows else None
-        print(f"{spec.run_id:<40} {state:<9} {done:>3}/{spec.train.epochs:<3}  {'' if top1 is None else f'{top1:.2f}'}")
-        if state != "finished":
+
+def _summary(plan: Plan) -> int:
+    """One line per run as its folder now says; 1 unless every run is finished."""
+    bad = 0
+    print(f"{'run':<40} {'state':<10} {'epochs':>7}  top1")
+    for p in plan.runs:
+        spec = p.spec
+        state = run_state(spec.run_dir, spec.train.epochs)
+        rows = read_metrics(spec.run_dir).to_pylist() if state.state.value != "blocked" else []
+        top1: Any = max(rows, key=lambda r: r["epoch"])["top1"] if rows else None
+        print(f"{spec.run_id:<40} {state.state.value:<10} {state.epochs_done:>3}/{spec.train.epochs:<3}  "
+              f"{'' if top1 is None else f'{top1:.2f}'}")
+        if not state.finished:
             bad += 1
-            if spec.run_id in failed:
-                print(f"  error: {failed[spec.run_id]}", file=sys.stderr)
+            if state.reason:
+                print(f"  {spec.run_id}: {state.describe()}", file=sys.stderr)
     return 1 if bad else 0

@@ -14,11 +14,10 @@ import submitit
 import torch
 from submitit.core.utils import UncompletedJobError
 
-from analysis.schema import CHECKPOINT_DIR, STATUS_FILE
 from jobs import checkpoint as ckpt
 from jobs.local import LocalContext
-from jobs.metrics import EventLog, read_status, write_status
 from jobs.spec import RunSpec
+from rundir import CHECKPOINT_DIR, EventLog, read_status, write_status
 
 
 class SlurmContext(LocalContext):
@@ -110,7 +109,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
         run_dir = spec.run_dir
         # The signal may have interrupted a checkpoint write: that one is a temp folder and is never picked;
         # verifying here (checksums) means the requeued job starts from a checkpoint known to be complete.
-        status = read_status(run_dir) if (run_dir / STATUS_FILE).exists() else None
+        status = read_status(run_dir)
         done = status.get("epoch") if status else None
         if run_dir.is_dir():
             # submitit requeues the job after this returns, unless the job has used up --max-num-timeout.

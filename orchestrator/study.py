@@ -19,35 +19,35 @@ expanded run at once (SpecError, one line each) before anything expensive starts
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import itertools
 import json
-import os
 import re
-import socket
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobs.dependencies import check_study, run_sources
 from jobs.spec import (
+    ResourcesConfig,
     RunSpec,
     SpecError,
     apply_overrides,
+    field_path_error,
     format_validation_error,
     parse_value,
     read_yaml,
+    set_dotted,
     validate_spec,
 )
+from orchestrator.resources import ClusterShape, check_fits
+from rundir import write_index
 
 STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
-LOCK_FILE = ".study.lock"
-RUNS_FILE = "runs.json"  # written into the study dir: run_id -> condition/ablation/seed (for humans and tools)
 
 
 class Condition(BaseModel):
@@ -115,13 +115,8 @@ class StudySpec(BaseModel):
 
     def write_index(self) -> Path:
         """runs.json in the study dir: what each run folder is (condition, ablation, seed)."""
-        self.study_dir.mkdir(parents=True, exist_ok=True)
-        index = {r.run_id: {"condition": r.condition, "ablation": r.ablation, "seed": r.seed} for r in self.runs}
-        path = self.study_dir / RUNS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return write_index(self.study_dir, {r.run_id: {"condition": r.condition, "ablation": r.ablation,
+                                                         "seed": r.seed} for r in self.runs})
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -146,7 +141,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         if not sep or not key:
             errors.append(f"override {item!r}: expected key=value (e.g. seeds=[0,1] or train.epochs=3)")
         elif key.split(".")[0] in STUDY_KEYS:
-            _set_study_key(study_raw, key, parse_value(value))
+            try:
+                _set_study_key(study_raw, key, parse_value(value))
+            except ValueError as exc:
+                errors.append(f"override {item!r}: {exc}")
         else:
             run_overrides.append(item)
 
@@ -169,6 +167,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         axes = _without_bad_axes(axes)
     runs, run_errors, invalid = _expand(axes, base)
     errors.extend(run_errors)
+    errors.extend(check_study(runs, run_sources))  # run:<condition> names, cycles, grids
     judged = runs + invalid
     if cluster is not None and judged:
         errors.extend(check_fits(judged, cluster))
@@ -180,40 +179,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
 # ---------------------------------------------------------------------------------------------- axes
 
 
-def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
-    """Every dotted field path of a pydantic model (nested models included)."""
-    out: set[str] = set()
-    for name, info in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        out.add(dotted)
-        ann = info.annotation
-        for candidate in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                out |= _field_paths(candidate, dotted + ".")
-    return out
-
-
-def _dict_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
-    """Dotted paths of free-form dict fields (e.g. model kwargs), under which any key is allowed."""
-    out: set[str] = set()
-    for name, info in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        ann = info.annotation
-        origin = getattr(ann, "__origin__", None)
-        if origin is dict or ann is dict:
-            out.add(dotted)
-        for candidate in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                out |= _dict_fields(candidate, dotted + ".")
-    return out
-
-
 AXIS_ALIASES = {"model": "model.name"}  # the issue's spelling of the most common axis
 RESERVED_AXES = ("seed", "run_id", "study", "condition", "ablation", "strategies", "output_root")
 
 
 def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
-    fields = _field_paths(RunSpec)
     axis = AXIS_ALIASES.get(axis, axis)
     if axis in RESERVED_AXES:
         return [f"{where}: axis {axis!r} is set by the study itself; use `seeds`/`conditions` instead"]
@@ -226,11 +196,8 @@ def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
             tip = f"; did you mean strategy.{hint[0]}.{parts[2]}?" if hint else ""
             return [f"{where}: axis {axis!r}: no condition uses strategy {parts[1]!r}{tip}"]
         return []
-    if axis in fields or any(axis.startswith(d + ".") for d in _dict_fields(RunSpec)):
-        return []
-    hint = difflib.get_close_matches(axis, sorted(fields), n=1)
-    tip = f"; did you mean {hint[0]!r}?" if hint else ""
-    return [f"{where}: unknown axis {axis!r} (not a run-spec field){tip}"]
+    problem = field_path_error(axis, what="axis")
+    return [f"{where}: {problem}"] if problem else []
 
 
 def _check_axes(axes: StudyAxes) -> list[str]:
@@ -320,16 +287,19 @@ def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str], list
                 label = "-".join([cond_name, *(f"{short[n]}={_format_value(v)}" for n, v in ablation.items()), f"s{seed}"])
                 data = copy.deepcopy(base)
                 data["strategies"] = copy.deepcopy(cond.strategies)
-                for key, value in cond.overrides.items():
-                    _apply_axis(data, key, value)
-                for key, value in ablation.items():
-                    _apply_axis(data, key, value)
+                errs = []
+                for key, value in [*cond.overrides.items(), *ablation.items()]:
+                    try:
+                        _apply_axis(data, key, value)
+                    except ValueError as exc:
+                        errs.append(str(exc))
                 data.update(seed=seed, run_id=label, condition=cond_name, ablation=_jsonable(ablation))
                 if label in seen:
                     errors.setdefault(label, []).append(f"run {label}: same run id as another run; rename a condition")
                     continue
                 seen[label] = cond_name
-                spec, errs = _validate_run(data)
+                spec, more = _validate_run(data) if not errs else (None, [])
+                errs += more
                 if errs:
                     errors[label] = errs
                     invalid.append(_resources_only(label, data))
@@ -340,10 +310,6 @@ def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str], list
 
 def _resources_only(label: str, data: dict):
     """run_id + resources of an invalid run, when its resources section is valid by itself."""
-    from types import SimpleNamespace
-
-    from jobs.spec import ResourcesConfig
-
     try:
         return SimpleNamespace(run_id=label, resources=ResourcesConfig.model_validate(data.get("resources", {})))
     except ValidationError:
@@ -361,7 +327,7 @@ def _apply_axis(data: dict, key: str, value: Any) -> None:
             if s.get("name") == name:
                 s.setdefault("params", {})[param] = value
         return
-    _set_dotted(data, AXIS_ALIASES.get(key, key), value)
+    set_dotted(data, AXIS_ALIASES.get(key, key), value)
 
 
 def _validate_run(data: dict) -> tuple[RunSpec | None, list[str]]:
@@ -394,7 +360,7 @@ def _merge_run_errors(errors: dict[str, list[str]], total: int) -> list[str]:
 
 
 def _set_study_key(study: dict, key: str, value: Any) -> None:
-    """Like _set_dotted, but grid axes and condition overrides are dotted names themselves:
+    """Like set_dotted, but grid axes and condition overrides are dotted names themselves:
     `grid.train.lr=[..]` sets axis 'train.lr', `conditions.x.overrides.train.lr=..` sets key 'train.lr'."""
     parts = key.split(".")
     if parts[0] == "grid" and len(parts) > 1:
@@ -403,19 +369,7 @@ def _set_study_key(study: dict, key: str, value: Any) -> None:
         cond = study.setdefault("conditions", {}).setdefault(parts[1], {})
         cond.setdefault(parts[2], {})[".".join(parts[3:])] = value
     else:
-        _set_dotted(study, key, value)
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[part] = nxt
-        node = nxt
-    node[parts[-1]] = value
+        set_dotted(study, key, value)
 
 
 def _deep_merge(dst: dict, src: dict) -> dict:
@@ -425,186 +379,3 @@ def _deep_merge(dst: dict, src: dict) -> dict:
         else:
             dst[key] = copy.deepcopy(value)
     return dst
-
-
-# ---------------------------------------------------------------------------------------------- cluster fit
-
-
-class ClusterShape(BaseModel):
-    """What the cluster can ever give: totals and the biggest single node."""
-
-    model_config = ConfigDict(frozen=True)
-    cpus: float = Field(description="Total CPUs of the cluster (or this machine for the embedded Ray).")
-    gpus: float = Field(0.0, description="Total GPUs.")
-    node_cpus: float = Field(description="CPUs of the largest node.")
-    node_gpus: float = Field(0.0, description="GPUs of the largest node.")
-    autoscaling: bool = Field(False, description="True when more nodes may appear (only totals are unknowable then).")
-
-    @classmethod
-    def this_machine(cls) -> ClusterShape:
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-        gpus = 0.0
-        with contextlib.suppress(Exception):
-            import torch
-
-            gpus = float(torch.cuda.device_count())
-        return cls(cpus=cpus, gpus=gpus, node_cpus=cpus, node_gpus=gpus)
-
-
-def check_fits(runs: list[RunSpec], cluster: ClusterShape) -> list[str]:
-    """One line per distinct resource request the cluster can never satisfy."""
-    errors: list[str] = []
-    seen: set[tuple] = set()
-    for run in runs:
-        r = run.resources
-        gpus_per_worker = (r.gpus_per_worker if r.use_gpu else 0.0) or 0.0
-        key = (r.num_workers, r.cpus_per_worker, gpus_per_worker)
-        if key in seen:
-            continue
-        seen.add(key)
-        where = f"run {run.run_id}: resources"
-        if r.cpus_per_worker > cluster.node_cpus:
-            errors.append(f"{where}.cpus_per_worker={r.cpus_per_worker:g} but the largest node has {cluster.node_cpus:g} CPUs; lower it")
-        if gpus_per_worker > cluster.node_gpus:
-            errors.append(f"{where}.gpus_per_worker={gpus_per_worker:g} but the largest node has {cluster.node_gpus:g} GPUs; "
-                          + ("set resources.use_gpu=false" if cluster.gpus == 0 else "lower it"))
-        if not cluster.autoscaling:
-            if r.num_workers * r.cpus_per_worker > cluster.cpus:
-                errors.append(f"{where}: {r.num_workers} workers x {r.cpus_per_worker:g} CPUs = {r.num_workers * r.cpus_per_worker:g} "
-                              f"> {cluster.cpus:g} CPUs in the cluster; lower resources.num_workers or resources.cpus_per_worker")
-            if gpus_per_worker and r.num_workers * gpus_per_worker > cluster.gpus:
-                errors.append(f"{where}: {r.num_workers} workers x {gpus_per_worker:g} GPUs > {cluster.gpus:g} GPUs in the cluster; "
-                              "lower resources.num_workers")
-    return errors
-
-
-# ---------------------------------------------------------------------------------------------- lock
-
-
-class StudyLocked(RuntimeError):
-    """Another live process holds the study directory."""
-
-
-def _proc_start(pid: int) -> str | None:
-    """Kernel start time of a process (guards against a recycled pid), None if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return "?"
-        return "?"
-
-
-def _owner() -> dict:
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "start": _proc_start(pid), "since": time.time(),
-            "cmd": " ".join(os.sys.argv)[:300]}
-
-
-def _is_stale(owner: dict) -> bool:
-    if owner.get("host") != socket.gethostname():
-        return False  # cannot see other hosts' processes: only the user can declare it stale
-    start = _proc_start(int(owner.get("pid", -1)))
-    return start is None or (owner.get("start") not in (None, "?") and start not in ("?", owner.get("start")))
-
-
-def _create_with(path: Path, owner: dict) -> bool:
-    """Create `path` holding `owner`, atomically (a hard link of a complete temp file, never an empty
-    lock that others must wait on); False when it exists. Link is atomic on NFS too."""
-    tmp = path.with_name(f"{path.name}.new-{owner['pid']}-{os.urandom(4).hex()}")
-    with open(tmp, "w") as f:
-        json.dump(owner, f)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _claim_stale(path: Path, stale: dict) -> bool:
-    """Remove the stale lock `stale`, unless a racing driver replaced it first: a rename moves exactly
-    one file away, so of several drivers that judged it stale only one removes it, and a live lock
-    moved by mistake is put back."""
-    claimed = path.with_name(f"{path.name}.stale-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        os.rename(path, claimed)
-    except FileNotFoundError:
-        return False  # another driver claimed it
-    try:
-        took = json.loads(claimed.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        took = {}
-    if took != stale:
-        with contextlib.suppress(FileExistsError):
-            os.link(claimed, path)
-        claimed.unlink(missing_ok=True)
-        return False
-    claimed.unlink(missing_ok=True)
-    return True
-
-
-@contextlib.contextmanager
-def study_lock(study_dir: str | Path) -> Iterator[Path]:
-    """Hold `<study_dir>/.study.lock` (owner pid/host) for the duration; a second holder is refused.
-
-    A lock left by a dead process on this host is taken over with a warning. One held from another
-    host is refused with a message naming the file, since its owner's liveness cannot be checked."""
-    import warnings
-
-    study_dir = Path(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    path = study_dir / LOCK_FILE
-    me = _owner()
-    for _ in range(5):
-        if _create_with(path, me):
-            break
-        try:
-            owner = json.loads(path.read_text() or "{}")
-        except FileNotFoundError:
-            continue  # released (or taken over) meanwhile: try again
-        except (OSError, json.JSONDecodeError):
-            owner = {}
-        if owner and not _is_stale(owner):
-            raise StudyLocked(
-                f"study {study_dir} is in use by pid {owner.get('pid')} on {owner.get('host')} "
-                f"(since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('since', 0)))}); "
-                f"wait for it, or delete {path} if that process is gone") from None
-        with contextlib.suppress(FileNotFoundError):
-            if not owner and time.time() - path.stat().st_mtime < 5:
-                time.sleep(0.2)  # an old-style writer between create and write
-                continue
-        if _claim_stale(path, owner):
-            warnings.warn(f"taking over stale lock {path} of dead pid {owner.get('pid')} on {owner.get('host')}", stacklevel=3)
-    else:
-        raise StudyLocked(f"could not take the lock {path}; delete it if no other process uses the study")
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            if json.loads(path.read_text()).get("pid") == me["pid"]:
-                path.unlink()
-
-
-# ---------------------------------------------------------------------------------------------- paths
-
-
-def absolute_paths(spec: RunSpec) -> RunSpec:
-    """The spec with output_root and data paths made absolute against this process's cwd, so the
-    workers (whose cwd Ray or Slurm chooses) read and write the same files. Cloud URIs are kept."""
-    def fix(p: Any) -> Any:
-        text = str(p)
-        return p if "://" in text or os.path.isabs(text) else type(p)(os.path.abspath(text))
-
-    data = spec.data.model_copy(update={"train_path": fix(spec.data.train_path), "val_path": fix(spec.data.val_path)})
-    # data_root is already folded into the data paths by the spec's validator; drop it so a reload
-    # of the dumped spec does not prefix it twice.
-    return spec.model_copy(update={"output_root": fix(spec.output_root), "data": data, "data_root": None})

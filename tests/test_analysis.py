@@ -20,11 +20,11 @@ from scipy import stats as sps
 
 from analysis import figures
 from analysis.__main__ import main
-from analysis.load import load_study
+from analysis.load import read_study
 from analysis.report import build_report
-from analysis.schema import METRICS_SCHEMA
 from analysis.stats import embed_dim, summarize
 from analysis.status import format_status, status_rows
+from rundir import METRICS_SCHEMA
 
 MODEL = "vit_base_patch16_224"
 GROUPED = [{"name": "grouped", "params": {"group_size": 2, "scale": 0.7071}}]
@@ -147,7 +147,7 @@ def test_runs_parquet_marks_incomplete_and_corrupt(paper_report):
     runs = pd.read_parquet(paper_report.files["runs"])
     assert len(runs) == 8
     r = runs.set_index("run_id")
-    assert not r.loc["shallow-s2", "complete"] and r.loc["shallow-s2", "state"] == "running"
+    assert not r.loc["shallow-s2", "complete"] and r.loc["shallow-s2", "state"] == "unfinished"
     assert r.loc["shallow-s2", "epochs_done"] == 3
     assert not r.loc["grouped-s2", "usable"]
     assert "not readable parquet" in r.loc["grouped-s2", "problem"]
@@ -179,7 +179,7 @@ def test_table_cells(paper_report):
 def test_report_lists_problems_and_paper_comparison(paper_report):
     text = paper_report.report_md.read_text()
     assert "`grouped-s2`: metrics.parquet is not readable parquet" in text
-    assert "`shallow-s2`: 3/6 epochs, state running" in text
+    assert "`shallow-s2`: 3/6 epochs, state unfinished" in text
     assert "## This study vs the paper" in text
     assert "| Baseline | 86.6M / 86.6M | 81.05±0.11 | 40.50±0.71 |" in text
     assert "GroupedMLP** vs Baseline: top-1 higher by 2.75 points" in text
@@ -302,7 +302,7 @@ def test_resumed_duplicate_epochs_use_later_rows(tmp_path):
     redo = dict(t[2], top1=31.0, resumed_from=2)
     rows = t[:3] + [redo] + [dict(t[3], resumed_from=2)]
     pq.write_table(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), run / "metrics.parquet")
-    study_obj = load_study(study)
+    study_obj = read_study(study)
     runs, _ = summarize(study_obj)
     assert study_obj.metrics.loc[study_obj.metrics["epoch"] == 3, "top1"].tolist() == [31.0]
     assert bool(runs.loc[0, "resumed"])
@@ -318,7 +318,7 @@ def test_malformed_runs_each_get_a_reason(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=METRICS_SCHEMA), mixed / "metrics.parquet")
     bad_status = write_run(study, "bad-status", "baseline", 0, [1.0, 2.0], epochs_total=2)
     (bad_status / "status.json").write_text("{not json")
-    st = load_study(study)
+    st = read_study(study)
     reasons = {p.run: (p.reason, p.excluded) for p in st.problems}
     assert reasons["dict-spec"] == ('metrics.parquet column strategy_params must hold a JSON list of '
                                     '{"name", "params"}, found {"name": "x"}', True)
@@ -336,7 +336,7 @@ def test_embed_dim_from_mlp_counts():
 
 def test_status_view_and_cli(paper_study, tmp_path, capsys):
     rows = {r["run"]: r for r in status_rows(paper_study, now=1.7e9 + 36.0 * 6 + 60)}
-    assert rows["shallow-s2"]["state"] == "running" and rows["shallow-s2"]["epochs"] == "3/6"
+    assert rows["shallow-s2"]["state"] == "unfinished" and rows["shallow-s2"]["epochs"] == "3/6"
     assert rows["shallow-s2"]["last top-1"] == "28.00"
     assert rows["baseline-s0"]["state"] == "finished" and rows["baseline-s0"]["updated"] == "60s ago"
     assert "not readable parquet" in rows["grouped-s2"]["note"]

@@ -1,4 +1,4 @@
-"""jobs.checkpoint and jobs.metrics without training: atomic folders, checksums, pruning, fallback,
+"""jobs.checkpoint and the rundir files without training: atomic folders, checksums, pruning, fallback,
 shared-tensor storage, metrics rows without duplicates."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from analysis.schema import METRICS_COLUMNS
+import rundir as metrics
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.models import build_model
+from rundir import METRICS_COLUMNS
 
 TINY = dict(num_classes=10, img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)
 

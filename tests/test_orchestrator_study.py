@@ -11,14 +11,10 @@ import pytest
 import yaml
 
 from jobs.spec import SpecError
-from orchestrator.study import (
-    LOCK_FILE,
-    ClusterShape,
-    StudyLocked,
-    check_fits,
-    load_study,
-    study_lock,
-)
+from orchestrator.lock import StudyLocked, study_lock
+from orchestrator.resources import ClusterShape, check_fits
+from orchestrator.study import load_study
+from rundir import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "vit_tiny_patch16_224", "num_classes": 10, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3}
@@ -65,7 +61,7 @@ def test_expansion_ids_conditions_and_ablation(tmp_path, demo_data):
     r = by_id["shallow-keep_ratio=0.25-lr=0.001-s1"]
     assert r.seed == 1 and r.condition == "shallow" and r.train.lr == 0.001
     assert r.ablation == {"strategy.shallow.keep_ratio": 0.25, "train.lr": 0.001}
-    assert r.strategies[0].params["keep_ratio"] == 0.25
+    assert r.strategies[0].params.keep_ratio == 0.25
     # the strategy axis does not multiply conditions that do not use the strategy
     assert by_id["grouped-lr=0.001-s0"].ablation == {"train.lr": 0.001}
     assert study.study_dir == tmp_path / "runs" / "s"
@@ -169,7 +165,7 @@ def test_study_lock_refuses_second_holder_and_takes_over_stale(tmp_path):
             with study_lock(tmp_path / "st"):
                 pass
         # another process is refused too
-        code = ("import sys; from orchestrator.study import study_lock, StudyLocked\n"
+        code = ("import sys; from orchestrator.lock import study_lock, StudyLocked\n"
                 "try:\n  study_lock(sys.argv[1]).__enter__()\nexcept StudyLocked as e:\n  print(e); sys.exit(3)\n")
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], cwd=REPO, capture_output=True,
                               text=True, timeout=60)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from analysis.schema import CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE
+from rundir import CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)

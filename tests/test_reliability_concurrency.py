@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.study import LOCK_FILE, StudyLocked, study_lock
+from orchestrator.lock import StudyLocked, study_lock
+from rundir import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 
 HOLDER = """
 import sys, time
-from orchestrator.study import study_lock
+from orchestrator.lock import study_lock
 with study_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes our stdin

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from jobs.spec import SpecError, load_spec
-from orchestrator.study import ClusterShape, load_study
+from orchestrator.resources import ClusterShape
+from orchestrator.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"

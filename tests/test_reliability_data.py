@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import rundir as metrics
 from data.config import DataConfig
 from data.convert import ConvertOptions, convert, skipped_path
 from data.labels import label_map_path
-from jobs import metrics
 from jobs.spec import SpecError, load_spec
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

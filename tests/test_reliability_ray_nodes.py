@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.schema import EVENTS_FILE, METRICS_FILE, STATUS_FILE
+from rundir import EVENTS_FILE, METRICS_FILE, STATUS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("ray_nodes.py")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from analysis.schema import CHECKPOINT_DIR, EVENTS_FILE
+import rundir as metrics
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.local import LocalContext
 from jobs.spec import load_spec
 from jobs.train import Hooks, train_loop
+from rundir import CHECKPOINT_DIR, EVENTS_FILE
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}

@@ -19,7 +19,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from harness import TIMING_COLUMNS, events, job_state, session_cluster, status, wait_until, write_config  # noqa: E402
 
-from orchestrator import slurm  # noqa: E402
+from orchestrator import slurm, slurm_status  # noqa: E402
+from orchestrator import slurm_options as so  # noqa: E402
+from orchestrator import slurm_queue as sq  # noqa: E402
+from orchestrator.plan import Action, load_config, make_plan  # noqa: E402
+
+
+def load_runs(config, overrides):
+    """(runs with resolved paths, study dir) of a config, as `slurm` plans them."""
+    _, runs, _ = load_config(config, overrides)
+    return runs, runs[0].run_dir.parent
 
 pytestmark = pytest.mark.slurm
 
@@ -71,7 +80,7 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     rc = slurm.main([str(cfg), "--partition", "low", "--time", "10", "--array-parallelism", "2", "--wait"])
     text = capsys.readouterr().out
     assert rc == 1, text
-    record = json.loads((out / "arr" / slurm.JOBS_FILE).read_text())
+    record = json.loads((out / "arr" / sq.JOBS_FILE).read_text())
     ids = {run: e["job_id"] for run, e in record["runs"].items()}
     assert sorted(ids) == ["baseline-s0", "baseline-s1", "grouped-s0", "grouped-s1"]
     assert len({j.split("_")[0] for j in ids.values()}) == 1 and all("_" in j for j in ids.values()), ids  # one array
@@ -88,7 +97,7 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     expected = {**{r: "COMPLETED" for r in others}, "grouped-s1": "FAILED"}
 
     def accounted() -> dict[str, str]:
-        states = slurm.sacct_states(list(ids.values())) or {}
+        states = sq.sacct_states(list(ids.values())) or {}
         return {run: states.get(j, "?") for run, j in ids.items()}
 
     wait_until(f"accounting to show {expected}", lambda: accounted() == expected, 60)
@@ -104,7 +113,7 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     assert _comparable(_rows(out / "arr" / "baseline-s0")) == _comparable(reference)
 
     # slurm-status sees accounting's states.
-    assert slurm.status_main([str(out / "arr")]) == 0
+    assert slurm_status.status_main([str(out / "arr")]) == 0
     table = capsys.readouterr().out
     assert table.count("COMPLETED") == 3 and "FAILED" in table, table
 
@@ -115,7 +124,7 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     assert rc == 0, text
     assert "submitting 1 run(s)" in text and "grouped-s1: job" in text and "x 2 task(s)" in text, text
     assert any("on 2 worker(s)" in ln for ln in events(broken, "start"))
-    record2 = json.loads((out / "arr" / slurm.JOBS_FILE).read_text())
+    record2 = json.loads((out / "arr" / sq.JOBS_FILE).read_text())
     assert record2["runs"]["grouped-s1"]["history"][0] == ids["grouped-s1"]
     assert len(record2["runs"]["grouped-s1"]["history"]) == 2
     assert all(record2["runs"][r]["history"] == [ids[r]] for r in ids if r != "grouped-s1")
@@ -144,7 +153,7 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     run_dir = out / "pre" / "r0"
     assert slurm.main([str(cfg), "--partition", "low", "--time", "15"]) == 0
     capsys.readouterr()
-    job = json.loads((out / "pre" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+    job = json.loads((out / "pre" / sq.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
 
     def reached(epoch: int):
         return lambda: status(run_dir).get("epoch", 0) >= epoch and status(run_dir).get("state") == "running"
@@ -192,7 +201,7 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     assert rows[-1]["resumed_from"] == starts[-1]
 
     # Exact resume: the same metrics as an uninterrupted run through the local engine.
-    spec, = slurm.load_runs(cfg, [])[0]
+    spec, = load_runs(cfg, [])[0]
     assert _comparable(_rows(run_dir), drop=("resumed_from",)) == _comparable(
         _local_reference(spec, tmp_path / "local"), drop=("resumed_from",))
 
@@ -203,7 +212,7 @@ def test_unknown_partition_is_one_line(slurm_cluster, demo_data, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "sbatch refused the job" in err[0] and "partition" in err[0].lower(), err
-    assert not (tmp_path / "runs" / "bad" / slurm.JOBS_FILE).exists()
+    assert not (tmp_path / "runs" / "bad" / sq.JOBS_FILE).exists()
 
 
 def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
@@ -211,21 +220,21 @@ def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
     `running`: once the job is out of the queue, slurm-status says so and --resume picks the run again."""
     import pickle
 
-    from jobs.metrics import write_status
+    from rundir import write_status
 
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "hk", run_id="r0")
-    (spec,), study = slurm.load_runs(cfg, [])
+    (spec,), study = load_runs(cfg, [])
     (study / "r0").mkdir(parents=True)
     write_status(study / "r0", "running", 5, 10)
-    slurm.write_jobs(study, {"executor": "local", "folder": str(study / slurm.SUBMITIT_DIR),
+    sq.write_jobs(study, {"executor": "local", "folder": str(study / sq.SUBMITIT_DIR),
                              "runs": {"r0": {"job_id": "999999999", "history": ["999999999"]}}})
-    (study / slurm.SUBMITIT_DIR).mkdir()
-    (study / slurm.SUBMITIT_DIR / "999999999_0_result.pkl").write_bytes(
+    (study / sq.SUBMITIT_DIR).mkdir()
+    (study / sq.SUBMITIT_DIR / "999999999_0_result.pkl").write_bytes(
         pickle.dumps(("error", "killed")))
-    record = slurm.read_jobs(study)
-    assert slurm.select_unfinished([spec], record, {"999999999": "RUNNING"}, print) == []
-    assert slurm.select_unfinished([spec], record, {}, print) == [spec]
-    assert slurm.status_main([str(study)]) == 0
+    queued = make_plan("run", cfg, [spec], resume=True, live={"r0": "job 999999999 (RUNNING)"})
+    assert queued.to_submit == [] and queued.runs[0].action is Action.QUEUED
+    assert make_plan("run", cfg, [spec], resume=True).to_submit == [spec]
+    assert slurm_status.status_main([str(study)]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
     assert "FAILED" in line and "5/10" in line and "job ended (FAILED) before the run finished: --resume" in line, line
 
@@ -233,20 +242,19 @@ def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
 def test_signal_during_start_up_is_a_warning(demo_data, tmp_path):
     """slurmctld sends --signal up to 30 s early: a limit that lets USR2 reach a job still starting up is flagged."""
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "su", run_id="r0")
-    runs, _ = slurm.load_runs(cfg, [])
-    early, = slurm.time_warnings(runs, slurm.SlurmOptions(time_min=1, signal_delay_s=45), None)
+    runs, _ = load_runs(cfg, [])
+    early, = so.time_warnings(runs, so.SlurmOptions(time_min=1, signal_delay_s=45), None)
     assert "USR2 may come 0 s after a job starts" in early, early
-    assert "may come 15 s after" in slurm.time_warnings(runs, slurm.SlurmOptions(time_min=2, signal_delay_s=75), None)[0]
+    assert "may come 15 s after" in so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=75), None)[0]
     # What the time-out test uses (USR2 45-75 s after the start) and the defaults are fine.
-    assert slurm.time_warnings(runs, slurm.SlurmOptions(time_min=2, signal_delay_s=45), None) == []
-    assert slurm.time_warnings(runs, slurm.SlurmOptions(time_min=48 * 60), None) == []
+    assert so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=45), None) == []
+    assert so.time_warnings(runs, so.SlurmOptions(time_min=48 * 60), None) == []
 
 
 def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path, capsys):
     """A time limit shorter than one checkpoint interval (epochs measured earlier in the study) is a warning,
     printed before sbatch is asked (which here refuses the partition, so nothing runs)."""
-    from analysis.schema import METRICS_COLUMNS
-    from jobs.metrics import append_row
+    from rundir import METRICS_COLUMNS, append_row
 
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "tl", run_id="r0")
     (tmp_path / "runs" / "tl" / "earlier").mkdir(parents=True)
@@ -291,7 +299,7 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
                            overrides={"train": {"batch_size": 16}})
         assert slurm.main([str(cfg), *limit, "--max-num-timeout", str(max_timeouts)]) == 0
         capsys.readouterr()
-        job = json.loads((out / f"tl{name}" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+        job = json.loads((out / f"tl{name}" / sq.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
         runs[name] = (cfg, out / f"tl{name}" / "r0", job)
     (cfg_a, dir_a, job_a), (cfg_b, dir_b, job_b) = runs["a"], runs["b"]
 
@@ -317,12 +325,15 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
     wait_until("b's job to end", lambda: job_state(job_b) in ("GONE", "FAILED"), 60)
     stopped_b = status(dir_b)
     assert "--resume" in stopped_b["error"] and 2 <= stopped_b["epoch"] < epochs, stopped_b
-    assert slurm.status_main([str(out / "tlb")]) == 0
+    # Out of the queue, the job is never shown live, whatever accounting says yet; FAILED once it is known.
+    wait_until("slurm-status to show b's job FAILED",
+               lambda: slurm_status.study_status(out / "tlb")[0]["slurm_state"] == "FAILED", 120)
+    assert slurm_status.status_main([str(out / "tlb")]) == 0
     table = capsys.readouterr().out
     assert "FAILED" in table and "not requeued at the time limit" in table, table
     assert slurm.main([str(cfg_b), "--partition", "low", "--time", "10", "--resume"]) == 0
     assert "submitting 1 run(s)" in capsys.readouterr().out
-    job_b2 = json.loads((out / "tlb" / slurm.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
+    job_b2 = json.loads((out / "tlb" / sq.JOBS_FILE).read_text())["runs"]["r0"]["job_id"]
     assert job_b2 != job_b
 
     for run_dir, job in ((dir_a, job_a), (dir_b, job_b2)):
@@ -337,7 +348,7 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
         assert len(events(run_dir, "start")) == 1  # the first job only: nobody started the run over
         assert [r["resumed_from"] for r in _rows(run_dir)] == [None] * start + [start] * (epochs - start)
     # Exact resume: the same metrics as an uninterrupted run through the local engine.
-    spec, = slurm.load_runs(cfg_a, [])[0]
+    spec, = load_runs(cfg_a, [])[0]
     assert _comparable(_rows(dir_a), drop=("resumed_from",)) == _comparable(
         _local_reference(spec, tmp_path / "local"), drop=("resumed_from",))
 
@@ -346,12 +357,12 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
     attempts = events(dir_a, "slurm")
     assert [a.split(" restart ")[1].split()[0] for a in attempts] == ["0", "1"] and all(
         f"job {job_a} " in a for a in attempts), attempts
-    log_a = (out / "tla" / slurm.SUBMITIT_DIR / f"{job_a}_0_log.out").read_text()
+    log_a = (out / "tla" / sq.SUBMITIT_DIR / f"{job_a}_0_log.out").read_text()
     assert "this job is timed-out" in log_a and f"Requeued job {job_a} (0 remaining timeouts)" in log_a
     wait_until("a's two attempts in accounting", lambda: _sacct_attempts(job_a) == ["REQUEUED", "COMPLETED"], 60)
 
     # b: given up by submitit (its job FAILED in Slurm's record), then a second job finished the run.
-    log_b = (out / "tlb" / slurm.SUBMITIT_DIR / f"{job_b}_0_log.out").read_text()
+    log_b = (out / "tlb" / sq.SUBMITIT_DIR / f"{job_b}_0_log.out").read_text()
     assert "this job is timed-out" in log_b and "timed-out too many times" in log_b
     wait_until("b's jobs in accounting", lambda: (_sacct_attempts(job_b), _sacct_attempts(job_b2)) == (
         ["FAILED"], ["COMPLETED"]), 60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jobs.spec import RunSpec, SpecError, load_spec
 
@@ -27,7 +28,10 @@ def test_demo_config_and_typed_overrides(demo_data, tmp_path):
     ])
     assert isinstance(spec, RunSpec)
     assert spec.train.epochs == 3 and spec.train.lr == 1e-3 and spec.train.amp is False
-    assert spec.strategies[0].name == "grouped" and spec.strategies[0].params == {"group_size": 2}
+    assert spec.strategies[0].name == "grouped" and spec.strategies[0].params.group_size == 2
+    # typed at validation (the strategy's own parameter class), written back as the mapping given
+    assert type(spec.strategies[0].params).__name__ == "GroupedParams"
+    assert yaml.safe_load(spec.to_yaml())["strategies"] == [{"name": "grouped", "params": {"group_size": 2}}]
     assert spec.data.train_path == demo_data.train_beton
     assert spec.run_dir == tmp_path / "demo" / "baseline-s0"
     assert spec.create_kwargs()["img_size"] == 32
@@ -95,16 +99,23 @@ def test_paper_configs_are_the_seed_runs(path, demo_data):
     assert (spec.data.reprob, spec.data.auto_augment, spec.data.aug_repeats) == (0.25, "rand-m9-mstd0.5-inc1", 3)
     assert spec.resources.num_workers == 2
     assert t.scaled_lr(world_size=2) == pytest.approx(1e-3)  # the seed's global batch: lr unchanged
+    # timm-exact switches, stated in the file: lr as given, cosine per epoch, float16 + GradScaler
+    raw = yaml.safe_load(path.read_text())["train"]
+    assert (raw["lr_scale"], raw["lr_base_batch"], raw["sched_on_updates"], raw["amp_dtype"]) == ("none", 1024, False, "float16")
+    assert t.scaled_lr(world_size=8) == 1e-3  # as timm: a given --lr is used whatever the global batch
     expected = {"baseline": [], "grouped": ["grouped"], "shallow": ["shallow"], "thin": ["thin"]}[path.stem]
     assert [s.name for s in spec.strategies] == expected
 
 
 def test_lr_scaling_rule(demo_data):
-    spec = load_spec(PAPER[0], [f"data_root={demo_data.root}", "model.num_classes=10"])
+    spec = load_spec(PAPER[0], [f"data_root={demo_data.root}", "model.num_classes=10", "train.lr_scale=linear"])
     assert spec.train.scaled_lr(1) == pytest.approx(5e-4)  # half the seed's global batch
+    assert spec.train.lr_rule(1) == ("lr 0.0005 = train.lr 0.001 x 512 / 1024 (lr_scale linear, lr_base_batch 1024; "
+                                     "global batch 512 = 256 x 2 accum x 1 workers); schedule cosine stepped per epoch")
     sqrt = spec.train.model_copy(update={"lr_scale": "sqrt"})
     assert sqrt.scaled_lr(1) == pytest.approx(1e-3 * 0.5**0.5)
     assert spec.train.model_copy(update={"lr_scale": "none"}).scaled_lr(8) == 1e-3
+    assert spec.train.model_copy(update={"lr_scale": "none"}).lr_rule(8).startswith("lr 0.001 = train.lr 0.001 as given")
 
 
 def test_cli_rejects_a_bad_spec_before_training(capsys, demo_data):

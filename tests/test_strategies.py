@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -14,7 +15,8 @@ import torch
 from jobs.accounting import model_stats
 from jobs.models import build_model, check
 from jobs.strategies import STRATEGIES, StrategyError, get_strategy, parse_expression, parse_params
-from jobs.strategies.shallow import select_diversity, select_magnitude
+from jobs.strategies.grouped import GroupedParams
+from jobs.strategies.shallow import ShallowParams, select_diversity, select_magnitude
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
 
@@ -92,14 +94,14 @@ def test_grouped_scaling_matches_hand_computation():
             blk.mlp.fc1.bias.normal_()
             blk.mlp.fc2.bias.normal_()
     ref = copy.deepcopy(full)
-    out = get_strategy("grouped").apply(full, group_size=2, scale=0.707)
+    out = get_strategy("grouped").apply(full, GroupedParams(group_size=2, scale=0.707))
     for start in (0, 2):
         src, mlp = ref.blocks[start].mlp, out.blocks[start].mlp
         torch.testing.assert_close(mlp.fc1.weight, src.fc1.weight * 0.707)
         torch.testing.assert_close(mlp.fc1.bias, src.fc1.bias * 0.707)
         torch.testing.assert_close(mlp.fc2.weight, src.fc2.weight * 0.707)
         torch.testing.assert_close(mlp.fc2.bias, src.fc2.bias)  # b_fc2 is not scaled (the seed's rule)
-    default = get_strategy("grouped").apply(copy.deepcopy(ref), group_size=4)
+    default = get_strategy("grouped").apply(copy.deepcopy(ref), GroupedParams(group_size=4))
     torch.testing.assert_close(default.blocks[3].mlp.fc1.weight, ref.blocks[0].mlp.fc1.weight / math.sqrt(4))
 
 
@@ -118,7 +120,7 @@ def test_grouped_shared_weights_stored_once_in_checkpoint():
 
 def test_shallow_first_slices_exactly():
     ref = small()
-    out = get_strategy("shallow").apply(copy.deepcopy(ref), keep_ratio=0.25)
+    out = get_strategy("shallow").apply(copy.deepcopy(ref), ShallowParams(keep_ratio=0.25))
     k = int(ref.blocks[0].mlp.fc1.out_features * 0.25)
     for a, b in zip(ref.blocks, out.blocks):
         torch.testing.assert_close(b.mlp.fc1.weight, a.mlp.fc1.weight[:k])
@@ -147,7 +149,7 @@ def test_shallow_equals_full_model_when_pruned_units_are_silent(select):
         mask[idx] = False
         with torch.no_grad():
             w2[:, mask] = 0.0  # the units to be pruned contribute nothing
-    pruned = get_strategy("shallow").apply(copy.deepcopy(full), keep_ratio=keep_ratio, select=select)
+    pruned = get_strategy("shallow").apply(copy.deepcopy(full), ShallowParams(keep_ratio=keep_ratio, select=select))
     for blk, full_blk, idx in zip(pruned.blocks, full.blocks, kept):
         torch.testing.assert_close(blk.mlp.fc1.weight, full_blk.mlp.fc1.weight[idx])  # original order kept
     x = torch.randn(3, 3, 32, 32)
@@ -212,7 +214,38 @@ def test_composition_keeps_sharing_and_pruning(order):
 def test_expression_parsing():
     specs = parse_expression("grouped:scale=0.5+shallow:keep_ratio=0.25:select=diversity")
     assert [(s.name, s.params) for s in specs] == [
-        ("grouped", {"scale": 0.5}), ("shallow", {"keep_ratio": 0.25, "select": "diversity"})]
+        ("grouped", GroupedParams(scale=0.5)), ("shallow", ShallowParams(keep_ratio=0.25, select="diversity"))]
+    # typed once: the written form is the mapping as given
+    assert [s.model_dump(mode="json") for s in specs] == [
+        {"name": "grouped", "params": {"scale": 0.5}},
+        {"name": "shallow", "params": {"keep_ratio": 0.25, "select": "diversity"}}]
+
+
+def test_params_are_typed_once_and_apply_gets_the_typed_object(monkeypatch):
+    from jobs.models import needs_weights
+    from jobs.strategies import StrategySpec, registry
+
+    specs = parse_expression("grouped:group_size=2+shallow:keep_ratio=0.5:select=magnitude")
+    assert isinstance(specs[0].params, GroupedParams) and isinstance(specs[1].params, ShallowParams)
+    assert StrategySpec(name="thin").params == get_strategy("thin").params()  # defaults when none given
+    seen = []
+    grouped = get_strategy("grouped")
+
+    def spy(net, params):
+        seen.append(params)
+        return grouped.apply(net, params)
+
+    monkeypatch.setitem(registry.STRATEGIES, "grouped", dataclasses.replace(grouped, apply=spy))
+
+    def no_revalidation(*_):
+        raise AssertionError("parameters validated again")
+
+    monkeypatch.setattr(registry, "parse_params", no_revalidation)
+    torch.manual_seed(0)
+    net = build_model("vit_tiny_patch16_224", specs, **SMALL)
+    assert seen == [specs[0].params] and seen[0] is specs[0].params
+    assert check("vit_tiny_patch16_224", specs, **SMALL) == [] and needs_weights(specs)
+    assert net.blocks[0].mlp is net.blocks[1].mlp and net.blocks[0].mlp.fc1.out_features == 64
 
 
 # ---- bad parameters -------------------------------------------------------------------------------
@@ -223,7 +256,7 @@ def test_expression_parsing():
         (["nope"], "unknown strategy 'nope': valid choices are baseline, grouped, shallow, thin"),
         ([{"name": "grouped", "params": {"group_size": 0}}], "strategy grouped: group_size input should be greater than or equal to 1 (got 0)"),
         ([{"name": "grouped", "params": {"group_size": 5}}], "strategy grouped: depth 4 of vit_tiny_patch16_224 is not divisible by group_size 5; choose a group_size that divides 4"),
-        ([{"name": "grouped", "params": {"gsize": 2}}], "strategy grouped: unknown parameter 'gsize' (valid: group_size, scale)"),
+        ([{"name": "grouped", "params": {"gsize": 2}}], "strategy grouped: unknown parameter 'gsize' (valid: group_size, scale, init)"),
         ([{"name": "shallow", "params": {"keep_ratio": 0}}], "strategy shallow: keep_ratio input should be greater than 0 (got 0)"),
         ([{"name": "shallow", "params": {"keep_ratio": 1.5}}], "strategy shallow: keep_ratio input should be less than or equal to 1 (got 1.5)"),
         ([{"name": "shallow", "params": {"keep_ratio": 0.001}}], "strategy shallow: keep_ratio 0.001 keeps no unit of vit_tiny_patch16_224's 128 hidden units; use keep_ratio >= 0.00781"),

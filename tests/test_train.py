@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.schema import CHECKPOINT_DIR, EVENTS_FILE, METRICS_COLUMNS, SPEC_FILE
+import rundir as metrics
 from jobs import checkpoint as ckpt
-from jobs import metrics
 from jobs.local import LocalContext
 from jobs.models import build_model
 from jobs.spec import load_spec
 from jobs.train import Hooks, NonFiniteLossError, Preempted, train_loop
+from rundir import CHECKPOINT_DIR, EVENTS_FILE, METRICS_COLUMNS, SPEC_FILE
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Timing and provenance differ between runs by nature; every other column must be bitwise equal.

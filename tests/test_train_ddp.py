@@ -96,7 +96,7 @@ def test_two_process_ddp_matches_one_process(demo_data, tmp_path):
     rows = [[{k: v for k, v in row.items() if k not in per_rank} for row in s["rows"]] for s in seen]
     assert rows[0] == rows[1]
     run_dir = tmp_path / "runs" / "demo" / "ddp"
-    from jobs import metrics
+    import rundir as metrics
 
     table = metrics.read_metrics(run_dir).to_pylist()
     assert [r["epoch"] for r in table] == [1] and table[0]["top1"] == seen[0]["rows"][0]["top1"]

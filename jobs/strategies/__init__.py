@@ -12,9 +12,11 @@ from .registry import (
     parse_expression,
     parse_params,
     register_strategy,
+    strategy_spec,
 )
 
 __all__ = [
     "STRATEGIES", "ModelShape", "Strategy", "StrategyError", "StrategyParams", "StrategySpec",
     "as_specs", "get_strategy", "parse_expression", "parse_params", "register_strategy",
+    "strategy_spec",
 ]

@@ -11,6 +11,6 @@ class BaselineParams(StrategyParams):
 
 
 @register_strategy("baseline", BaselineParams)
-def apply(model: nn.Module) -> nn.Module:
+def apply(model: nn.Module, params: BaselineParams) -> nn.Module:
     """No change: the model as timm creates it."""
     return model

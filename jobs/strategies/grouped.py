@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -16,6 +17,14 @@ class GroupedParams(StrategyParams):
     scale: float | None = Field(
         None, gt=0, description="init multiplier for W_fc1, b_fc1, W_fc2 (not b_fc2); default 1/sqrt(group_size)"
     )
+    init: Literal["first", "mean"] = Field(
+        "first", description="shared MLP's weights: first = the group's first block's MLP (the seed); mean = the "
+                             "average of the group's MLPs (for trained weights), both then scaled"
+    )
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.init == "mean"
 
     @property
     def resolved_scale(self) -> float:
@@ -31,9 +40,8 @@ class GroupedParams(StrategyParams):
 
 
 @register_strategy("grouped", GroupedParams)
-def apply(model: nn.Module, group_size: int = 2, scale: float | None = None) -> nn.Module:
+def apply(model: nn.Module, params: GroupedParams) -> nn.Module:
     """Blocks (0..g-1), (g..2g-1), ... use the first block's MLP object; its weights are scaled once."""
-    params = GroupedParams(group_size=group_size, scale=scale)
     all_blocks = blocks(model)
     if len(all_blocks) % params.group_size:
         raise StrategyError(params.check_model(ModelShape(type(model).__name__, len(all_blocks), 0, 0))[0])
@@ -41,6 +49,10 @@ def apply(model: nn.Module, group_size: int = 2, scale: float | None = None) -> 
     for start in range(0, len(all_blocks), params.group_size):
         shared = mlps[start]
         with torch.no_grad():
+            if params.init == "mean":
+                group = mlps[start : start + params.group_size]
+                for name, tensor in shared.named_parameters():
+                    tensor.copy_(torch.stack([m.get_parameter(name) for m in group]).mean(dim=0))
             # The seed scales W_fc1, b_fc1 and W_fc2 so the summed updates from g blocks keep their size.
             shared.fc1.weight.mul_(params.resolved_scale)
             if shared.fc1.bias is not None:

@@ -1,18 +1,22 @@
 """Strategy registry: name -> (typed parameters, apply function, stage).
 
 A strategy is one small module that defines a pydantic `Params` model and registers
-`apply(model, **params) -> model` with `@register_strategy`. `post` strategies run on a created
+`apply(model, params) -> model` with `@register_strategy`. `post` strategies run on a created
 timm VisionTransformer, in the order the run lists them; `create` strategies (thin) only change
-the keyword arguments of `timm.create_model`.
+the keyword arguments of `timm.create_model` (`apply(create_kwargs, params) -> create_kwargs`).
+
+Parameters are typed once, when a `StrategySpec` is validated (a run spec, an expression, a
+`{name, params}` mapping): `spec.params` is the strategy's own `StrategyParams` object, and `apply`
+receives it as is. Written out (YAML, JSON, metrics) they are the plain mapping that was given.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
-from jobs.expression import split_expression
+from rundir import split_expression
 
 
 class StrategyError(ValueError):
@@ -44,7 +48,31 @@ class StrategySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="registered strategy name (baseline, grouped, shallow, thin)")
-    params: dict[str, Any] = Field(default_factory=dict, description="the strategy's parameters; defaults fill the rest")
+    params: StrategyParams = Field(default_factory=StrategyParams,
+                                   description="the strategy's parameters (a mapping; defaults fill the rest)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if not isinstance(data.get("name"), str):  # the schema reports the name; params cannot be typed without it
+            return {k: v for k, v in data.items() if k != "params"}
+        name, params = data["name"], data.get("params")
+        expected = get_strategy(name).params
+        if isinstance(params, StrategyParams):
+            if not isinstance(params, expected):
+                raise StrategyError(f"strategy {name}: params are {type(params).__name__}, expected {expected.__name__}")
+            return data
+        if params is not None and not isinstance(params, dict):
+            raise StrategyError(f"strategy {name}: params must be a mapping of parameter names to values, got {params!r}")
+        return {**data, "params": parse_params(name, params or {})}
+
+    @field_serializer("params")
+    def _params_as_given(self, params: StrategyParams) -> dict[str, Any]:
+        # The mapping as written (defaults stay implicit), so a spec, its metrics and its run id read
+        # the same before and after validation.
+        return params.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -105,25 +133,32 @@ def _one_line(name: str, err: dict) -> str:
     return f"strategy {name}: {field} {err['msg'].lower()} (got {err.get('input')!r})"
 
 
+def strategy_spec(item: "StrategySpec | dict | str") -> StrategySpec:
+    """A StrategySpec from a spec, a `{name, params}` mapping or a bare name; StrategyError (one line) if bad."""
+    if isinstance(item, StrategySpec):
+        return item
+    try:
+        return StrategySpec(name=item) if isinstance(item, str) else StrategySpec.model_validate(item)
+    except ValidationError as exc:
+        raise StrategyError("; ".join(_spec_error(err) for err in exc.errors())) from None
+
+
+def _spec_error(err: dict) -> str:
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    field = ".".join(str(p) for p in err["loc"]) or "strategy"
+    return f"strategy {field}: {err['msg'].lower()} (got {err.get('input')!r})"
+
+
 def parse_expression(text: str) -> list[StrategySpec]:
     """`grouped:scale=0.707+shallow:keep_ratio=0.25` -> two specs of registered strategies."""
     try:
         terms = split_expression(text)
     except ValueError as exc:
         raise StrategyError(str(exc)) from None
-    for term in terms:
-        get_strategy(term["name"])
-    return [StrategySpec(**term) for term in terms]
+    return [strategy_spec(term) for term in terms]
 
 
 def as_specs(strategies) -> list[StrategySpec]:
     """Accept StrategySpec objects, {"name", "params"} dicts or bare names."""
-    specs = []
-    for item in strategies or ():
-        if isinstance(item, StrategySpec):
-            specs.append(item)
-        elif isinstance(item, str):
-            specs.append(StrategySpec(name=item))
-        else:
-            specs.append(StrategySpec(**item))
-    return specs
+    return [strategy_spec(item) for item in strategies or ()]

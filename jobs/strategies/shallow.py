@@ -92,9 +92,8 @@ def _slice_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
 
 
 @register_strategy("shallow", ShallowParams)
-def apply(model: nn.Module, keep_ratio: float = 0.5, select: Select = "first") -> nn.Module:
+def apply(model: nn.Module, params: ShallowParams) -> nn.Module:
     """Every MLP keeps k = int(hidden * keep_ratio) units, chosen by `select`, in their original order."""
-    params = ShallowParams(keep_ratio=keep_ratio, select=select)
     for mlp in unique_mlps(model):  # a shared MLP is pruned once, so its partners stay tied
         hidden = mlp.fc1.out_features
         k = int(hidden * params.keep_ratio)

@@ -13,7 +13,6 @@ class ThinParams(StrategyParams):
 
 
 @register_strategy("thin", ThinParams, stage="create")
-def apply(create_kwargs: dict[str, Any], mlp_ratio: float = 2.0) -> dict[str, Any]:
+def apply(create_kwargs: dict[str, Any], params: ThinParams) -> dict[str, Any]:
     """Create the model with a smaller mlp_ratio (768 -> 1536 -> 768 for ViT-B/16 at 2.0)."""
-    params = ThinParams(mlp_ratio=mlp_ratio)
     return {**create_kwargs, "mlp_ratio": params.mlp_ratio}

@@ -1,7 +1,7 @@
-"""The one definition of a run's per-epoch metrics row (DESIGN.md, "Results schema").
+"""The one definition of a run's per-epoch metrics row (metrics.parquet).
 
-`jobs` writes rows with this schema; `analysis` reads them. Kept free of torch/ray imports so the
-analysis of a study copied off the cluster needs only pyarrow.
+`jobs` writes rows with this schema; `analysis` and the orchestrator read them. Only pyarrow, so the
+analysis of a study copied off the cluster needs nothing else.
 """
 from __future__ import annotations
 
@@ -43,11 +43,3 @@ METRICS_SCHEMA = pa.schema(
 )
 
 METRICS_COLUMNS = tuple(METRICS_SCHEMA.names)
-
-# Files of a run directory (DESIGN.md): runs/<study>/<run>/...
-SPEC_FILE = "spec.yaml"
-METRICS_FILE = "metrics.parquet"
-CHECKPOINT_DIR = "checkpoints"
-EVENTS_FILE = "events.log"
-STATUS_FILE = "status.json"  # {"state": "running|finished|failed", "epoch": int, "epochs_total": int, "error": str|null, "updated": float}
-BENCH_FILE = "bench.json"    # optional, in the study root: `python -m jobs bench --json` output

@@ -1,0 +1,181 @@
+"""The submission plan, one for both engines: what a `run`, `sweep` or `slurm` invocation runs, continues,
+keeps or holds back. Ray Tune and Slurm differ only in how they submit `Plan.to_submit`.
+
+1. `load_config`: a run spec or a study, by one rule (a study has any of the study keys `base`, `seeds`,
+   `conditions`, `grid`, `sweep`, at the top or in an override), or as the caller says explicitly.
+2. `resolve_paths`: output_root and the data paths made absolute against this process's cwd (workers run
+   elsewhere); cloud URIs are kept; `data_root` is folded in once.
+3. `make_plan`: per run, from `rundir.run_state` (the one definition of a run's state):
+   finished -> kept, never recomputed; unfinished with output -> continues from its checkpoints; no output
+   (runs added to the study since) -> starts; failed -> retried from its checkpoints; blocked -> held back
+   and reported. Without `resume`, any run with output refuses the whole plan. A run whose job an engine
+   still has queued (`live`) is left to it.
+4. The caller holds `study_lock(plan.study_dir)` (the same lock for run, sweep and slurm) from before the
+   plan is made until its submissions end.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from jobs.configdoc import print_config
+from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
+from orchestrator.resources import ClusterShape
+from orchestrator.study import STUDY_KEYS, StudySpec, load_study
+from rundir import RunState, State, print_errors, run_state
+
+Kind = Literal["run", "study"]
+
+
+class Action(str, Enum):
+    START = "start"        # no output yet: trains from scratch
+    CONTINUE = "continue"  # unfinished or failed: continues from its newest valid checkpoint
+    KEEP = "keep"          # finished: never recomputed
+    HOLD = "hold"          # blocked: not submitted until the user repairs its folder
+    QUEUED = "queued"      # the engine still has a job for it: not submitted twice
+
+
+SUBMITTED = (Action.START, Action.CONTINUE)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    spec: RunSpec
+    state: RunState
+    action: Action
+    job: str | None = None  # the live job of a QUEUED run, as the engine names it
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    def line(self) -> str:
+        """One line saying what happens to the run and why (the same wording on every engine)."""
+        what = {
+            Action.START: "starts",
+            Action.CONTINUE: f"continues from its checkpoints ({self.state.describe()})",
+            Action.KEEP: f"kept ({self.state.describe()})",
+            Action.HOLD: f"held back, {self.state.describe()}",
+            Action.QUEUED: f"still queued as {self.job}, not submitted again",
+        }[self.action]
+        return f"{self.run_id}: {what}"
+
+
+@dataclass
+class Plan:
+    kind: Kind
+    config: Path
+    runs: list[PlannedRun]
+    study: StudySpec | None = None
+    resume: bool = False
+    errors: list[str] = field(default_factory=list)  # why the plan must not be submitted (nothing started)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.runs[0].spec.run_dir).parent
+
+    @property
+    def to_submit(self) -> list[RunSpec]:
+        return [p.spec for p in self.runs if p.action in SUBMITTED]
+
+    def count(self, action: Action) -> int:
+        return sum(p.action is action for p in self.runs)
+
+    @property
+    def held(self) -> list[PlannedRun]:
+        return [p for p in self.runs if p.action is Action.HOLD]
+
+    def summary(self) -> str:
+        """`resuming DIR: F finished runs kept, C continue from their checkpoints, N new[, ...]`."""
+        text = (f"{'resuming' if self.resume else 'starting'} {self.study_dir}: {self.count(Action.KEEP)} finished "
+                f"runs kept, {self.count(Action.CONTINUE)} continue from their checkpoints, "
+                f"{self.count(Action.START)} new")
+        if self.count(Action.QUEUED):
+            text += f", {self.count(Action.QUEUED)} still queued"
+        if self.held:
+            text += f", {len(self.held)} blocked"
+        return text
+
+    def lines(self) -> list[str]:
+        """One line per run that is not simply started (kept, continued, queued, held)."""
+        return [p.line() for p in self.runs if p.action is not Action.START]
+
+    def write_index(self) -> None:
+        if self.study is not None:
+            self.study.write_index()
+
+
+def study_kind(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Kind:
+    """The one rule telling a study from a run spec: any study key at the top, or an override of one."""
+    keys = set(raw) | {o.split("=", 1)[0].split(".")[0] for o in overrides}
+    return "study" if keys & set(STUDY_KEYS) else "run"
+
+
+def resolve_paths(spec: RunSpec) -> RunSpec:
+    """The spec with output_root and data paths made absolute against this process's cwd, so the workers
+    (whose cwd Ray or Slurm chooses, also after a requeue) read and write the same files. Cloud URIs kept."""
+    def fix(p: Any) -> Any:
+        text = str(p)
+        return p if "://" in text or os.path.isabs(text) else type(p)(os.path.abspath(text))
+
+    data = spec.data.model_copy(update={"train_path": fix(spec.data.train_path), "val_path": fix(spec.data.val_path)})
+    # data_root is already folded into the data paths by the spec's validator; drop it so a reload of the
+    # dumped spec does not prefix it twice.
+    return spec.model_copy(update={"output_root": fix(spec.output_root), "data": data, "data_root": None})
+
+
+def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (), *, kind: Kind | None = None,
+                cluster: ClusterShape | None = None) -> tuple[Kind, list[RunSpec], StudySpec | None]:
+    """(kind, runs with resolved paths, the study or None). SpecError lists every problem of the config."""
+    config = Path(config)
+    overrides = list(overrides)
+    kind = kind or study_kind(read_yaml(config), overrides)
+    if kind == "study":
+        study = load_study(config, overrides, cluster=cluster)
+        return kind, [resolve_paths(r) for r in study.runs], study
+    return kind, [resolve_paths(load_spec(config, overrides))], None
+
+
+def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = (), kind: Kind | None = None) -> int:
+    """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status."""
+    try:
+        kind, runs, study = load_config(config, overrides, kind=kind)
+    except SpecError as exc:
+        what = {"run": "run spec", "study": "study"}.get(kind or "", "config")
+        return print_errors(f"{config} is not a valid {what}", exc.errors)
+    return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
+
+
+def plan_run(spec: RunSpec, job: str | None = None) -> PlannedRun:
+    """What happens to one run: from its state (rundir) and whether an engine still has a job queued for it."""
+    state = run_state(spec.run_dir, spec.train.epochs)
+    if job is not None and not state.finished:
+        action = Action.QUEUED
+    elif state.state is State.BLOCKED:
+        action = Action.HOLD
+    elif state.finished:
+        action = Action.KEEP
+    elif state.started:
+        action = Action.CONTINUE
+    else:
+        action = Action.START
+    return PlannedRun(spec, state, action, job)
+
+
+def make_plan(kind: Kind, config: Path | str, runs: list[RunSpec], study: StudySpec | None = None, *,
+              resume: bool, live: dict[str, str] | None = None) -> Plan:
+    """The plan for `runs` as their folders are now. `live`: run_id -> the engine's job still queued for it."""
+    live = live or {}
+    planned = [plan_run(r, live.get(r.run_id)) for r in runs]
+    plan = Plan(kind, Path(config), planned, study, resume)
+    if not resume:
+        existing = [p for p in planned if p.state.started or p.action is Action.QUEUED]
+        if existing:
+            shown = ", ".join(f"{p.run_id} ({p.state.describe()})" for p in existing[:4])
+            more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
+            plan.errors.append(f"output already exists for {shown}{more}; pass --resume to continue, "
+                               "or set another study/run_id")
+    return plan

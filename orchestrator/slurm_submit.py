@@ -1,0 +1,121 @@
+"""Submitting a plan's runs through submitit (sbatch job arrays, or LocalExecutor) and waiting for them."""
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from jobs.spec import RunSpec
+from orchestrator.slurm_options import Layout, SlurmError, SlurmOptions, layout
+from orchestrator.slurm_queue import SUBMITIT_DIR, read_jobs, write_jobs
+from rundir import METRICS_FILE, error_line, run_state
+
+
+def epoch_seconds_estimate(study_dir: Path) -> float | None:
+    """Median epoch duration of the study's runs so far (a resumed or re-used study), if any."""
+    values: list[float] = []
+    for path in Path(study_dir).glob(f"*/{METRICS_FILE}"):
+        try:
+            values += [v for v in pq.read_table(path, columns=["epoch_s"]).column("epoch_s").to_pylist() if v]
+        except Exception:  # a file being rewritten by a live job: skip it
+            continue
+    return statistics.median(values) if values else None
+
+
+def make_executor(folder: Path, opts: SlurmOptions, lay: Layout, name: str):
+    import submitit
+
+    if opts.local:
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=opts.max_num_timeout)
+        ex.update_parameters(timeout_min=opts.time_min, tasks_per_node=lay.tasks_per_node,
+                             gpus_per_node=lay.gpus_per_node, signal_delay_s=opts.signal_delay_s)
+        return ex
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=opts.max_num_timeout)
+    params: dict[str, Any] = dict(
+        job_name=name, time=opts.time_min, nodes=lay.nodes, ntasks_per_node=lay.tasks_per_node,
+        cpus_per_task=lay.cpus_per_task, signal_delay_s=opts.signal_delay_s,
+        array_parallelism=opts.array_parallelism, stderr_to_stdout=True,
+        # One task failing ends the others at once instead of leaving them in a collective until its timeout.
+        srun_args=["--kill-on-bad-exit=1"],
+    )
+    if lay.gpus_per_node:
+        params["gpus_per_node"] = lay.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(opts, key):
+            params[key] = getattr(opts, key)
+    if opts.mem_gb:
+        params["mem"] = f"{int(opts.mem_gb * 1024)}MB"
+    # Requeue on node failure and preemption even where the cluster's JobRequeue default is off.
+    params["additional_parameters"] = {"requeue": True, **opts.extra}
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None] = print) -> list:
+    """Submit `runs` (one array per distinct layout); records the job ids in slurm_jobs.json."""
+    import submitit
+
+    from orchestrator.slurm_job import SlurmRun
+
+    folder = study_dir / SUBMITIT_DIR
+    record = read_jobs(study_dir)
+    record["executor"] = "local" if opts.local else "slurm"
+    record["folder"] = str(folder)
+    by_layout: dict[Layout, list[RunSpec]] = {}
+    for r in runs:
+        lay = layout(r, opts)
+        # spec.yaml must tell the truth about the world the run trained with (--nodes/--gpus-per-node win).
+        r = r.model_copy(update={"resources": r.resources.model_copy(update={"num_workers": lay.world_size})})
+        by_layout.setdefault(lay, []).append(r)
+    jobs: list = []
+    for lay, group in by_layout.items():
+        ex = make_executor(folder, opts, lay, name=f"{group[0].study}")
+        if opts.local:
+            submitted = _submit_local(ex, group, opts.array_parallelism)
+        else:
+            try:
+                # submitit also prints sbatch's stderr: keep just our one line.
+                with contextlib.redirect_stderr(io.StringIO()), ex.batch():
+                    submitted = [ex.submit(SlurmRun(r.model_dump(mode="json"))) for r in group]
+            except submitit.core.utils.FailedJobError as exc:
+                raise SlurmError(f"sbatch refused the job: {error_line(str(exc))}") from None
+        for r, job in zip(group, submitted):
+            entry = record["runs"].setdefault(r.run_id, {"history": []})
+            entry.update(job_id=str(job.job_id), submitted=time.time(), tasks=lay.world_size)
+            entry["history"].append(str(job.job_id))
+            log(f"  {r.run_id}: job {job.job_id} ({lay.nodes} node(s) x {lay.tasks_per_node} task(s)"
+                f"{f', {lay.gpus_per_node} GPU(s)/node' if lay.gpus_per_node else ''})")
+        jobs += list(zip(group, submitted))
+        write_jobs(study_dir, record)
+    return jobs
+
+
+def _submit_local(ex, runs: list[RunSpec], parallelism: int) -> list:
+    """LocalExecutor starts every job at once; keep at most `parallelism` running (a local array's %K)."""
+    from orchestrator.slurm_job import SlurmRun
+
+    jobs: list = []
+    for r in runs:
+        while sum(not j.done() for j in jobs) >= parallelism:
+            time.sleep(0.5)
+        jobs.append(ex.submit(SlurmRun(r.model_dump(mode="json"))))
+    return jobs
+
+
+def wait_for(jobs: list, log: Callable[[str], None]) -> int:
+    """Wait for every job; one line per run; the number of runs that did not finish."""
+    failed = 0
+    for spec, job in jobs:
+        try:
+            job.results()  # one result per task
+            log(f"  {spec.run_id}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {spec.run_dir}")
+        except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the task's traceback
+            failed += 1
+            state = run_state(spec.run_dir, spec.train.epochs)
+            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {state.reason or error_line(str(exc))}")
+    return failed

@@ -1,0 +1,112 @@
+"""A run's metrics.parquet: read (conformed to METRICS_SCHEMA), append one epoch's row, truncate on resume.
+
+The file is rewritten whole (read, replace, write temp, fsync, rename) on every epoch: a run has at most a
+few hundred rows, and a rewrite is what makes "no duplicate epochs after a resume" and "never a half-written
+file" hold at the same time. Rank 0 writes it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from rundir.atomic import atomic_write_bytes
+from rundir.errors import exception_line
+from rundir.names import METRICS_FILE
+from rundir.schema import METRICS_COLUMNS, METRICS_SCHEMA
+
+# Without these a row cannot be placed in a condition or an epoch; every other column may be absent.
+REQUIRED_COLUMNS = ("model", "seed", "epoch", "epochs_total", "top1")
+
+
+class MetricsError(ValueError):
+    """metrics.parquet cannot be used; the message is one line naming the file and the problem."""
+
+
+def conform(table: pa.Table) -> tuple[pa.Table | None, list[str], list[str]]:
+    """Cast to METRICS_SCHEMA (absent optional columns become nulls). Returns (table, errors, warnings);
+    table is None when there are errors."""
+    missing_required = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing_required:
+        return None, [f"{METRICS_FILE} lacks required columns {', '.join(missing_required)}"], []
+    warnings = []
+    missing = [f.name for f in METRICS_SCHEMA if f.name not in table.column_names]
+    if missing:
+        warnings.append(f"{METRICS_FILE} lacks columns {', '.join(missing)} (treated as empty)")
+    columns = []
+    for f in METRICS_SCHEMA:
+        if f.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        try:
+            columns.append(col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            return None, [f"{METRICS_FILE} column {f.name} has type {col.type}, expected {f.type} "
+                          f"({exception_line(exc)})"], warnings
+    return pa.Table.from_arrays(columns, schema=METRICS_SCHEMA), [], warnings
+
+
+def check_metrics(run_dir: Path | str) -> tuple[pa.Table | None, list[str], list[str]]:
+    """(table, errors, warnings) of a run's metrics.parquet; an absent file is an empty table."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return METRICS_SCHEMA.empty_table(), [], []
+    try:
+        raw = ds.dataset(path, format="parquet").to_table()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return None, [f"{METRICS_FILE} is not readable parquet ({exception_line(exc, path)})"], []
+    return conform(raw)
+
+
+def read_metrics(run_dir: Path | str) -> pa.Table:
+    """The run's rows as METRICS_SCHEMA (empty when there is no file yet); MetricsError when unusable."""
+    table, errors, _ = check_metrics(run_dir)
+    if errors:
+        raise MetricsError(f"{Path(run_dir)}: {errors[0]}")
+    return table
+
+
+def epochs_done(table: pa.Table) -> int:
+    """Highest epoch recorded (epochs are 1-based; 0 when there is no row)."""
+    epochs = [e for e in table.column("epoch").to_pylist() if e is not None]
+    return max(epochs) if epochs else 0
+
+
+def check_row(row: dict[str, Any]) -> None:
+    missing = [c for c in METRICS_COLUMNS if c not in row]
+    extra = [c for c in row if c not in METRICS_SCHEMA.names]
+    if missing or extra:
+        raise ValueError(f"metrics row does not match rundir.schema.METRICS_SCHEMA: missing {missing}, extra {extra}")
+
+
+def _write_table(run_dir: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(Path(run_dir) / METRICS_FILE, sink.getvalue().to_pybytes())
+
+
+def _keep_before(table: pa.Table, epoch: int) -> pa.Table:
+    epochs = table.column("epoch").to_pylist()
+    return table.take(pa.array([i for i, e in enumerate(epochs) if e is not None and e < epoch], type=pa.int64()))
+
+
+def append_row(run_dir: Path | str, row: dict[str, Any]) -> None:
+    """Add one epoch's row; rows of this epoch or later (left by a run that got further before its
+    newer checkpoints were lost) are replaced, so every epoch appears once and in order."""
+    check_row(row)
+    kept = _keep_before(read_metrics(run_dir), int(row["epoch"]))
+    new = pa.Table.from_pylist([{c: row[c] for c in METRICS_COLUMNS}], schema=METRICS_SCHEMA)
+    _write_table(Path(run_dir), pa.concat_tables([kept, new]))
+
+
+def truncate_after(run_dir: Path | str, epoch: int) -> int:
+    """Drop rows after `epoch` (the epoch a resume restarts from); returns how many were dropped."""
+    table = read_metrics(run_dir)
+    kept = _keep_before(table, epoch + 1)
+    if kept.num_rows != table.num_rows:
+        _write_table(Path(run_dir), kept)
+    return table.num_rows - kept.num_rows

@@ -1,0 +1,20 @@
+"""File names of a study directory and of its run directories: `<output_root>/<study>/<run_id>/...`.
+
+Every package reads and writes these through the names here; nothing else spells them.
+"""
+from __future__ import annotations
+
+# A run directory.
+SPEC_FILE = "spec.yaml"           # the run spec the run (last) started with
+METRICS_FILE = "metrics.parquet"  # one row per epoch, rundir.schema.METRICS_SCHEMA
+CHECKPOINT_DIR = "checkpoints"    # ckpt-NNNNNN folders and best/ (written by jobs.checkpoint)
+EVENTS_FILE = "events.log"        # append-only, one line per event (rundir.events.EventLog)
+STATUS_FILE = "status.json"       # {"state", "epoch", "epochs_total", "error", "updated"} (rundir.status)
+
+# A study directory.
+RUNS_FILE = "runs.json"           # run_id -> {condition, ablation, seed} of every planned run (rundir.index)
+LOCK_FILE = ".study.lock"         # held by the one driver working on the study
+BENCH_FILE = "bench.json"         # optional: `python -m jobs bench --json` output for the report
+
+# The files whose presence makes a folder a run folder (a report or Ray's state folder has none of them).
+RUN_MARKERS = (SPEC_FILE, METRICS_FILE, STATUS_FILE, EVENTS_FILE, CHECKPOINT_DIR)
