@@ -209,8 +209,9 @@ def _synth_betons(env: Env) -> Path:
 
 def check_p6(env: Env) -> dict:
     from jobs.local import LocalContext
+    from jobs.loop_state import Hooks
     from jobs.spec import load_spec
-    from jobs.train import Hooks, train_loop
+    from jobs.train import train_loop
 
     s, cuda = env.sizes, env.device.type == "cuda"
     t0 = time.perf_counter()

@@ -14,9 +14,10 @@ import torch
 from jobs import recipe
 from jobs.accounting import model_stats
 from jobs.local import LocalContext
+from jobs.loop_state import Hooks, build_initial_model
 from jobs.models import build_model
 from jobs.spec import load_spec
-from jobs.train import Hooks, build_initial_model, evaluate, train_loop
+from jobs.train import evaluate, train_loop
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper" / "baseline.yaml"
@@ -78,7 +79,7 @@ def test_bf16_autocast_end_to_end_through_train_loop(synth_betons, tmp_path):
     def after_step(state) -> None:
         if not models:  # from the second forward pass on: training and both evaluations
             models.append(state.model)
-            for module in (state.model.blocks[0].mlp.fc1, state.model.head, state.ema.module.head):
+            for module in (state.model.blocks[0].mlp.fc1, state.model.head, state.parts.ema.module.head):
                 module.register_forward_hook(lambda m, args, out: seen.add((m.training, out.dtype)))
 
     with LocalContext(spec.run_dir, use_gpu=False, env={}) as ctx:
