@@ -14,8 +14,8 @@ Checks, in this order (one failing does not stop the others; the exit status is 
                 and atomics reorder sums), so they must agree within TOLERANCE.
   p2_inference  P2: img/s of ViT-B/16 baseline / grouped / shallow (jobs.bench: bf16 autocast, channels-last),
                 eager and torch.compile'd, with each ratio to baseline next to the MAC ratio (the bound).
-  p6_training   P6: training img/s of ViT-B/16 with the paper's full recipe (configs/paper/baseline.yaml: bf16,
-                torch.compile, channels-last, RandAugment, mixup/cutmix, erasing, EMA, accumulation) through
+  p6_training   P6: training img/s of ViT-B/16 with the paper's full recipe (configs/paper/baseline.yaml with bf16
+                autocast, torch.compile, channels-last, RandAugment, mixup/cutmix, erasing, EMA, accumulation) through
                 jobs.train.train_loop, from .beton files made on the fly (bench/data_synth.py); steady state
                 (epochs after the first, which compiles), and the model-FLOP utilisation
                 (img/s x 3 x 2 x forward MACs / the GPU's dense bf16 peak).
@@ -220,7 +220,9 @@ def check_p6(env: Env) -> dict:
     overrides = [f"data_root={root}", "model.num_classes=10", f"train.epochs={s.p6_epochs}",
                  f"train.batch_size={s.p6_batch}", "train.compile=true", "resources.num_workers=1",
                  f"resources.use_gpu={str(cuda).lower()}", f"data.num_workers={env.workers}",
-                 f"output_root={env.workdir / 'runs'}", "study=gpu-check", "run_id=p6", *s.model_overrides]
+                 f"output_root={env.workdir / 'runs'}", "study=gpu-check", "run_id=p6",
+                 # bf16: the recipe as a GPU study runs it (the paper configs keep timm's float16 + GradScaler)
+                 "train.amp=true", "train.amp_dtype=bfloat16", *s.model_overrides]
     if not cuda:
         overrides.append("train.amp_cpu=true")  # the bf16 autocast path, on the CPU's kernels
     spec = load_spec(PAPER, overrides)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper" / "baseline.yaml"
 TINY = ["model.patch_size=4", "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "data.img_size=32",
         "model.num_classes=10", "train.batch_size=8", "train.epochs=1", "data.num_workers=1", "resources.num_workers=1",
-        "resources.use_gpu=false"]
+        "resources.use_gpu=false", "train.amp_dtype=bfloat16"]
 
 
 @pytest.fixture(scope="module")
