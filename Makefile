@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 sysdeps install lint clean
+.PHONY: demo test gpu-check bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 sysdeps install lint clean
 
 sysdeps:
 	@missing=$$(for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -56,6 +56,13 @@ bench-p5: install
 
 bench-p7: install
 	$(RECORD) -- $(PY) bench/worker_kill.py
+
+# On a GPU machine, < 8 min on one H200: NCCL init, a killed and resumed demo run, P2 (eager and compiled) and P6
+# with its MFU, recorded in BENCHMARKS.md with the GPU's name. `make gpu-check GPU_CHECK_ARGS="--device cpu --quick"`
+# is the CPU smoke test of the same script (tests/test_gpu_check.py runs it in `make test`).
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(RECORD) --figures-file build/bench/gpu_check.json -- $(PY) bench/gpu_check.py --json build/bench/gpu_check.json $(GPU_CHECK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
