@@ -115,16 +115,18 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions) -> None:
+def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions, entry: str | None = None) -> None:
     """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
-    all the state that matters, and runs added to the study since are included."""
+    all the state that matters, and runs added to the study since are included. `entry` (module:function run on
+    the workers) is the training loop unless a benchmark substitutes its stand-in."""
     from ray import tune
 
-    from orchestrator.ray_engine import trainer_job
+    from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
+    from orchestrator.ray_progress import StudyReporter
     from orchestrator.ray_trial import PROBE_ENV, trial_driver
 
     root = ray_root(study_dir, options.storage_path)
-    specs = {r.run_id: trainer_job(r) for r in todo}
+    specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY) for r in todo}
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
@@ -133,8 +135,9 @@ def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptio
                              probe=os.environ.get(PROBE_ENV)),
         session.driver_resources(),
     )
-    reporter = tune.CLIReporter(metric_columns=TABLE_COLUMNS, parameter_columns=[],
-                                max_report_frequency=int(options.progress_every_s), print_intermediate_tables=False)
+    reporter = StudyReporter({r.run_id: r.condition_label for r in todo}, metric_columns=TABLE_COLUMNS,
+                             parameter_columns=[], max_report_frequency=int(options.progress_every_s),
+                             print_intermediate_tables=False)
     tuner = tune.Tuner(
         trainable,
         param_space={"run_id": tune.grid_search(list(specs))},
