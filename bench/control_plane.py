@@ -164,7 +164,7 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
 
     path.write_text(yaml.safe_dump(study))
     _, runs, _ = load_config(path, [f"train.epochs={epochs}", "resources.num_workers=1",
-                                    "resources.cpus_per_worker=1"], kind="sweep")
+                                    "resources.cpus_per_worker=1"], kind="study")
     sampler = Sampler(k, every_s=1.0)
     with ray_session(None, num_cpus=k) as session:
         sampler.start()
@@ -215,11 +215,12 @@ def study_point(n: int, work: Path, data_root: Path) -> dict:
                   "grouped": {"strategies": [{"name": "grouped", "params": {"group_size": 2}}]}}
     study = {"base": str(DEMO), "study": f"n{n}", "output_root": str(work), "data_root": str(data_root),
              "seeds": list(range(n // len(conditions))), "conditions": conditions}
+    work.mkdir(parents=True, exist_ok=True)
     path = work / f"n{n}.yaml"
     path.write_text(yaml.safe_dump(study))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    kind, runs, spec = load_config(path, [], kind="sweep")
+    kind, runs, spec = load_config(path, [], kind="study")
     t1 = time.perf_counter()
     plan = make_plan(kind, path, runs, spec, resume=False)
     t2 = time.perf_counter()

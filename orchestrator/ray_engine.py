@@ -177,11 +177,10 @@ def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int, 
     controller) running `job` (see trainer_job), named by its run_id so a restart with the same storage path
     reloads Ray's checkpoint-manager snapshot of the same run (no timestamps in the name)."""
     import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from orchestrator.ray_backend import LazyTorchConfig
+    from orchestrator.ray_backend import LazyTorchConfig, NoDatasetsTrainer
 
-    return DataParallelTrainer(
+    return NoDatasetsTrainer(
         train_fn_per_worker,
         train_loop_config={"spec": job["spec"], "entry": job["entry"]},
         backend_config=LazyTorchConfig(),

@@ -62,6 +62,18 @@ def check_metrics(run_dir: Path | str) -> tuple[pa.Table | None, list[str], list
     return conform(raw)
 
 
+def footer_rows(run_dir: Path | str) -> int | None:
+    """Rows of metrics.parquet from its footer alone (no data pages read); None when the file is absent, its
+    footer unreadable or a required column missing (the caller then reads the whole file to say why)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    names = set(meta.schema.names)
+    return meta.num_rows if all(c in names for c in REQUIRED_COLUMNS) else None
+
+
 def read_metrics(run_dir: Path | str) -> pa.Table:
     """The run's rows as METRICS_SCHEMA (empty when there is no file yet); MetricsError when unusable."""
     table, errors, _ = check_metrics(run_dir)
