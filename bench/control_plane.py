@@ -41,6 +41,7 @@ KINDS = {
     "ray::ImplicitFunc": "trial_driver",
     "ray::TrainController": "train_controller",
     "ray::RayTrainWorker": "train_worker",
+    "ray::execute": "train_worker",  # a Train worker while the controller runs a setup function on it
     "ray::IDLE": "idle_worker",
 }
 RAY_DAEMONS = ("gcs_server", "raylet", "log_monitor", "dashboard", "runtime_env", "monitor.py", "agent")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--concurrency", default="1,2,4,8", help="concurrent runs to measure (comma-separated)")
     p.add_argument("--studies", default="10,100,500", help="study sizes N to plan (comma-separated)")
     p.add_argument("--step-s", type=float, default=2.0, help="stand-in: seconds between metrics rows")
-    p.add_argument("--epochs", type=int, default=8, help="stand-in: rows per run")
+    p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
     p.add_argument("--quick", action="store_true", help="smoke test: concurrency 1,2; N = 10; 3 short rows")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
