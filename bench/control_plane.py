@@ -43,9 +43,17 @@ KINDS = {
     "ray::RayTrainWorker": "train_worker",
     "ray::execute": "train_worker",  # a Train worker while the controller runs a setup function on it
     "ray::IDLE": "idle_worker",
+    "ray::DashboardAgent": "ray_daemons",
+    "ray::RuntimeEnvAgent": "ray_daemons",
+    # One per cluster, whatever the number of runs (Train's get_or_create).
+    "ray::_AutoscalingCoordinatorActor": "shared:AutoscalingCoordinator",
 }
 RAY_DAEMONS = ("gcs_server", "raylet", "log_monitor", "dashboard", "runtime_env", "monitor.py", "agent")
-NOT_PER_RUN = {"train_worker", "idle_worker", "ray_daemons", "bench_driver"}
+NOT_PER_RUN = ("train_worker", "idle_worker", "ray_daemons", "bench_driver", "shared:", "other:")
+
+
+def per_run_kind(kind: str) -> bool:
+    return not kind.startswith(NOT_PER_RUN)
 
 
 def stand_in_loop(spec, ctx) -> None:
@@ -179,14 +187,15 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
     ends = sorted(float((marks / f"{r.run_id}.end").read_text()) for r in runs if (marks / f"{r.run_id}.end").exists())
     # The i-th run of the second wave took the slot of the i-th run of the first wave to end.
     latency = [s - e for s, e in zip(starts[k:], ends[:k])]
-    per_run = {kind: round(v["pss"] / k / GB, 4) for kind, v in snap.items() if kind not in NOT_PER_RUN}
-    cpu = {kind: round(v["cpu_s"] / k, 2) for kind, v in snap.items() if kind not in NOT_PER_RUN}
+    per_run = {kind: round(v["pss"] / k / GB, 4) for kind, v in snap.items() if per_run_kind(kind)}
+    cpu = {kind: round(v["cpu_s"] / k, 2) for kind, v in snap.items() if per_run_kind(kind)}
+    shared = {kind: round(v["pss"] / GB, 4) for kind, v in snap.items() if kind.startswith("shared:")}
     counts = {kind: v["n"] for kind, v in snap.items()}
     return {"k": k, "runs": len(runs), "finished_marks": len(ends), "wall_s": round(wall, 1),
             "control_plane_gb_per_run": round(sum(per_run.values()), 4),
             "control_plane_gb_total": round(sum(per_run.values()) * k, 4),
             "worker_gb_per_run": round(snap.get("train_worker", {}).get("pss", 0) / k / GB, 4),
-            "ray_daemons_gb": round(snap.get("ray_daemons", {}).get("pss", 0) / GB, 4),
+            "ray_daemons_gb": round(snap.get("ray_daemons", {}).get("pss", 0) / GB, 4), "shared_gb": shared,
             "per_run_gb_by_kind": per_run, "cpu_s_per_run_by_kind_at_sample": cpu, "processes": counts,
             "scheduling_latency_s": round(statistics.median(latency), 2) if latency else None}
 

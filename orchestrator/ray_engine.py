@@ -30,6 +30,7 @@ FAIL_EPOCH_ENV = "VITREDUCE_FAIL_AT_EPOCH"
 FAIL_MARKER_ENV = "VITREDUCE_FAIL_MARKER"
 FAIL_RANK_ENV = "VITREDUCE_FAIL_RANK"
 TRAIN_ENTRY = "jobs.train:train_loop"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 # Environment every Ray worker gets: quiet logs, no print patching (the loop's own logging is enough).
 WORKER_ENV = {
@@ -179,6 +180,11 @@ def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int, 
     import ray.train
 
     from orchestrator.ray_backend import LazyTorchConfig, NoDatasetsTrainer
+
+    # Ray Train's PreemptionWatcher (one more actor process per run, ~0.11 GB) only hands workers a notice of a
+    # node drain for the train function to read; the loop does not read it, and a preempted worker's failure is
+    # classified from Ray core's actor error without it. Ray copies this variable to the Train controller.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
     return NoDatasetsTrainer(
         train_fn_per_worker,
