@@ -37,7 +37,7 @@ test: install
 # BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 on a 2-core machine (BENCHMARKS.md, Log);
 # `make -k bench` goes on past a failing one.
 RECORD := $(PY) bench/record.py
-bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7
+bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-scale
 
 bench-p1: install
 	$(RECORD) -- $(PY) bench/loader_bench.py
@@ -63,6 +63,11 @@ bench-p7: install
 GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(RECORD) --figures-file build/bench/gpu_check.json -- $(PY) bench/gpu_check.py --json build/bench/gpu_check.json $(GPU_CHECK_ARGS)
+
+# Control plane per concurrent run (1, 2, 4, 8 runs, engine stand-in) and study size; a 500-run study's status.
+bench-scale: install
+	$(RECORD) -- $(PY) bench/control_plane.py
+	$(RECORD) -- $(PY) bench/study_status.py
 
 lint: install
 	$(VENV)/bin/ruff check .

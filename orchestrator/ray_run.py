@@ -9,6 +9,7 @@ elsewhere (e.g. a cloud URI).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,9 +105,9 @@ def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
 
 
 def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
-    from orchestrator.ray_engine import build_trainer
+    from orchestrator.ray_engine import build_trainer, trainer_job
 
-    trainer = build_trainer(spec, storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
+    trainer = build_trainer(trainer_job(spec), storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
                             max_failures=options.max_failures)
     t0 = time.time()
     try:
@@ -118,44 +119,34 @@ def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
     print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
 
 
-def trial_driver(config: dict, specs: dict[str, RunSpec], storage_path: str, max_failures: int) -> None:
-    """One Tune trial: the run's TorchTrainer; a retried trial whose run meanwhile finished reports its last row."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator.ray_engine import build_trainer
-
-    spec = specs[config["run_id"]]
-    if run_state(spec.run_dir, spec.train.epochs).finished:
-        rows = read_metrics(spec.run_dir).to_pylist()
-        last = max(rows, key=lambda r: r["epoch"]) if rows else {}
-        tune.report({k: v for k, v in last.items() if isinstance(v, (int, float, str)) or v is None})
-        return
-    trainer = build_trainer(spec, storage_path=storage_path, max_failures=max_failures, callbacks=[TuneReportCallback()])
-    trainer.fit()
-
-
 def _trial_name(trial) -> str:
     """Tune's table and folders show the run id rather than a generated trial name."""
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions) -> None:
+def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions, entry: str | None = None) -> None:
     """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
-    all the state that matters, and runs added to the study since are included."""
+    all the state that matters, and runs added to the study since are included. `entry` (module:function run on
+    the workers) is the training loop unless a benchmark substitutes its stand-in."""
     from ray import tune
 
+    from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
+    from orchestrator.ray_progress import StudyReporter
+    from orchestrator.ray_trial import PROBE_ENV, trial_driver
+
     root = ray_root(study_dir, options.storage_path)
-    specs = {r.run_id: r for r in todo}
+    specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY) for r in todo}
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, specs=specs, storage_path=f"{root}/train", max_failures=options.max_failures),
+        tune.with_parameters(trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
+                             probe=os.environ.get(PROBE_ENV)),
         session.driver_resources(),
     )
-    reporter = tune.CLIReporter(metric_columns=TABLE_COLUMNS, parameter_columns=[],
-                                max_report_frequency=int(options.progress_every_s), print_intermediate_tables=False)
+    reporter = StudyReporter({r.run_id: r.condition_label for r in todo}, metric_columns=TABLE_COLUMNS,
+                             parameter_columns=[], max_report_frequency=int(options.progress_every_s),
+                             print_intermediate_tables=False)
     tuner = tune.Tuner(
         trainable,
         param_space={"run_id": tune.grid_search(list(specs))},
