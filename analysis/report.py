@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, paper, recovery, tables
+from analysis import figures, layer_stats, paper, recovery, tables
 from analysis.load import Study, read_study
 from analysis.stats import ALPHA, summarize
 
@@ -186,7 +186,10 @@ def build_report(study_dir: str | Path, out_dir: str | Path, include_incomplete:
         rep.files["table_md"], rep.files["table_tex"] = out / "table.md", out / "table.tex"
         rep.files.update(_figures(rep, include_incomplete))
     rep.files["report"] = out / "report.md"
-    rep.files["report"].write_text(_report_markdown(rep, include_incomplete))
+    used = set(runs.loc[runs["usable"] & (runs["complete"] | include_incomplete), "run_id"])
+    stability, files = layer_stats.report_section(study.root, out, used)
+    rep.files.update(files)
+    rep.files["report"].write_text(_report_markdown(rep, include_incomplete) + ("\n" + stability if stability else ""))
     (out / "problems.json").write_text(json.dumps(
         [{"run": p.run, "reason": p.reason, "excluded": p.excluded} for p in study.problems], indent=1))
     rep.files["problems"] = out / "problems.json"

@@ -13,12 +13,37 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from .strategies.vit import block_mlps, unique_attentions, unique_mlps
 
 # Ops that are the attention matmuls of a ViT block (fused or not); everything else is a layer's weights.
 _ATTENTION_OPS = ("_scaled_dot_product", "bmm", "baddbmm")
+
+
+def _sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _fused_kernels_without_formula() -> dict:
+    """Fused attention kernels that torch's FlopCounterMode has no formula for (it then counts them as 0):
+    the CPU flash kernel that F.scaled_dot_product_attention picks for a model on the CPU, and the
+    backend-overridable one (XPU, HPU). Without these the count would depend on the device the model was
+    built on (the meta device decomposes attention into counted matmuls) and on timm's fused_attn."""
+    names = {
+        "_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward,
+        "_scaled_dot_product_fused_attention_overrideable": _sdpa_forward,
+        "_scaled_dot_product_fused_attention_overrideable_backward": _sdpa_backward,
+    }
+    return {getattr(torch.ops.aten, name): formula for name, formula in names.items() if hasattr(torch.ops.aten, name)}
+
+
+_EXTRA_FORMULAS = _fused_kernels_without_formula()
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,7 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int 
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     param = next(model.parameters())
     x = torch.zeros(1, in_chans, h, w, device=param.device, dtype=param.dtype)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     was_training = model.training
     model.eval()
     try:

@@ -32,26 +32,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare(model: str, expression: str, device: torch.device, channels_last: bool, compile_model: bool):
+def _prepare(model: str, expression: str, device: torch.device, channels_last: bool, compile_model: bool,
+             compile_backend: str, create_kwargs: dict):
     specs = parse_expression(expression)
-    errors = check(model, specs)
+    errors = check(model, specs, **create_kwargs)
     if errors:
         raise StrategyError("; ".join(errors))
-    net = build_model(model, specs).to(device).eval()
+    net = build_model(model, specs, **create_kwargs).to(device).eval()
     stats = model_stats(net)
     size = model_img_size(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile_model:
-        net = torch.compile(net)
+        net = torch.compile(net, backend=compile_backend)
     return net, stats, size
 
 
 def run_bench(model: str, expressions: list[str], *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 8,
               rounds: int = 7, iters: int = 3, warmup: int = 2, channels_last: bool = False,
-              compile_model: bool = False) -> dict:
+              compile_model: bool = False, compile_backend: str = "inductor", create_kwargs: dict | None = None) -> dict:
+    """Time each strategy expression; `create_kwargs` go to timm.create_model (e.g. a smaller img_size or depth),
+    `compile_backend` to torch.compile (inductor; "eager" only traces, for smoke tests)."""
     dev = torch.device(device)
-    nets = {e: _prepare(model, e, dev, channels_last, compile_model) for e in expressions}
+    nets = {e: _prepare(model, e, dev, channels_last, compile_model, compile_backend, create_kwargs or {})
+            for e in expressions}
     x = torch.randn(batch_size, 3, *next(iter(nets.values()))[2], device=dev)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -97,7 +101,8 @@ def run_bench(model: str, expressions: list[str], *, device: str = "cpu", dtype:
     return {
         "model": model, "device": str(dev), "device_name": _device_name(dev), "dtype": dtype,
         "batch_size": batch_size, "rounds": rounds, "iters": iters, "channels_last": channels_last,
-        "compile": compile_model, "threads": torch.get_num_threads(), "reference": base_expr, "results": results,
+        "compile": compile_model, "compile_backend": compile_backend if compile_model else None,
+        "threads": torch.get_num_threads(), "reference": base_expr, "results": results,
     }
 
 

@@ -74,6 +74,7 @@ class LoopState:
     targets: torch.Tensor | None = None
     row: dict | None = None               # the last epoch's metrics row
     val_count: int = 0                    # val samples counted in the last evaluation (all ranks)
+    logger: Any = None                    # jobs.run_logger.RunLogger: live metrics (rank 0)
 
     @property
     def model(self) -> nn.Module:

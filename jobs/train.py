@@ -14,13 +14,11 @@ next optimizer update and a Preempted exception. `Hooks` let tests watch the loo
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -32,15 +30,14 @@ import rundir as run_files
 from jobs import checkpoint as ckpt
 from jobs import recipe, weights
 from jobs.checkpointer import Position
-from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, broadcast, gather
-from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
-from jobs.spec import RunSpec, SpecError, load_spec
-from rundir import SPEC_FILE, print_error, print_errors
+from jobs.run_logger import RunLogger
+from jobs.spec import RunSpec, SpecError
+from rundir import SPEC_FILE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,7 +112,8 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
 
     batch = start_batch
     # len() is the contract (every rank runs the same number of batches); never read past it.
-    for images, labels in itertools.islice(isolated_batches(state.train_loader, device), n_batches - start_batch):
+    batches = itertools.islice(isolated_batches(state.train_loader, device), n_batches - start_batch)
+    for images, labels in state.logger.timed(batches):
         group_start = (batch // accum) * accum
         group_size = min(accum, n_batches - group_start)
         last_micro = batch + 1 == group_start + group_size
@@ -144,6 +142,7 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
         loss_count += finite.long() * len(labels)
         state.sums.images += len(labels)
+        state.logger.micro_batch(loss, len(labels))
         batch += 1
         state.epoch, state.batch, state.images, state.targets = epoch, batch, images, targets
         if not last_micro:
@@ -153,6 +152,7 @@ def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
         bad.zero_()
         stop = stop_total > 0
         _update(state, nonfinite=bad_total > 0)
+        state.logger.after_step(state.num_updates, epoch, float(parts.optimizer.param_groups[0]["lr"]))
         if stop or state.checkpointer.due_mid_epoch(state.num_updates, batch, n_batches):
             flush_sums()
             state.checkpointer.save(Position(epoch, batch, state.num_updates), dict(state.sums.__dict__))
@@ -189,6 +189,7 @@ def _update(state: LoopState, nonfinite: bool) -> None:
             parts.scaler.unscale_(parts.optimizer)
         if tc.clip_grad is not None:
             dispatch_clip_grad(parts.model.parameters(), tc.clip_grad, mode=tc.clip_mode)
+        state.logger.before_step(n + 1, parts.model)
         if parts.scaler is not None:
             parts.scaler.step(parts.optimizer)
             parts.scaler.update()
@@ -303,7 +304,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if rank0:
             events(kind, text)
 
-    epoch = 0
+    epoch, state = 0, None
     # Before the try: a refused resume writes nothing, not even a failed status.
     with _weights_errors():
         _refuse_changed_teacher(spec, ctx)
@@ -320,6 +321,9 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         workers = gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
         log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))
         _resume_or_start(state)
+        state.logger = RunLogger(spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=state.num_updates,
+                                 steps_per_epoch=state.updates_per_epoch, log_event=log)
+        state.logger.attach(state.model)
         start_epoch, start_batch = state.epoch, state.batch
         for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
@@ -330,6 +334,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             state.row = row = _epoch_row(state, epoch, time.perf_counter() - t_epoch, evals)
             if rank0:
                 run_files.append_row(run_dir, row)
+            state.logger.epoch_end(state.num_updates, row)
             state.checkpointer.record(row)
             path = None
             if state.checkpointer.due_at_epoch_end(epoch + 1, epochs):
@@ -351,9 +356,13 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             run_files.write_status(run_dir, "finished", epochs, epochs)
         best = state.checkpointer.best
         log("finish", f"best {best.metric} {best.value:.2f} at epoch {best.epoch}")
+        state.logger.close()
         return state.row
     except BaseException as exc:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if state is not None and state.logger is not None:
+            with contextlib.suppress(Exception):  # flush what was logged; never hide `exc`
+                state.logger.close()
         if rank0 and run_dir.exists():
             # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
             with contextlib.suppress(OSError):
@@ -364,34 +373,3 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
 
 
 # ---- `python -m jobs train CONFIG [key=value ...]` --------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs train",
-        description="Train one run spec in this process (single process, or one rank under torchrun).",
-    )
-    parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
-    add_print_config(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:
-        spec = load_spec(args.config, args.overrides)
-    except SpecError as exc:
-        return print_errors(f"{args.config} is not a valid run spec", exc.errors)
-    if args.print_config:
-        return print_config(spec)
-    with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
-        try:
-            row = train_loop(spec, ctx)
-        except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
-            print_error(str(exc))
-            return 1
-        except Exception:
-            traceback.print_exc()
-            return 1
-    if ctx.rank == 0:
-        ema = f", ema top1 {row['ema_top1']:.2f}" if row.get("ema_top1") is not None else ""
-        print(f"finished {spec.run_dir}: epoch {row['epoch']}, train loss {row['train_loss']:.4f}, "
-              f"top1 {row['top1']:.2f}{ema}")
-    return 0

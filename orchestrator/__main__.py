@@ -24,6 +24,7 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to use (or RAY_ADDRESS); default: start a local Ray and stop it at exit")
     p.add_argument("--resume", action="store_true",
                    help="keep finished runs, continue unfinished ones from their checkpoints, start runs added since")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_print_config(p)
 
 
@@ -40,7 +41,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if errors:
         return print_errors("bad options", errors)
     return run_config(args.config, args.overrides, "run", address=args.address, resume=args.resume,
-                      options=options)[0]
+                      options=options, dashboard=not args.no_dashboard)[0]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -50,7 +51,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from .plan import print_resolved
 
         return print_resolved(args.config, args.overrides, "study")
-    return run_config(args.config, args.overrides, "study", address=args.address, resume=args.resume)[0]
+    return run_config(args.config, args.overrides, "study", address=args.address, resume=args.resume,
+                      dashboard=not args.no_dashboard)[0]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -60,7 +62,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.overrides.insert(0, str(args.config))
         args.config = DEMO_STUDY
     return demo(Path(args.config), args.overrides, data_dir=Path(args.data_dir), address=args.address,
-                print_config=args.print_config)
+                print_config=args.print_config, dashboard=not args.no_dashboard)
 
 
 def _config_keys(argv: list[str]) -> int:
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo study")
     p.add_argument("--data-dir", default="demo_data", help="where the shipped dataset is built")
     p.add_argument("--address", default=None, help="Ray cluster to use instead of a local Ray")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_print_config(p)
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")

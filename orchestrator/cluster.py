@@ -29,6 +29,10 @@ QUIET_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DEDUP_LOGS_SKIP_REGEX": r"Failed to query Ray Train Controller|Setting up process group",
     "RAY_AIR_NEW_OUTPUT": "0",  # keep Tune's classic live table (CLIReporter)
+    # The loop writes its own TensorBoard files into each run folder; Tune's automatic TBX logger would put
+    # a second, epoch-level copy under <study>/.ray/tune/ that `tensorboard --logdir <study>` also shows.
+    # The sweep passes Tune's CSV and JSON loggers explicitly (ray_run.tune_loggers), so they stay.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 
@@ -89,28 +93,35 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[RaySession]:
-    """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray; always disconnect, and
-    stop the embedded one, when the block ends."""
+def ray_session(address: str | None = None, *, num_cpus: int | None = None,
+                dashboard: bool = True) -> Iterator[RaySession]:
+    """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray (with its dashboard unless
+    `dashboard` is false; its URL is printed); always disconnect, and stop the embedded one, when the block ends."""
     quiet_env()
     import ray
 
     address = resolve_address(address)
     if address is None:
         machine = ClusterShape.this_machine()
-        ray.init(
+        context = ray.init(
             address="local",
             num_cpus=int(num_cpus or machine.cpus),
             num_gpus=int(machine.gpus),
             resources={DRIVER_TOKEN: DRIVER_TOKEN_AMOUNT},
-            include_dashboard=False,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
             log_to_driver=True,
             logging_level=logging.WARNING,
             runtime_env={"env_vars": dict(QUIET_ENV)},
         )
     else:
         # No runtime_env here: inside `ray job submit` it would replace the job's (its working_dir).
-        ray.init(address=address, logging_level=logging.WARNING)
+        context = ray.init(address=address, logging_level=logging.WARNING)
+    if getattr(context, "dashboard_url", None):
+        # Ray turns token authentication on for local clusters; the dashboard's sign-in asks for the token.
+        token = " (sign in with the token `ray get-auth-token` prints)" \
+            if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else ""
+        print(f"Ray dashboard: http://{context.dashboard_url}{token}", flush=True)
     try:
         # After ray.init: Ray installs its own SIGTERM handler (it aborts the process), ours replaces it.
         with _sigterm_as_interrupt():

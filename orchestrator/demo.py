@@ -17,7 +17,7 @@ from rundir import print_error
 
 
 def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | None = None,
-         print_config: bool = False) -> int:
+         print_config: bool = False, dashboard: bool = True) -> int:
     # --print-config: stdout is the YAML alone (the dataset is still built: the config names its files)
     say = (lambda *a: print(*a, file=sys.stderr)) if print_config else print
     t0 = time.time()
@@ -26,7 +26,7 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
     overrides = [f"data_root={Path(paths.root).resolve()}", *overrides]
     if print_config:
         return print_resolved(config, overrides, "study")
-    code, study_dir = run_config(config, overrides, "study", address=address, resume=True)
+    code, study_dir = run_config(config, overrides, "study", address=address, resume=True, dashboard=dashboard)
     if code != 0 or study_dir is None:
         print_error(f"the demo study did not finish (exit {code}); rerun `make demo` to continue it")
         return code or 1
@@ -35,4 +35,5 @@ def demo(config: Path, overrides: list[str], *, data_dir: Path, address: str | N
     report = (out / "report.md").resolve()
     print(f"demo finished in {time.time() - t0:.0f} s")
     print(f"report: {report}")
+    print(f"TensorBoard: tensorboard --logdir {study_dir.resolve()}  (then open http://localhost:6006)")
     return 0

@@ -13,6 +13,7 @@ is reported, once (the marker file records that it happened).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ POINTER_FILE = "pointer.json"
 FAIL_EPOCH_ENV = "VITREDUCE_FAIL_AT_EPOCH"
 FAIL_MARKER_ENV = "VITREDUCE_FAIL_MARKER"
 FAIL_RANK_ENV = "VITREDUCE_FAIL_RANK"
+TRAIN_ENTRY = "jobs.train:train_loop"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 # Environment every Ray worker gets: quiet logs, no print patching (the loop's own logging is enough).
 WORKER_ENV = {
@@ -133,21 +136,30 @@ class RayContext:
 
 
 def train_fn_per_worker(config: dict) -> None:
-    """Entry point of every Ray Train worker: the engine-agnostic loop with a RayContext."""
-    from jobs.train import train_loop
+    """Entry point of every Ray Train worker: the engine-agnostic loop (named by `entry`, imported here, on the
+    worker) with a RayContext. The spec travels as a plain dict so that no driver-side process has to import
+    the spec's model code to unpickle it."""
+    from jobs.spec import RunSpec
 
-    spec = config["spec"]
-    train_loop(spec, RayContext(spec.run_dir))
+    spec = RunSpec.model_validate(config["spec"])
+    loop = _resolve(config.get("entry", TRAIN_ENTRY))
+    loop(spec, RayContext(spec.run_dir))
 
 
-def scaling_config(spec):
-    import ray.train
+def _resolve(entry: str):
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
 
+
+def trainer_job(spec, entry: str = TRAIN_ENTRY) -> dict[str, Any]:
+    """What a trial driver needs to start one run's trainer, in plain data (JSON types only)."""
     r = spec.resources
     per_worker: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
         per_worker["GPU"] = float(r.gpus_per_worker)
-    return ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker)
+    return {"run_id": spec.run_id, "run_dir": str(spec.run_dir), "epochs": spec.train.epochs,
+            "num_workers": r.num_workers, "use_gpu": r.use_gpu, "resources_per_worker": per_worker,
+            "env": worker_env(spec), "entry": entry, "spec": spec.model_dump(mode="json")}
 
 
 def worker_env(spec=None) -> dict[str, str]:
@@ -161,24 +173,33 @@ def worker_env(spec=None) -> dict[str, str]:
     return env
 
 
-def build_trainer(spec, *, storage_path: str, max_failures: int, callbacks: list | None = None):
-    """A TorchTrainer running `spec`, named by its run_id so a restart with the same storage path
+def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int, callbacks: list | None = None):
+    """A data-parallel trainer with torch's process group (LazyTorchConfig: torch stays out of the Train
+    controller) running `job` (see trainer_job), named by its run_id so a restart with the same storage path
     reloads Ray's checkpoint-manager snapshot of the same run (no timestamps in the name)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
-    return TorchTrainer(
+    from orchestrator.ray_backend import LazyTorchConfig, NoDatasetsTrainer
+
+    # Ray Train's PreemptionWatcher (one more actor process per run, ~0.11 GB) only hands workers a notice of a
+    # node drain for the train function to read; the loop does not read it, and a preempted worker's failure is
+    # classified from Ray core's actor error without it. Ray copies this variable to the Train controller.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+
+    return NoDatasetsTrainer(
         train_fn_per_worker,
-        train_loop_config={"spec": spec},
-        scaling_config=scaling_config(spec),
+        train_loop_config={"spec": job["spec"], "entry": job["entry"]},
+        backend_config=LazyTorchConfig(),
+        scaling_config=ray.train.ScalingConfig(num_workers=job["num_workers"], use_gpu=job["use_gpu"],
+                                               resources_per_worker=job["resources_per_worker"]),
         run_config=ray.train.RunConfig(
-            name=spec.run_id,
+            name=job["run_id"],
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # Ray's folders hold only pointers; the loop prunes its own checkpoint folders.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
-            worker_runtime_env={"env_vars": worker_env(spec)},
+            worker_runtime_env={"env_vars": job["env"]},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )

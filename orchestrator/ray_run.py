@@ -9,6 +9,7 @@ elsewhere (e.g. a cloud URI).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,13 +52,21 @@ def concurrency(runs: list[RunSpec], shape) -> int:
     return max(1, min(fits, len(runs)))
 
 
+def tune_loggers() -> list:
+    """Tune's CSV and JSON result files per trial, without its TensorBoard copy (cluster.QUIET_ENV turns
+    the automatic loggers off): the runs log their own curves, per update, into their run folders."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
     """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
     return make_plan(kind, config, runs, study, resume=resume)
 
 
 def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
-               options: SweepOptions | None = None) -> tuple[int, Path | None]:
+               options: SweepOptions | None = None, dashboard: bool = True) -> tuple[int, Path | None]:
     """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan.
     Returns (exit code, study dir or None when nothing was planned)."""
     embedded = resolve_address(address) is None
@@ -77,7 +86,8 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
             plan = plan_runs(kind, config, runs, study, resume=resume)
             if plan.errors:
                 return print_errors(f"{config} cannot start", plan.errors), study_dir
-            with ray_session(address) as session:
+            print(f"live curves: tensorboard --logdir {study_dir.resolve()}", flush=True)
+            with ray_session(address, dashboard=dashboard) as session:
                 errors = [] if embedded else check_fits(runs, session.shape)
                 if errors:
                     return print_errors(f"{config} does not fit the cluster", errors), study_dir
@@ -105,9 +115,9 @@ def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
 
 
 def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
-    from orchestrator.ray_engine import build_trainer
+    from orchestrator.ray_engine import build_trainer, trainer_job
 
-    trainer = build_trainer(spec, storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
+    trainer = build_trainer(trainer_job(spec), storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
                             max_failures=options.max_failures)
     t0 = time.time()
     try:
@@ -119,59 +129,52 @@ def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
     print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
 
 
-def trial_driver(config: dict, specs: dict[str, RunSpec], storage_path: str, max_failures: int) -> None:
-    """One Tune trial: the run's TorchTrainer; a retried trial whose run meanwhile finished reports its last row."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator.ray_engine import build_trainer
-
-    spec = specs[config["run_id"]]
-    if run_state(spec.run_dir, spec.train.epochs).finished:
-        rows = read_metrics(spec.run_dir).to_pylist()
-        last = max(rows, key=lambda r: r["epoch"]) if rows else {}
-        tune.report({k: v for k, v in last.items() if isinstance(v, (int, float, str)) or v is None})
-        return
-    trainer = build_trainer(spec, storage_path=storage_path, max_failures=max_failures, callbacks=[TuneReportCallback()])
-    trainer.fit()
-
-
 def _trial_name(trial) -> str:
     """Tune's table and folders show the run id rather than a generated trial name."""
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], plan: Plan, session, options: SweepOptions) -> None:
+def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None) -> None:
     """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
     A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
-    runs added to the study since are included."""
+    runs added to the study since are included. `plan`: the plan (its stage graph), or just the study dir when the
+    runs need no other run. `entry` (module:function run on the workers) is the training loop unless a benchmark
+    substitutes its stand-in."""
     from ray import tune
 
+    from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
+    from orchestrator.ray_progress import StudyReporter
     from orchestrator.ray_stages import StageSearcher
+    from orchestrator.ray_trial import PROBE_ENV, trial_driver
 
-    study_dir = plan.study_dir
+    study_dir = plan.study_dir if isinstance(plan, Plan) else Path(plan)
+    deps = plan.deps if isinstance(plan, Plan) else {}
+    stages = plan.stages if isinstance(plan, Plan) else {}
     root = ray_root(study_dir, options.storage_path)
-    specs = {r.run_id: r for r in todo}
-    stages = plan.stages
+    run_specs = {r.run_id: r for r in todo}
+    specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY) for r in todo}
     searcher = StageSearcher(
-        sorted(specs, key=lambda r: stages.get(r, 0)), plan.deps,
-        finished=[p.run_id for p in plan.runs if p.state.finished],
-        is_finished=lambda r: run_state(specs[r].run_dir, specs[r].train.epochs).finished)
+        sorted(specs, key=lambda r: stages.get(r, 0)), deps,
+        finished=[p.run_id for p in plan.runs if p.state.finished] if isinstance(plan, Plan) else [],
+        is_finished=lambda r: run_state(run_specs[r].run_dir, run_specs[r].train.epochs).finished)
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, specs=specs, storage_path=f"{root}/train", max_failures=options.max_failures),
+        tune.with_parameters(trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
+                             probe=os.environ.get(PROBE_ENV)),
         session.driver_resources(),
     )
-    reporter = tune.CLIReporter(metric_columns=TABLE_COLUMNS, parameter_columns=[],
-                                max_report_frequency=int(options.progress_every_s), print_intermediate_tables=False)
+    reporter = StudyReporter({r.run_id: r.condition_label for r in todo}, metric_columns=TABLE_COLUMNS,
+                             parameter_columns=[], max_report_frequency=int(options.progress_every_s),
+                             print_intermediate_tables=False)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(specs), max_concurrent_trials=k,
                                     reuse_actors=False,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
+                                  callbacks=tune_loggers(),
                                   failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
     )
     n_stages = 1 + max((stages.get(r, 0) for r in specs), default=0)
@@ -181,7 +184,7 @@ def _fit_grid(todo: list[RunSpec], plan: Plan, session, options: SweepOptions) -
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
             print_error(f"run {run_id}: {error_line(str(result.error))}")
-            _record_failure(specs[run_id], str(result.error))
+            _record_failure(run_specs[run_id], str(result.error))
 
 
 def _record_failure(spec: RunSpec, error: str) -> None:

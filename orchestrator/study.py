@@ -31,18 +31,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.dependencies import check_study, run_sources
-from jobs.spec import (
-    ResourcesConfig,
-    RunSpec,
-    SpecError,
-    apply_overrides,
-    field_path_error,
-    format_validation_error,
-    parse_value,
-    read_yaml,
-    set_dotted,
-    validate_spec,
-)
+from jobs.overrides import apply_overrides, field_path_error, parse_value, set_dotted
+from jobs.spec import ResourcesConfig, RunSpec, SpecError, format_validation_error, read_yaml, validate_spec
 from orchestrator.resources import ClusterShape, check_fits
 from rundir import write_index
 from rundir.stages import needed_conditions
@@ -202,7 +192,7 @@ def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
             tip = f"; did you mean strategy.{hint[0]}.{parts[2]}?" if hint else ""
             return [f"{where}: axis {axis!r}: no condition uses strategy {parts[1]!r}{tip}"]
         return []
-    problem = field_path_error(axis, what="axis")
+    problem = field_path_error(axis, RunSpec, what="axis")
     return [f"{where}: {problem}"] if problem else []
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from rundir.atomic import atomic_write_bytes
@@ -56,10 +55,23 @@ def check_metrics(run_dir: Path | str) -> tuple[pa.Table | None, list[str], list
     if not path.exists():
         return METRICS_SCHEMA.empty_table(), [], []
     try:
-        raw = ds.dataset(path, format="parquet").to_table()
+        # One file: read_table is ~3x faster than the dataset API per call (a study's status reads hundreds).
+        raw = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         return None, [f"{METRICS_FILE} is not readable parquet ({exception_line(exc, path)})"], []
     return conform(raw)
+
+
+def footer_rows(run_dir: Path | str) -> int | None:
+    """Rows of metrics.parquet from its footer alone (no data pages read); None when the file is absent, its
+    footer unreadable or a required column missing (the caller then reads the whole file to say why)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    names = set(meta.schema.names)
+    return meta.num_rows if all(c in names for c in REQUIRED_COLUMNS) else None
 
 
 def read_metrics(run_dir: Path | str) -> pa.Table:

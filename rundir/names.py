@@ -10,11 +10,13 @@ METRICS_FILE = "metrics.parquet"  # one row per epoch, rundir.schema.METRICS_SCH
 CHECKPOINT_DIR = "checkpoints"    # ckpt-NNNNNN folders and best/ (written by jobs.checkpoint)
 EVENTS_FILE = "events.log"        # append-only, one line per event (rundir.events.EventLog)
 STATUS_FILE = "status.json"       # {"state", "epoch", "epochs_total", "error", "updated"} (rundir.status)
+LAYER_STATS_FILE = "layer_stats.parquet"  # optional (logging.layer_stats): per-block gradient norms (jobs.layer_stats)
 
 # A study directory.
 RUNS_FILE = "runs.json"           # run_id -> {condition, ablation, seed} of every planned run (rundir.index)
 LOCK_FILE = ".study.lock"         # held by the one driver working on the study
 BENCH_FILE = "bench.json"         # optional: `python -m jobs bench --json` output for the report
+MLFLOW_DIR = "mlruns"             # optional: the default MLflow file store (logging.mlflow)
 
 # The files whose presence makes a folder a run folder (a report or Ray's state folder has none of them).
 RUN_MARKERS = (SPEC_FILE, METRICS_FILE, STATUS_FILE, EVENTS_FILE, CHECKPOINT_DIR)

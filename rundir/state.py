@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from rundir.metrics import check_metrics, epochs_done
+from rundir.metrics import check_metrics, epochs_done, footer_rows
 from rundir.names import CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, STATUS_FILE
 from rundir.status import check_status
 
@@ -75,12 +75,27 @@ def classify(status: dict | None, done: int, epochs_wanted: int | None) -> State
     return State.UNFINISHED
 
 
+def _finished_per_footer(run_dir: Path, status: dict | None, epochs_wanted: int | None) -> bool:
+    if not status or status.get("state") != "finished":
+        return False
+    total = epochs_wanted if epochs_wanted is not None else status.get("epochs_total")
+    epoch = int(status.get("epoch") or 0)
+    if total is None or epoch < total:
+        return False
+    rows = footer_rows(run_dir)
+    return rows is not None and rows >= total
+
+
 def run_state(run_dir: Path | str, epochs_wanted: int | None = None) -> RunState:
     """Where the run in `run_dir` stands; `epochs_wanted` is the spec's train.epochs today (None: the run's
     own record decides, as for a study folder copied off the cluster)."""
     run_dir = Path(run_dir)
     started = any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_DIR, SPEC_FILE))
     status, problem = check_status(run_dir)
+    if not problem and _finished_per_footer(run_dir, status, epochs_wanted):
+        # A large study's --resume or status: a finished run is known from status.json and the metrics file's
+        # footer (one row per epoch) without reading its rows.
+        return RunState(State.FINISHED, int(status["epoch"]), epochs_wanted or status.get("epochs_total"), True)
     table, errors, _ = check_metrics(run_dir)
     recorded_total = (status or {}).get("epochs_total")
     total = epochs_wanted if epochs_wanted is not None else recorded_total

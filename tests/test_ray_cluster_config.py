@@ -41,6 +41,8 @@ def test_cluster_yaml_has_what_the_orchestrator_needs():
     assert head["resources"].get(DRIVER_TOKEN, 0) > 0 and head["resources"].get("CPU") == 0
     gpu = [t for t in workers if t["node_config"]["InstanceType"].startswith(("g", "p"))]
     assert gpu and all(t["min_workers"] <= t["max_workers"] <= c["max_workers"] for t in gpu)
+    # Trial drivers (and the Train controllers Ray puts next to them) stay off the GPU nodes' memory.
+    assert all(t.get("resources", {}).get(DRIVER_TOKEN, 0) == 0 for t in gpu)
     setup = " ".join(c["setup_commands"])
     assert "pip install" in setup and "-e ." in setup and "libturbojpeg0-dev" in setup
     assert any("/shared" in cmd and "mount" in cmd for cmd in c["initialization_commands"])

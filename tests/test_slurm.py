@@ -161,7 +161,7 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     # --resume never duplicates a job that is still queued or running.
     assert slurm.main([str(cfg), "--partition", "low", "--resume"]) == 0
     text = capsys.readouterr().out
-    assert f"job {job} is still" in text and "nothing to submit" in text, text
+    assert f"r0: still queued as job {job} (" in text and "nothing to submit" in text, text
 
     def resumes() -> list[int]:
         return [int(ln.split(": epoch ")[1].split()[0]) for ln in events(run_dir, "resume")]
