@@ -49,6 +49,7 @@ KINDS = {
     "ray::_AutoscalingCoordinatorActor": "shared:AutoscalingCoordinator",
 }
 RAY_DAEMONS = ("gcs_server", "raylet", "log_monitor", "dashboard", "runtime_env", "monitor.py", "agent")
+STAND_IN_EVENT = "stand-in"
 NOT_PER_RUN = ("train_worker", "idle_worker", "ray_daemons", "bench_driver", "shared:", "other:")
 
 
@@ -68,6 +69,25 @@ def stand_in_loop(spec, ctx) -> None:
         ctx.report({"epoch": epoch, "train_loss": 1.0 / epoch, "top1": float(epoch)}, None)
     with open(marks / f"{spec.run_id}.end", "w") as f:
         f.write(repr(time.time()))
+
+
+def stand_in_trial(config: dict, jobs: dict, storage_path: str, max_failures: int, probe: str | None = None) -> None:
+    """ENGINE STAND-IN (benchmark only) for a whole Tune trial, in place of orchestrator.ray_trial.trial_driver
+    (no Train controller, no workers): reports `epochs` rows, one every VITREDUCE_BENCH_STEP_S seconds, and
+    writes its first and last step, with sub-second times, to the run's events.log."""
+    from ray import tune
+
+    from rundir import EventLog
+
+    job = jobs[config["run_id"]]
+    Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
+    events = EventLog(job["run_dir"])
+    step = float(os.environ.get("VITREDUCE_BENCH_STEP_S", "1"))
+    events(STAND_IN_EVENT, f"first step at {time.time():.3f}")
+    for epoch in range(1, job["epochs"] + 1):
+        time.sleep(step)
+        tune.report({"epoch": epoch, "train_loss": 1.0 / epoch, "top1": float(epoch)})
+    events(STAND_IN_EVENT, f"last step at {time.time():.3f}")
 
 
 # --------------------------------------------------------------------------- processes

@@ -124,10 +124,12 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions, entry: str | None = None) -> None:
+def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions, entry: str | None = None,
+              trial=None) -> None:
     """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
     all the state that matters, and runs added to the study since are included. `entry` (module:function run on
-    the workers) is the training loop unless a benchmark substitutes its stand-in."""
+    the workers) is the training loop and `trial` (the function of each Tune trial) is `trial_driver`, unless a
+    benchmark substitutes its stand-in."""
     from ray import tune
 
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
@@ -140,7 +142,7 @@ def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptio
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
+        tune.with_parameters(trial or trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
                              probe=os.environ.get(PROBE_ENV)),
         session.driver_resources(),
     )
