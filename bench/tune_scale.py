@@ -1,7 +1,7 @@
 """How Tune's side of a sweep scales with the study size N: experiment state and scheduling latency.
 
     python bench/record.py -- python bench/tune_scale.py                    # N = 10, 100, 500; 4 runs at once
-    python bench/tune_scale.py --quick                                       # smoke test: N = 10, 2 at once
+    python bench/tune_scale.py --quick                                       # smoke test: N = 5, 2 at once, 1 row
 
 For each N, a study of N runs (5 conditions x N/5 seeds) is validated by orchestrator.plan and trained through
 the product's sweep path (orchestrator.ray_run._fit_grid: the same Tuner, TuneConfig, progress reporter,
@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--concurrency", type=int, default=4, help="runs at once (fake CPUs of the embedded Ray)")
     p.add_argument("--step-s", type=float, default=0.5, help="stand-in: seconds between metrics rows")
     p.add_argument("--epochs", type=int, default=2, help="stand-in: rows per run")
-    p.add_argument("--quick", action="store_true", help="smoke test: N = 10, 2 at once")
+    p.add_argument("--quick", action="store_true", help="smoke test: N = 5, 2 at once, 1 row each")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     if args.quick:
-        args.studies, args.concurrency = "10", 2
+        args.studies, args.concurrency, args.epochs, args.step_s = "5", 2, 1, 0.2
     from data.demo import prepare_demo
 
     data_root = prepare_demo(args.data_dir, log=lambda *_: None).root

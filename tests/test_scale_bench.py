@@ -21,6 +21,27 @@ def test_study_status_bench_smoke():
     assert out.returncode == 0, out.stderr[-3000:]
     res = last_json(out.stdout)
     assert res["runs"] == 10 and set(res["figures"]) == {"status_cli_s", "run_state_all_s", "full_read_all_s"}
+    assert all(isinstance(v, float) and v > 0 for v in res["figures"].values()), res["figures"]
+
+
+def test_study_status_bench_rejects_a_wrong_status():
+    """The bench checks what `analysis status` printed: a status that loses or misclassifies runs fails it."""
+    from bench.study_status import status_problem
+
+    assert status_problem(0, "...\n10 runs: 10 finished\n", "", 10) is None
+    assert status_problem(0, "...\n10 runs: 9 finished, 1 unfinished\n", "", 10)
+    assert status_problem(0, "...\n9 runs: 9 finished\n", "", 10)
+    assert status_problem(0, "...\n100 runs: 100 finished\n", "", 10)
+    assert status_problem(1, "...\n10 runs: 10 finished\n", "Traceback", 10)
+
+
+def test_tune_scale_bench_quick():
+    out = subprocess.run([sys.executable, "bench/tune_scale.py", "--quick"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (point,) = last_json(out.stdout)["studies"]
+    assert point["finished"] == point["n"] == 5 and point["state_saves"] > 0 and point["state_kb_last"] > 0
+    assert point["state_trials_last"] == point["n"] and point["latency_median_s"] is not None
 
 
 @pytest.mark.slow
