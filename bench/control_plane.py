@@ -1,7 +1,7 @@
 """Control-plane cost of a Ray sweep, per concurrent run, and how planning scales with the study size.
 
     python bench/record.py -- python bench/control_plane.py                 # 1, 2, 4, 8 concurrent runs; N = 10, 100, 500
-    python bench/control_plane.py --quick                                    # smoke test: 1, 2 concurrent; N = 10
+    python bench/control_plane.py --quick                                    # smoke test: 1, 2 concurrent, one wave; N = 10
 
 Concurrency part: an embedded Ray with `k` fake CPUs runs a grid of 2k runs through the product's own sweep
 path (orchestrator.ray_run._fit_grid: Tune trial drivers, Train controllers, helper actors, workers), with
@@ -177,7 +177,7 @@ class Sampler(threading.Thread):
 
 # --------------------------------------------------------------------------- concurrency
 
-def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int) -> dict:
+def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int, waves: int = 2) -> dict:
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
     from orchestrator.ray_run import _fit_grid
@@ -187,7 +187,7 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
     marks.mkdir(parents=True)
     os.environ.update(VITREDUCE_BENCH_STEP_S=str(step_s), VITREDUCE_BENCH_MARKS=str(marks))
     study = {"base": str(DEMO), "study": f"cp{k}", "output_root": str(work), "data_root": str(data_root),
-             "seeds": list(range(2 * k)), "conditions": {"baseline": {}}}
+             "seeds": list(range(waves * k)), "conditions": {"baseline": {}}}
     path = work / f"cp{k}.yaml"
     import yaml
 
@@ -268,11 +268,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--studies", default="10,100,500", help="study sizes N to plan (comma-separated)")
     p.add_argument("--step-s", type=float, default=2.0, help="stand-in: seconds between metrics rows")
     p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
-    p.add_argument("--quick", action="store_true", help="smoke test: concurrency 1,2; N = 10; 3 short rows")
+    p.add_argument("--waves", type=int, default=2, help="runs per concurrency point, in units of k (2: latency too)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: concurrency 1,2, one wave (no latency), 1 row each; N = 10")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     if args.quick:
-        args.concurrency, args.studies, args.epochs, args.step_s = "1,2", "10", 3, 1.0
+        args.concurrency, args.studies, args.epochs, args.step_s, args.waves = "1,2", "10", 2, 1.0, 1
     from data.demo import prepare_demo
 
     data_root = prepare_demo(args.data_dir, log=lambda *_: None).root
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "cpus": len(os.sched_getaffinity(0)), "engine": "STAND-IN (reports metrics only, trains nothing)"}
     with tempfile.TemporaryDirectory(prefix="control-plane-") as d:
         studies = [study_point(int(n), Path(d) / "studies", data_root) for n in args.studies.split(",")]
-        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs) for k in args.concurrency.split(",")]
+        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves)
+                  for k in args.concurrency.split(",")]
     result.update(concurrency=points, studies=studies, fit=fit(points))
     figures = {f"k{q['k']}.control_plane_gb_per_run": q["control_plane_gb_per_run"] for q in points}
     figures.update({f"k{q['k']}.scheduling_latency_s": q["scheduling_latency_s"] for q in points if q["scheduling_latency_s"] is not None})
@@ -288,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     figures.update(result["fit"])
     result["figures"] = figures
     print(json.dumps(result, indent=1))
+    bad = [q["k"] for q in points if q["finished_marks"] != q["runs"] or "trial_driver" not in q["per_run_gb_by_kind"]]
+    if bad:
+        raise SystemExit(f"concurrency {bad}: not every stand-in run finished, or no sample caught its processes")
     return result
 
 
