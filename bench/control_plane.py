@@ -1,7 +1,7 @@
 """Control-plane cost of a Ray sweep, per concurrent run, and how planning scales with the study size.
 
     python bench/record.py -- python bench/control_plane.py                 # 1, 2, 4, 8 concurrent runs; N = 10, 100, 500
-    python bench/control_plane.py --quick                                    # smoke test: 1, 2 concurrent, one wave; N = 10
+    python bench/control_plane.py --quick                                    # smoke test: one run; N = 10
 
 Concurrency part: an embedded Ray with `k` fake CPUs runs a grid of 2k runs through the product's own sweep
 path (orchestrator.ray_run._fit_grid: Tune trial drivers, Train controllers, helper actors, workers), with
@@ -270,11 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
     p.add_argument("--waves", type=int, default=2, help="runs per concurrency point, in units of k (2: latency too)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: concurrency 1,2, one wave (no latency), 1 row each; N = 10")
+                   help="smoke test: one run (concurrency 1, no latency, no fit), 2 rows; N = 10")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     if args.quick:
-        args.concurrency, args.studies, args.epochs, args.step_s, args.waves = "1,2", "10", 2, 1.0, 1
+        args.concurrency, args.studies, args.epochs, args.step_s, args.waves = "1", "10", 2, 1.0, 1
     from data.demo import prepare_demo
 
     data_root = prepare_demo(args.data_dir, log=lambda *_: None).root

@@ -55,4 +55,13 @@ def test_control_plane_bench_quick():
         kinds = point["per_run_gb_by_kind"]
         assert {"trial_driver", "train_controller"} <= set(kinds), kinds
         assert point["finished_marks"] == point["runs"]
-    assert res["fit"]["gb_per_concurrent_run"] > 0 and res["studies"][0]["n"] == 10
+    assert res["studies"][0]["n"] == 10 and res["studies"][0]["planned"] == 10
+
+
+def test_control_plane_fit():
+    from bench.control_plane import fit
+
+    got = fit([{"k": 1, "control_plane_gb_total": 0.6}, {"k": 2, "control_plane_gb_total": 1.1},
+               {"k": 4, "control_plane_gb_total": 2.1}])
+    assert got["gb_per_concurrent_run"] == 0.5 and got["fixed_gb"] == 0.1 and got["projected_gb_64"] == 32.1
+    assert fit([{"k": 1, "control_plane_gb_total": 0.6}]) == {}
