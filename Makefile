@@ -71,9 +71,11 @@ GPU_CHECK_ARGS ?=
 gpu-check: install
 	$(RECORD) --figures-file build/bench/gpu_check.json -- $(PY) bench/gpu_check.py --json build/bench/gpu_check.json $(GPU_CHECK_ARGS)
 
-# Control plane per concurrent run (1, 2, 4, 8 runs, engine stand-in) and study size; a 500-run study's status.
+# Control plane per concurrent run (1, 2, 4, 8 runs, engine stand-in) and study size; Tune's experiment state and
+# scheduling latency as the study grows (stand-in trials); a 500-run study's status.
 bench-scale: install
 	$(RECORD) -- $(PY) bench/control_plane.py
+	$(RECORD) -- $(PY) bench/tune_scale.py
 	$(RECORD) -- $(PY) bench/study_status.py
 
 lint: install

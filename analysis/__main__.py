@@ -5,8 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.load import find_run_dirs
-from analysis.report import build_report
+from analysis.folders import find_run_dirs
 from analysis.status import format_status, status_rows, watch
 from rundir import print_error, read_index
 
@@ -16,6 +15,9 @@ def _report(args: argparse.Namespace) -> int:
         print_error(f"no run folders in {args.study_dir} (expected {args.study_dir}/<run>/metrics.parquet); "
                     "is this the study directory?")
         return 1
+    # The report's stack (pandas, scipy, matplotlib) is imported only for it: `status` must start fast.
+    from analysis.report import build_report
+
     out = args.out or args.study_dir / "report"
     rep = build_report(args.study_dir, out, include_incomplete=args.include_incomplete)
     excluded = [p for p in rep.study.problems if p.excluded]

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.folders import find_run_dirs, read_spec_info
 from rundir import (
     BENCH_FILE,
     METRICS_FILE,
     METRICS_SCHEMA,
-    RUN_MARKERS,
     RUNS_FILE,
-    SPEC_FILE,
-    STATUS_FILE,
     State,
     check_metrics,
     check_status,
@@ -82,40 +80,6 @@ def canonical_json(text: str | None, default: str) -> str:
     if text is None or (isinstance(text, float) and math.isnan(text)) or text == "":
         return default
     return json.dumps(json.loads(text), sort_keys=True)
-
-
-def find_run_dirs(study_dir: Path) -> list[Path]:
-    """Run folders: STUDY_DIR itself when it is one run, else its direct subfolders holding run files.
-
-    Other subfolders (a report written inside the study, Ray's experiment state) hold none of the run
-    files and are not runs.
-    """
-    if any((study_dir / m).exists() for m in (METRICS_FILE, SPEC_FILE, STATUS_FILE)):
-        return [study_dir]
-    return sorted(
-        p for p in study_dir.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and any((p / m).exists() for m in RUN_MARKERS)
-    )
-
-
-def read_spec_info(run_dir: Path) -> dict:
-    """Condition, seed, model and epochs of a run from its spec.yaml (for runs without metrics)."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load((run_dir / SPEC_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(spec, dict):
-        return {}
-    names = [s.get("name", "?") for s in spec.get("strategies") or [] if isinstance(s, dict)]
-    model = spec.get("model")
-    return {
-        "condition": spec.get("condition") or "+".join(names) or "baseline",
-        "seed": spec.get("seed"),
-        "model": model.get("name") if isinstance(model, dict) else model,
-        "epochs_total": (spec.get("train") or {}).get("epochs") if isinstance(spec.get("train"), dict) else None,
-    }
 
 
 def _is_spec_list(value) -> bool:

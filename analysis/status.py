@@ -1,20 +1,95 @@
-"""`python -m analysis status STUDY_DIR`: one line per run for watching a sweep.
+"""`python -m analysis status STUDY_DIR`: one line per run for watching a sweep, and a count by state.
 
-Reads each run's status.json and metrics.parquet only; a run without either is still shown.
+Fast on a study of hundreds of runs: per run it reads status.json and six columns of metrics.parquet (epoch,
+epochs_total, top1, wall_time, condition, seed), and the state is rundir's `classify`, as for `--resume`.
+It never imports pandas. It checks what those columns need (readable parquet, required columns present,
+types); the full validation of every column (JSON parameters, one seed per file, ...) is the report's
+(`analysis.load.read_study`), which lists every problem.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
-from analysis.load import read_study
-from analysis.stats import run_table
-from rundir import SPEC_FILE, blocker, dependencies, index_nodes, node_from_spec, read_index
+from analysis.folders import find_run_dirs, read_spec_info
+from rundir import (
+    METRICS_FILE,
+    METRICS_SCHEMA,
+    RUNS_FILE,
+    SPEC_FILE,
+    State,
+    blocker,
+    check_status,
+    classify,
+    dependencies,
+    exception_line,
+    index_nodes,
+    node_from_spec,
+    read_index,
+)
+from rundir.metrics import REQUIRED_COLUMNS
 
 COLUMNS = ("run", "condition", "seed", "state", "epochs", "last top-1", "best top-1", "updated", "note")
+# What the status line shows; the other metrics columns are never read here.
+PEEK_COLUMNS = ("epoch", "epochs_total", "top1", "wall_time", "condition", "seed")
+
+
+@dataclass
+class Peek:
+    """What the status line needs from one run's metrics.parquet."""
+    top1_by_epoch: dict[int, float | None] = field(default_factory=dict)  # later rows of an epoch win (resume)
+    epochs_total: int | None = None
+    wall_time: float | None = None  # of the last row written
+    condition: str | None = None
+    seed: int | None = None
+
+    @property
+    def done(self) -> int:
+        return max(self.top1_by_epoch, default=0)
+
+
+def peek_metrics(run_dir: Path) -> tuple[Peek | None, str | None]:
+    """(peek, problem) from PEEK_COLUMNS of the run's metrics.parquet; (None, None) when there is no file."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return None, None
+    try:
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            return None, f"{METRICS_FILE} lacks required columns {', '.join(missing)}"
+        table = pf.read(columns=[c for c in PEEK_COLUMNS if c in names])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return None, f"{METRICS_FILE} is not readable parquet ({exception_line(exc, path)})"
+    if table.num_rows == 0:
+        return None, f"{METRICS_FILE} has no rows"
+    cols = {}
+    for name in table.column_names:
+        want = METRICS_SCHEMA.field(name).type
+        try:
+            cols[name] = table.column(name).cast(want).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            return None, (f"{METRICS_FILE} column {name} has type {table.column(name).type}, expected {want} "
+                          f"({exception_line(exc)})")
+    if any(e is None for e in cols["epoch"]):
+        return None, f"{METRICS_FILE} has empty epoch values"
+    peek = Peek()
+    for i, epoch in enumerate(cols["epoch"]):
+        peek.top1_by_epoch[epoch] = cols["top1"][i]
+    last = max(range(table.num_rows), key=lambda i: (cols["epoch"][i], i))
+    totals = [t for t in cols["epochs_total"] if t is not None]
+    peek.epochs_total = max(totals) if totals else None
+    peek.wall_time = cols.get("wall_time", [None] * table.num_rows)[last]
+    peek.condition = cols.get("condition", [None] * table.num_rows)[last]
+    peek.seed = cols["seed"][last]
+    return peek, None
 
 
 def _age(seconds: float) -> str:
@@ -25,39 +100,90 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def _pick(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def run_row(run_dir: Path, planned: dict, now: float) -> dict[str, str]:
+    """The status line of one run folder; `planned` is its entry of the study index (or {})."""
+    status, status_problem = check_status(run_dir)
+    status = status or {}
+    peek, metrics_problem = peek_metrics(run_dir)
+    if status_problem or metrics_problem:
+        state = State.BLOCKED.value
+    elif peek is None:
+        state = classify(status, 0, None).value if status.get("state") else "no metrics"
+    else:
+        total = status.get("epochs_total") or peek.epochs_total
+        state = classify(status, peek.done, total).value
+    spec = {} if peek is not None and peek.condition is not None and peek.seed is not None \
+        else read_spec_info(run_dir)
+    condition = _pick(peek and peek.condition, spec.get("condition"), planned.get("condition"))
+    seed = _pick(peek and peek.seed, spec.get("seed"), planned.get("seed"))
+    done = max(peek.done if peek else 0, int(status.get("epoch") or 0))
+    total = _pick(status.get("epochs_total"), peek and peek.epochs_total, spec.get("epochs_total"))
+    top1 = [v for v in (peek.top1_by_epoch.values() if peek else ()) if v is not None]
+    last = peek.top1_by_epoch.get(peek.done) if peek else None
+    updated = _pick(status.get("updated"), peek and peek.wall_time)
+    note = status.get("error") if status.get("state") == "failed" else None
+    if peek is None and not metrics_problem and not status_problem:
+        note = note or {"running": "running, no epoch finished yet"}.get(status.get("state"), f"no {METRICS_FILE}")
+    note = note or status_problem or metrics_problem or ""
+    return {
+        "run": run_dir.name,
+        "condition": str(condition) if condition is not None else "?",
+        "seed": str(int(seed)) if isinstance(seed, (int, float)) else "?",
+        "state": state,
+        "epochs": f"{done}/{total if total is not None else '?'}",
+        "last top-1": f"{last:.2f}" if last is not None else "–",
+        "best top-1": f"{max(top1):.2f}" if top1 else "–",
+        "updated": _age(now - float(updated)) if updated is not None else "–",
+        "note": " ".join(str(note).split())[:120],
+    }
+
+
 def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[str, str]]:
-    study = read_study(study_dir)
-    runs = run_table(study)
+    """One status line per run folder, then one per run planned in runs.json without a folder yet."""
+    root = Path(study_dir)
     now = time.time() if now is None else now
-    last_rows = (study.metrics.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
-                 if len(study.metrics) else pd.DataFrame())
-    deps = study_dependencies(study_dir, study.runs)
-    stuck = {run.run_id: run.state for run in study.runs if run.state in ("failed", "blocked")}
-    out = []
-    for run, (_, r) in zip(study.runs, runs.iterrows()):
-        status = run.status or {}
-        done = r["epochs_done"]
-        total = r["epochs_total"]
-        updated = status.get("updated")
-        if updated is None and run.run_id in last_rows.index:
-            updated = last_rows.loc[run.run_id, "wall_time"]
-        note = status.get("error") if status.get("state") == "failed" else None
-        note = note or r["problem"] or ""
-        by = blocker(run.run_id, deps, stuck) if run.state not in ("finished", "failed", "blocked") else None
-        if by is not None:
-            note = f"blocked by {by}"
-        out.append({
-            "run": run.run_id,
-            "condition": str(r["condition"]) if isinstance(r["condition"], str) else "?",
-            "seed": str(int(r["seed"])) if pd.notna(r["seed"]) else "?",
-            "state": r["state"] if r["usable"] or status.get("state") or run.planned_only else "no metrics",
-            "epochs": f"{int(done) if pd.notna(done) else 0}/{int(total) if pd.notna(total) else '?'}",
-            "last top-1": f"{r['final_top1']:.2f}" if pd.notna(r["final_top1"]) else "–",
-            "best top-1": f"{r['peak_top1']:.2f}" if pd.notna(r["peak_top1"]) else "–",
-            "updated": _age(now - float(updated)) if updated is not None and pd.notna(updated) else "–",
-            "note": " ".join(str(note).split())[:120],
-        })
-    return out
+    index, _ = read_index(root)  # an unreadable index: the report says so; status lists the folders
+    dirs = find_run_dirs(root)
+    rows = [run_row(d, index.get(d.name, {}), now) for d in dirs]
+    found = {d.name for d in dirs}
+    for run_id in sorted(set(index) - found):
+        planned = index[run_id]
+        seed = planned.get("seed")
+        rows.append({"run": run_id, "condition": str(planned.get("condition") or "?"),
+                     "seed": str(int(seed)) if isinstance(seed, (int, float)) else "?", "state": "pending",
+                     "epochs": "0/?", "last top-1": "–", "best top-1": "–", "updated": "–",
+                     "note": f"not started (planned in {RUNS_FILE}, no run folder yet)"})
+    _note_blockers(rows, study_dependencies(root, dirs, index))
+    return rows
+
+
+def _note_blockers(rows: list[dict[str, str]], deps: dict[str, list[str]]) -> None:
+    """A run that waits on a failed or blocked run upstream says `blocked by <run>`."""
+    stuck = {r["run"]: r["state"] for r in rows if r["state"] in ("failed", "blocked")}
+    for row in rows:
+        if row["state"] not in ("finished", "failed", "blocked"):
+            by = blocker(row["run"], deps, stuck)
+            if by is not None:
+                row["note"] = f"blocked by {by}"
+
+
+def study_dependencies(root: Path, dirs: list[Path], index: dict) -> dict[str, list[str]]:
+    """run_id -> the runs it needs: from runs.json (every planned run), else from the runs' spec.yaml files."""
+    if index:
+        return dependencies(index_nodes(index))
+    nodes = []
+    for run_dir in dirs:
+        try:
+            raw = yaml.safe_load((run_dir / SPEC_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(raw, dict):
+            nodes.append(node_from_spec(run_dir.name, raw))
+    return dependencies(nodes)
 
 
 def format_status(rows: list[dict[str, str]], study_dir: str | Path) -> str:
@@ -66,8 +192,8 @@ def format_status(rows: list[dict[str, str]], study_dir: str | Path) -> str:
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip()]
     lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
-    counts = pd.Series([r["state"] for r in rows]).value_counts()
-    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = Counter(r["state"] for r in rows)
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()))
     return "\n".join(lines)
 
 
@@ -80,19 +206,3 @@ def watch(study_dir: str | Path, interval: float) -> None:
             time.sleep(interval)
     except KeyboardInterrupt:
         pass
-
-
-def study_dependencies(study_dir: str | Path, runs) -> dict[str, list[str]]:
-    """run_id -> the runs it needs: from runs.json (every planned run), else from the runs' spec.yaml files."""
-    index, _ = read_index(study_dir)
-    if index:
-        return dependencies(index_nodes(index))
-    nodes = []
-    for run in runs:
-        try:
-            raw = yaml.safe_load((Path(run.path) / SPEC_FILE).read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(raw, dict):
-            nodes.append(node_from_spec(run.run_id, raw))
-    return dependencies(nodes)

@@ -1,7 +1,7 @@
 """Control-plane cost of a Ray sweep, per concurrent run, and how planning scales with the study size.
 
     python bench/record.py -- python bench/control_plane.py                 # 1, 2, 4, 8 concurrent runs; N = 10, 100, 500
-    python bench/control_plane.py --quick                                    # smoke test: 1, 2 concurrent; N = 10
+    python bench/control_plane.py --quick                                    # smoke test: one run; N = 10
 
 Concurrency part: an embedded Ray with `k` fake CPUs runs a grid of 2k runs through the product's own sweep
 path (orchestrator.ray_run._fit_grid: Tune trial drivers, Train controllers, helper actors, workers), with
@@ -49,6 +49,7 @@ KINDS = {
     "ray::_AutoscalingCoordinatorActor": "shared:AutoscalingCoordinator",
 }
 RAY_DAEMONS = ("gcs_server", "raylet", "log_monitor", "dashboard", "runtime_env", "monitor.py", "agent")
+STAND_IN_EVENT = "stand-in"
 NOT_PER_RUN = ("train_worker", "idle_worker", "ray_daemons", "bench_driver", "shared:", "other:")
 
 
@@ -68,6 +69,25 @@ def stand_in_loop(spec, ctx) -> None:
         ctx.report({"epoch": epoch, "train_loss": 1.0 / epoch, "top1": float(epoch)}, None)
     with open(marks / f"{spec.run_id}.end", "w") as f:
         f.write(repr(time.time()))
+
+
+def stand_in_trial(config: dict, jobs: dict, storage_path: str, max_failures: int, probe: str | None = None) -> None:
+    """ENGINE STAND-IN (benchmark only) for a whole Tune trial, in place of orchestrator.ray_trial.trial_driver
+    (no Train controller, no workers): reports `epochs` rows, one every VITREDUCE_BENCH_STEP_S seconds, and
+    writes its first and last step, with sub-second times, to the run's events.log."""
+    from ray import tune
+
+    from rundir import EventLog
+
+    job = jobs[config["run_id"]]
+    Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
+    events = EventLog(job["run_dir"])
+    step = float(os.environ.get("VITREDUCE_BENCH_STEP_S", "1"))
+    events(STAND_IN_EVENT, f"first step at {time.time():.3f}")
+    for epoch in range(1, job["epochs"] + 1):
+        time.sleep(step)
+        tune.report({"epoch": epoch, "train_loss": 1.0 / epoch, "top1": float(epoch)})
+    events(STAND_IN_EVENT, f"last step at {time.time():.3f}")
 
 
 # --------------------------------------------------------------------------- processes
@@ -157,7 +177,7 @@ class Sampler(threading.Thread):
 
 # --------------------------------------------------------------------------- concurrency
 
-def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int) -> dict:
+def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int, waves: int = 2) -> dict:
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
     from orchestrator.ray_run import _fit_grid
@@ -167,7 +187,7 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
     marks.mkdir(parents=True)
     os.environ.update(VITREDUCE_BENCH_STEP_S=str(step_s), VITREDUCE_BENCH_MARKS=str(marks))
     study = {"base": str(DEMO), "study": f"cp{k}", "output_root": str(work), "data_root": str(data_root),
-             "seeds": list(range(2 * k)), "conditions": {"baseline": {}}}
+             "seeds": list(range(waves * k)), "conditions": {"baseline": {}}}
     path = work / f"cp{k}.yaml"
     import yaml
 
@@ -248,11 +268,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--studies", default="10,100,500", help="study sizes N to plan (comma-separated)")
     p.add_argument("--step-s", type=float, default=2.0, help="stand-in: seconds between metrics rows")
     p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
-    p.add_argument("--quick", action="store_true", help="smoke test: concurrency 1,2; N = 10; 3 short rows")
+    p.add_argument("--waves", type=int, default=2, help="runs per concurrency point, in units of k (2: latency too)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: one run (concurrency 1, no latency, no fit), 2 rows; N = 10")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     if args.quick:
-        args.concurrency, args.studies, args.epochs, args.step_s = "1,2", "10", 3, 1.0
+        args.concurrency, args.studies, args.epochs, args.step_s, args.waves = "1", "10", 2, 1.0, 1
     from data.demo import prepare_demo
 
     data_root = prepare_demo(args.data_dir, log=lambda *_: None).root
@@ -260,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "cpus": len(os.sched_getaffinity(0)), "engine": "STAND-IN (reports metrics only, trains nothing)"}
     with tempfile.TemporaryDirectory(prefix="control-plane-") as d:
         studies = [study_point(int(n), Path(d) / "studies", data_root) for n in args.studies.split(",")]
-        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs) for k in args.concurrency.split(",")]
+        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves)
+                  for k in args.concurrency.split(",")]
     result.update(concurrency=points, studies=studies, fit=fit(points))
     figures = {f"k{q['k']}.control_plane_gb_per_run": q["control_plane_gb_per_run"] for q in points}
     figures.update({f"k{q['k']}.scheduling_latency_s": q["scheduling_latency_s"] for q in points if q["scheduling_latency_s"] is not None})
@@ -268,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     figures.update(result["fit"])
     result["figures"] = figures
     print(json.dumps(result, indent=1))
+    bad = [q["k"] for q in points if q["finished_marks"] != q["runs"] or "trial_driver" not in q["per_run_gb_by_kind"]]
+    if bad:
+        raise SystemExit(f"concurrency {bad}: not every stand-in run finished, or no sample caught its processes")
     return result
 
 

@@ -58,6 +58,14 @@ def fabricate(study_dir: Path, runs: int, epochs: int) -> list[str]:
     return ids
 
 
+def status_problem(returncode: int, stdout: str, stderr: str, runs: int) -> str | None:
+    """Why the output of `analysis status` on the fabricated study is wrong, or None. Every fabricated run is
+    finished: a status that lists fewer, or calls any of them otherwise, is broken."""
+    if returncode != 0 or f"\n{runs} runs: {runs} finished\n" not in f"\n{stdout}\n":
+        return f"analysis status failed ({returncode}): {stdout[-1000:]} {stderr[-2000:]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=500)
@@ -74,12 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
         proc = subprocess.run([sys.executable, "-m", "analysis", "status", str(study_dir)], cwd=REPO,
                               env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
         result["status_cli_s"] = round(time.perf_counter() - t0, 2)
-        if proc.returncode != 0 or f"{len(ids)} runs" not in proc.stdout:
-            raise SystemExit(f"analysis status failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        problem = status_problem(proc.returncode, proc.stdout, proc.stderr, len(ids))
+        if problem:
+            raise SystemExit(problem)
         t0 = time.perf_counter()
         states = [run_state(study_dir / r, args.epochs) for r in ids]
         result["run_state_all_s"] = round(time.perf_counter() - t0, 3)
-        assert all(s.finished for s in states)
+        if not all(s.finished for s in states):
+            raise SystemExit(f"rundir.run_state: {sum(not s.finished for s in states)} finished runs not seen as finished")
         t0 = time.perf_counter()
         for r in ids:
             check_status(study_dir / r)

@@ -134,12 +134,13 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None) -> None:
+def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None,
+              trial=None) -> None:
     """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
     A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
     runs added to the study since are included. `plan`: the plan (its stage graph), or just the study dir when the
-    runs need no other run. `entry` (module:function run on the workers) is the training loop unless a benchmark
-    substitutes its stand-in."""
+    runs need no other run. `entry` (module:function run on the workers) is the training loop and `trial` (the
+    function of each Tune trial) is `trial_driver`, unless a benchmark substitutes its stand-in."""
     from ray import tune
 
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
@@ -161,7 +162,7 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
+        tune.with_parameters(trial or trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
                              probe=os.environ.get(PROBE_ENV)),
         session.driver_resources(),
     )

@@ -354,3 +354,34 @@ def test_status_view_and_cli(paper_study, tmp_path, capsys):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "report.md").exists() and "grouped-s2" in out.stderr
+
+
+def test_status_reads_few_columns_without_pandas(tmp_path):
+    """`analysis status` is the 500-run view: no pandas, and the same state and top-1 as the report's reader."""
+    study = tmp_path / "light"
+    write_run(study, "baseline-s0", "baseline", 0, [10.0, 20.0, 30.0, 40.0], epochs_total=4)
+    typed = write_run(study, "bad-type", "baseline", 1, [1.0, 2.0], epochs_total=2)
+    pq.write_table(pa.table({**{c: pq.read_table(typed / "metrics.parquet").column(c)
+                                for c in ("model", "seed", "epoch", "epochs_total")},
+                             "top1": ["x", "y"]}), typed / "metrics.parquet")
+    status = {r["run"]: r for r in status_rows(study)}
+    assert (status["baseline-s0"]["state"], status["baseline-s0"]["best top-1"]) == ("finished", "40.00")
+    write_run(study, "resumed-s1", "baseline", 1, [10.0, 20.0, 30.0], epochs_total=3)
+    t = pq.read_table(study / "resumed-s1" / "metrics.parquet").to_pylist()
+    # resumed: epoch 2 written twice, the later row (20.0) counts, not the earlier 99.0
+    pq.write_table(pa.Table.from_pylist(t[:1] + [dict(t[1], top1=99.0)] + t[1:], schema=METRICS_SCHEMA),
+                   study / "resumed-s1" / "metrics.parquet")
+    status = {r["run"]: r for r in status_rows(study)}
+    assert status["resumed-s1"]["best top-1"] == "30.00" and status["resumed-s1"]["last top-1"] == "30.00"
+    assert status["bad-type"]["state"] == "blocked" and "column top1 has type string" in status["bad-type"]["note"]
+    report_states = {r.run_id: r.state for r in read_study(study).runs}
+    assert {k: v["state"] for k, v in status.items()} == report_states
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    for mod in ("pandas", "scipy", "matplotlib"):
+        (blocker / f"{mod}.py").write_text(f"raise ImportError('analysis status must not import {mod}')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-m", "analysis", "status", str(study)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "3 runs: 2 finished, 1 blocked" in out.stdout, out.stdout
