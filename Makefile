@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test gpu-check bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 sysdeps install lint clean
+.PHONY: demo test gpu-check bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p9 bench-stages bench-scale sysdeps install lint clean
 
 sysdeps:
 	@missing=$$(for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -37,7 +37,7 @@ test: install
 # BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 on a 2-core machine (BENCHMARKS.md, Log);
 # `make -k bench` goes on past a failing one.
 RECORD := $(PY) bench/record.py
-bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-scale
+bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p9 bench-stages bench-scale
 
 bench-p1: install
 	$(RECORD) -- $(PY) bench/loader_bench.py
@@ -56,6 +56,13 @@ bench-p5: install
 
 bench-p7: install
 	$(RECORD) -- $(PY) bench/worker_kill.py
+
+bench-p9: install
+	$(RECORD) -- $(PY) bench/distill_step.py
+
+bench-stages: install
+	rm -rf build/bench/stage-latency
+	$(RECORD) -- $(PY) bench/stage_latency.py --out build/bench/stage-latency
 
 # On a GPU machine, < 8 min on one H200: NCCL init, a killed and resumed demo run, P2 (eager and compiled) and P6
 # with its MFU, recorded in BENCHMARKS.md with the GPU's name. `make gpu-check GPU_CHECK_ARGS="--device cpu --quick"`

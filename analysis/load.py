@@ -156,8 +156,11 @@ def read_run_metrics(run_dir: Path) -> tuple[pd.DataFrame | None, list[str], lis
             shown = ", ".join(str(v) for v in values[:3])
             return None, [f"{METRICS_FILE} mixes several values of {col} ({shown}): rows of different runs?"], \
                 warnings
-    if (df["epoch"] < 1).any():
-        return None, [f"{METRICS_FILE} has epoch values below 1 (epochs are 1-based)"], warnings
+    # Epoch 0 is the one row of a run evaluated as built (`train.epochs: 0`); trained epochs are 1-based.
+    as_built = (df["epoch"] == 0) & (df["epochs_total"] == 0)
+    if ((df["epoch"] < 1) & ~as_built).any():
+        return None, [f"{METRICS_FILE} has epoch values below 1 (epochs are 1-based; 0 only with epochs_total 0)"], \
+            warnings
     # A resumed run recomputes up to one checkpoint interval: the later rows of an epoch are the ones
     # its final state descends from.
     df["_order"] = range(len(df))

@@ -1,4 +1,4 @@
-"""The seed paper's ViT-B/16 numbers (DESIGN.md, "Seed reference numbers") and the side-by-side table."""
+"""The seed paper's ViT-B/16 numbers (the seed paper's table) and the side-by-side table."""
 from __future__ import annotations
 
 import json

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, layer_stats, paper, tables
+from analysis import figures, layer_stats, paper, recovery, tables
 from analysis.load import Study, read_study
 from analysis.stats import ALPHA, summarize
 
@@ -21,6 +21,8 @@ class Report:
     runs: pd.DataFrame
     summary: pd.DataFrame
     files: dict[str, Path] = field(default_factory=dict)   # what was written, by role
+    stages: list[str] = field(default_factory=list)          # the stage graph, one line per condition
+    recovery: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per recovered run
 
     @property
     def report_md(self) -> Path:
@@ -134,6 +136,15 @@ def _report_markdown(rep: Report, include_incomplete: bool) -> str:
         lines += ["## Figures", ""]
         for role, path in figs.items():
             lines += [f"### {_figure_caption(role)}", "", f"![{_figure_caption(role)}]({path.name})", ""]
+    if len(rep.stages) > 1:
+        lines += ["## Stages", "", "Conditions and the conditions they start from or learn from (`run:`):", "",
+                  "```", *rep.stages, "```", ""]
+    if len(rep.recovery):
+        lines += ["## Recovery", "", "Per seed: the teacher (the model the run was derived from), the reduced model "
+                  "as built (epoch 0), after recovery, the share of the teacher's top-1 kept, and the reduction in "
+                  "parameters and GFLOPs.", "", recovery.recovery_markdown(rep.recovery), ""]
+        if "recovery_fig" in rep.files:
+            lines += ["![Recovery](recovery_curves.png)", ""]
     lines += ["## Runs", "", _runs_markdown(runs) if len(usable) else "No run has usable metrics.", ""]
     if n_incomplete:
         lines += ["### Incomplete runs", ""]
@@ -158,7 +169,15 @@ def build_report(study_dir: str | Path, out_dir: str | Path, include_incomplete:
     runs, summary = summarize(study, include_incomplete)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out_dir=out, study=study, runs=runs, summary=summary)
+    specs = {run.run_id: recovery.spec_of(run.path) for run in study.runs}
+    runs = recovery.add_source_columns(runs, specs)
+    deps, stages = recovery.study_graph(Path(study_dir), specs)
+    rep = Report(out_dir=out, study=study, runs=runs, summary=summary, stages=stages,
+                 recovery=recovery.recovery_rows(runs, deps))
+    if len(rep.recovery):
+        rep.recovery.to_csv(out / "recovery.csv", index=False)
+        rep.files["recovery_csv"] = out / "recovery.csv"
+        rep.files["recovery_fig"] = recovery.recovery_figure(rep.recovery, study.metrics, out / "recovery_curves.png")
     rep.files.update(_write_frames(runs, summary, out))
     if len(summary):
         ema = bool(summary["final_ema_top1_mean"].notna().any())

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from analysis.load import read_study
 from analysis.stats import run_table
+from rundir import SPEC_FILE, blocker, dependencies, index_nodes, node_from_spec, read_index
 
 COLUMNS = ("run", "condition", "seed", "state", "epochs", "last top-1", "best top-1", "updated", "note")
 
@@ -29,6 +31,8 @@ def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[st
     now = time.time() if now is None else now
     last_rows = (study.metrics.sort_values("epoch").groupby("run_id").tail(1).set_index("run_id")
                  if len(study.metrics) else pd.DataFrame())
+    deps = study_dependencies(study_dir, study.runs)
+    stuck = {run.run_id: run.state for run in study.runs if run.state in ("failed", "blocked")}
     out = []
     for run, (_, r) in zip(study.runs, runs.iterrows()):
         status = run.status or {}
@@ -39,6 +43,9 @@ def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[st
             updated = last_rows.loc[run.run_id, "wall_time"]
         note = status.get("error") if status.get("state") == "failed" else None
         note = note or r["problem"] or ""
+        by = blocker(run.run_id, deps, stuck) if run.state not in ("finished", "failed", "blocked") else None
+        if by is not None:
+            note = f"blocked by {by}"
         out.append({
             "run": run.run_id,
             "condition": str(r["condition"]) if isinstance(r["condition"], str) else "?",
@@ -73,3 +80,19 @@ def watch(study_dir: str | Path, interval: float) -> None:
             time.sleep(interval)
     except KeyboardInterrupt:
         pass
+
+
+def study_dependencies(study_dir: str | Path, runs) -> dict[str, list[str]]:
+    """run_id -> the runs it needs: from runs.json (every planned run), else from the runs' spec.yaml files."""
+    index, _ = read_index(study_dir)
+    if index:
+        return dependencies(index_nodes(index))
+    nodes = []
+    for run in runs:
+        try:
+            raw = yaml.safe_load((Path(run.path) / SPEC_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(raw, dict):
+            nodes.append(node_from_spec(run.run_id, raw))
+    return dependencies(nodes)

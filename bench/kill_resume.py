@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 
 
 def _start(config: Path, overrides: list[str], out: Path, run_id: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "jobs", "train", str(config), *overrides, f"output_root={out}",
+    cmd = [sys.executable, "-m", "jobs", "train", "--resume", str(config), *overrides, f"output_root={out}",
            "study=kill-resume", f"run_id={run_id}"]
     log = (out / f"{run_id}.log").open("a")
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

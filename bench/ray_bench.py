@@ -1,4 +1,4 @@
-"""Ray overheads, measured side by side on one machine (issue 6; issue 8's P3 and P4).
+"""Ray overheads, measured side by side on one machine (P3 and P4 of BENCHMARKS.md).
 
     python bench/ray_bench.py --epochs 4 --threads 1          # all three figures, JSON on stdout
     python bench/ray_bench.py p3 --epochs 6 --rounds 3

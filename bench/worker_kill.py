@@ -1,4 +1,4 @@
-"""P7: lost work and time to resume after one Ray Train worker is SIGKILLed mid-epoch (issue 8).
+"""P7: lost work and time to resume after one Ray Train worker is SIGKILLed mid-epoch (BENCHMARKS.md, P7).
 
     python bench/worker_kill.py                          # JSON on stdout
     python bench/worker_kill.py --epochs 4 --every-steps 4 --kill-rank 0

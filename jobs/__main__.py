@@ -15,7 +15,7 @@ import sys
 COMMANDS = {
     "inspect": "jobs.inspect",
     "bench": "jobs.bench",
-    "train": "jobs.train",
+    "train": "jobs.train_cli",
     "export": "jobs.export",
     "config-keys": "jobs.configdoc",
 }

@@ -5,6 +5,7 @@ Every piece is timm's own implementation; this module only maps config fields on
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from timm.data import Mixup
@@ -25,9 +26,28 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int) -> torc
     )
 
 
+def weight_decay_at(cfg: TrainConfig, update: int, total_updates: int) -> float:
+    """The weight decay of optimizer update `update` (0-based) of `total_updates`: a cosine from weight_decay to
+    weight_decay_end (DINO/DGMR's schedule; timm has none), computed from the update number so a resume matches."""
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    t = min(max(update, 0), max(total_updates - 1, 1)) / max(total_updates - 1, 1)
+    return cfg.weight_decay_end + 0.5 * (cfg.weight_decay - cfg.weight_decay_end) * (1 + math.cos(math.pi * t))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set the decay of the groups that decay (timm's no-decay groups keep 0)."""
+    for group in optimizer.param_groups:
+        if group.get("weight_decay", 0.0) > 0:
+            group["weight_decay"] = value
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int):
     """timm's scheduler, warmup included, stepped per epoch (`step(epoch)`) or, with `sched_on_updates`, per
-    optimizer update (`step_update(n)`); the loop calls both and timm ignores the other one. None for 'none'."""
+    optimizer update (`step_update(n)`); the loop calls both and timm ignores the other one. None for 'none', and
+    for `epochs: 0` (nothing is trained; timm's schedulers need a positive length)."""
+    if cfg.epochs == 0:
+        return None
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from data.config import DataConfig
 from jobs.checkpointer import CheckpointConfig
 from jobs.distill.config import DistillConfig
+from jobs.overrides import apply_overrides, submodel
 from jobs.run_logger import LoggingConfig
 from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
@@ -86,7 +85,9 @@ class ModelSpec(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(300, ge=1, description="epochs of the run (the cosine schedule spans them)")
+    epochs: int = Field(300, ge=0, description="epochs of the run (the cosine schedule spans them); 0 = evaluate the "
+                                               "model as built (loaded, reduced): one metrics row at epoch 0 and "
+                                               "its best export")
     batch_size: int = Field(256, ge=1, description="images per worker per forward pass (micro-batch)")
     grad_accum: int = Field(2, ge=1, description="micro-batches accumulated into one optimizer update")
     opt: str = Field("adamw", description="timm optimizer name (timm.optim.create_optimizer_v2)")
@@ -95,6 +96,9 @@ class TrainConfig(_Strict):
     lr_base_batch: int = Field(1024, ge=1, description="global batch that `lr` is stated for (seed: 256 x 2 x 2)")
     lr_scale: Literal["linear", "sqrt", "none"] = Field("linear", description="how lr follows the global batch")
     weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0")
+    weight_decay_end: float | None = Field(
+        None, ge=0, description="weight decay at the end of the run, reached by a cosine from `weight_decay` over "
+                                "every optimizer update (DGMR: 0.04 -> 0.2); None = constant")
     sched: str = Field("cosine", description="timm scheduler name (timm.scheduler.create_scheduler_v2)")
     warmup_epochs: int = Field(5, ge=0, description="linear warmup epochs (the cosine includes them, as timm's)")
     sched_on_updates: bool = Field(
@@ -222,126 +226,13 @@ def resolve_data_paths(data: DataConfig, root: Path) -> DataConfig:
     return data.model_copy(update=updates) if updates else data
 
 
-# ---- loading --------------------------------------------------------------------------------
-
-
-_EXPONENT = re.compile(r"[-+]?\d*\.?\d+[eE][-+]?\d+")
-
-
-def parse_value(text: str) -> Any:
-    """An override value as a YAML scalar or flow collection: 3 -> int, [0,1] -> list, 1e-3 -> float."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text  # not YAML: keep the text, the schema decides
-    # PyYAML (YAML 1.1) reads 1e-3 as a string; users mean the number.
-    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
-
-
-def parse_key(key: str) -> list[str | int]:
-    """`strategies.0.params.keep_ratio` -> ['strategies', 0, 'params', 'keep_ratio'] (digits index lists)."""
-    return [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-
-
-def parse_override(text: str) -> tuple[list[str | int], Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override {text!r} is not key=value (e.g. train.epochs=3)")
-    return parse_key(key), parse_value(value)
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set one dotted key (list indices allowed) in a raw spec or study dict; ValueError naming the key."""
-    apply_override(raw, parse_key(key), value)
-
-
-def field_path_error(key: str, model: type[BaseModel] | None = None, what: str = "key") -> str | None:
-    """None when `key` (dotted, list indices allowed) names a field of `model` (default RunSpec), else why not,
-    with the closest field name. Under a free-form mapping field (e.g. model.kwargs) any key is allowed."""
-    cls: Any = model or RunSpec
-    path = parse_key(key)
-    done: list[str] = []
-    annotation: Any = cls
-    for i, part in enumerate(path):
-        if _is_list(annotation):
-            if not isinstance(part, int):
-                return f"{'.'.join(done)} is a list: address an entry by its index (e.g. {'.'.join(done)}.0)"
-            annotation = (typing.get_args(_strip_optional(annotation)) or (Any,))[0]
-        elif _is_mapping(annotation):
-            return None
-        elif (sub := _submodel(annotation)) is not None:
-            field = sub.model_fields.get(str(part))
-            if field is None:
-                close = difflib.get_close_matches(str(part), list(sub.model_fields), n=1)
-                tip = f"; did you mean {'.'.join([*done, close[0]])!r}?" if close else ""
-                return f"unknown {what} {'.'.join(map(str, path[: i + 1]))!r} (not a run-spec field){tip}"
-            annotation = field.annotation
-        else:
-            return f"{'.'.join(done)} is a value, not a section; cannot set {key}"
-        done.append(str(part))
-    return None
-
-
-def _strip_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 else annotation
-    return annotation
-
-
-def _is_list(annotation: Any) -> bool:
-    return typing.get_origin(_strip_optional(annotation)) in (list, tuple)
-
-
-def _is_mapping(annotation: Any) -> bool:
-    plain = _strip_optional(annotation)
-    return plain is dict or typing.get_origin(plain) is dict or plain is Any
-
-
-def apply_override(raw: dict, path: list[str | int], value: Any) -> None:
-    node: Any = raw
-    where = []
-    for i, part in enumerate(path):
-        last = i == len(path) - 1
-        where.append(str(part))
-        if isinstance(node, list):
-            if not isinstance(part, int) or part >= len(node):
-                raise ValueError(f"{'.'.join(where)}: no list entry {part!r} (the list has {len(node)})")
-            if last:
-                node[part] = value
-            else:
-                node = node[part]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ValueError(f"{'.'.join(where[:-1])} is a value, not a section; cannot set {'.'.join(map(str, path))}")
-
-
-def _submodel(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `X`, `X | None`, `list[X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType, list, tuple):
-        for arg in typing.get_args(annotation):
-            found = _submodel(arg)
-            if found is not None:
-                return found
-    return None
-
-
 def _field_names(loc: tuple) -> list[str] | None:
     cls: type[BaseModel] | None = RunSpec
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
         field = cls.model_fields.get(part) if cls else None
-        cls = _submodel(field.annotation) if field else None
+        cls = submodel(field.annotation) if field else None
         if cls is None:
             return None
     return list(cls.model_fields) if cls else None
@@ -476,18 +367,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError([f"{path}: top level must be a mapping of sections, got {type(raw).__name__}"])
     return raw
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[str]:
-    """Apply `key=value` overrides in place; returns one error line per malformed override."""
-    errors = []
-    for text in overrides or ():
-        try:
-            path, value = parse_override(text)
-            apply_override(raw, path, value)
-        except ValueError as exc:
-            errors.append(str(exc))
-    return errors
 
 
 def load_spec(path: Path | str, overrides: list[str] = ()) -> RunSpec:

@@ -14,36 +14,30 @@ next optimizer update and a Preempted exception. `Hooks` let tests watch the loo
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
-import logging
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from timm.utils import dispatch_clip_grad
 from torch import nn
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 import rundir as run_files
 from jobs import checkpoint as ckpt
 from jobs import recipe, weights
 from jobs.checkpointer import Position
-from jobs.configdoc import add_print_config, print_config
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, broadcast, gather
-from jobs.local import LocalContext
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
 from jobs.run_logger import RunLogger
-from jobs.spec import RunSpec, SpecError, load_spec
-from rundir import SPEC_FILE, print_error, print_errors
+from jobs.spec import RunSpec, SpecError
+from rundir import SPEC_FILE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -189,6 +183,8 @@ def _update(state: LoopState, nonfinite: bool) -> None:
     else:
         if state.hooks.before_update:
             state.hooks.before_update(state)
+        if tc.weight_decay_end is not None:
+            recipe.set_weight_decay(parts.optimizer, recipe.weight_decay_at(tc, n, tc.epochs * state.updates_per_epoch))
         if parts.scaler is not None:
             parts.scaler.unscale_(parts.optimizer)
         if tc.clip_grad is not None:
@@ -257,6 +253,20 @@ def _epoch_row(state: LoopState, epoch: int, epoch_s: float, evals: dict) -> dic
         "wall_time": time.time(),
         "resumed_from": state.checkpointer.resumed_from,
     }
+
+
+def _evaluate_as_built(state: LoopState) -> dict:
+    """`train.epochs: 0`: the model as loaded and reduced, evaluated once; row `epoch 0` and its best export
+    (what a later stage can start from or learn from)."""
+    t0 = time.perf_counter()
+    evals = _evaluate_all(state)
+    row = _epoch_row(state, -1, time.perf_counter() - t0, evals)
+    if state.ctx.rank == 0:
+        run_files.append_row(state.ctx.run_dir, row)
+    state.checkpointer.record(row)
+    state.log("epoch", f"0/0 (as built) top1 {evals['top1']:.2f} ({state.val_count} val samples)")
+    state.ctx.report(row, None)
+    return row
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -337,6 +347,8 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
             ctx.report(row, path if rank0 else None)
             if state.hooks.after_epoch:
                 state.hooks.after_epoch(state)
+        if epochs == 0 and state.row is None and not run_files.read_metrics(run_dir).num_rows:
+            state.row = _evaluate_as_built(state)
         if state.row is None:  # resumed a finished run: nothing trained, hand back its last row
             rows = run_files.read_metrics(run_dir).to_pylist()
             state.row = rows[-1] if rows else {}
@@ -361,38 +373,3 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
 
 
 # ---- `python -m jobs train CONFIG [key=value ...]` --------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs train",
-        description="Train one run spec in this process (single process, or one rank under torchrun).",
-    )
-    parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="console verbosity; INFO prints a step line every logging.every_steps updates")
-    add_print_config(parser)
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        spec = load_spec(args.config, args.overrides)
-    except SpecError as exc:
-        return print_errors(f"{args.config} is not a valid run spec", exc.errors)
-    if args.print_config:
-        return print_config(spec)
-    with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
-        try:
-            with logging_redirect_tqdm():  # step lines above the progress bar, not through it
-                row = train_loop(spec, ctx)
-        except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
-            print_error(str(exc))
-            return 1
-        except Exception:
-            traceback.print_exc()
-            return 1
-    if ctx.rank == 0:
-        ema = f", ema top1 {row['ema_top1']:.2f}" if row.get("ema_top1") is not None else ""
-        print(f"finished {spec.run_dir}: epoch {row['epoch']}, train loss {row['train_loss']:.4f}, "
-              f"top1 {row['top1']:.2f}{ema}")
-    return 0

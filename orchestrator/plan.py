@@ -8,7 +8,8 @@ keeps or holds back. Ray Tune and Slurm differ only in how they submit `Plan.to_
 3. `make_plan`: per run, from `rundir.run_state` (the one definition of a run's state):
    finished -> kept, never recomputed; unfinished with output -> continues from its checkpoints; no output
    (runs added to the study since) -> starts; failed -> retried from its checkpoints; blocked -> held back
-   and reported. Without `resume`, any run with output refuses the whole plan. A run whose job an engine
+   and reported; a run whose dependency (an earlier stage, rundir.stages) is held is held too, `blocked by` it.
+   Without `resume`, any run with output refuses the whole plan. A run whose job an engine
    still has queued (`live`) is left to it.
 4. The caller holds `study_lock(plan.study_dir)` (the same lock for run, sweep and slurm) from before the
    plan is made until its submissions end.
@@ -25,7 +26,7 @@ from jobs.configdoc import print_config
 from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
 from orchestrator.resources import ClusterShape
 from orchestrator.study import STUDY_KEYS, StudySpec, load_study
-from rundir import RunState, State, print_errors, run_state
+from rundir import RunState, State, blocker, dependencies, node_from_spec, print_errors, run_state, stage_of
 
 Kind = Literal["run", "study"]
 
@@ -72,6 +73,12 @@ class Plan:
     study: StudySpec | None = None
     resume: bool = False
     errors: list[str] = field(default_factory=list)  # why the plan must not be submitted (nothing started)
+    deps: dict[str, list[str]] = field(default_factory=dict)  # run_id -> run_ids of earlier stages it needs
+
+    @property
+    def stages(self) -> dict[str, int]:
+        """run_id -> stage number (0: needs no other run)."""
+        return stage_of(self.deps)
 
     @property
     def study_dir(self) -> Path:
@@ -169,8 +176,9 @@ def make_plan(kind: Kind, config: Path | str, runs: list[RunSpec], study: StudyS
               resume: bool, live: dict[str, str] | None = None) -> Plan:
     """The plan for `runs` as their folders are now. `live`: run_id -> the engine's job still queued for it."""
     live = live or {}
-    planned = [plan_run(r, live.get(r.run_id)) for r in runs]
-    plan = Plan(kind, Path(config), planned, study, resume)
+    deps = run_dependencies(runs)
+    planned = hold_dependents([plan_run(r, live.get(r.run_id)) for r in runs], deps)
+    plan = Plan(kind, Path(config), planned, study, resume, deps=deps)
     if not resume:
         existing = [p for p in planned if p.state.started or p.action is Action.QUEUED]
         if existing:
@@ -179,3 +187,28 @@ def make_plan(kind: Kind, config: Path | str, runs: list[RunSpec], study: StudyS
             plan.errors.append(f"output already exists for {shown}{more}; pass --resume to continue, "
                                "or set another study/run_id")
     return plan
+
+
+def run_dependencies(runs: list[RunSpec]) -> dict[str, list[str]]:
+    """run_id -> the run_ids it needs through run:<condition> (rundir.stages, the one definition)."""
+    return dependencies(node_from_spec(r.run_id, r.model_dump(mode="json")) for r in runs)
+
+
+def hold_dependents(planned: list[PlannedRun], deps: dict[str, list[str]]) -> list[PlannedRun]:
+    """Runs that would be submitted while a run they need is held back are held too, `blocked by` that run."""
+    stuck = {p.run_id: p.state.describe() for p in planned if p.action is Action.HOLD}
+    out = []
+    for p in planned:
+        by = blocker(p.run_id, deps, stuck) if p.action in SUBMITTED else None
+        out.append(PlannedRun(p.spec, p.state.waiting_for(by), Action.HOLD, p.job) if by else p)
+    return out
+
+
+def current_states(plan: Plan) -> dict[str, RunState]:
+    """Each run's state as its folder says now, `blocked by` the run of an earlier stage that failed or is blocked
+    (what an engine prints after the study ran)."""
+    states = {p.run_id: run_state(p.spec.run_dir, p.spec.train.epochs) for p in plan.runs}
+    # After the engine ran, a dependency that started and did not finish (failed, blocked, killed) blocks what
+    # needs it, directly or through runs that never started.
+    stuck = {r: s.describe() for r, s in states.items() if s.started and not s.finished}
+    return {r: s.waiting_for(blocker(r, plan.deps, stuck)) if not s.started else s for r, s in states.items()}

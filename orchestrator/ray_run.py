@@ -18,10 +18,20 @@ from typing import Any
 from jobs.spec import RunSpec, SpecError
 from orchestrator.cluster import quiet_env, ray_session, resolve_address
 from orchestrator.lock import StudyLocked, study_lock
-from orchestrator.plan import Kind, Plan, load_config, make_plan
+from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
 from orchestrator.study import StudySpec, SweepOptions
-from rundir import EVENTS_FILE, EXIT_LOCKED, error_line, print_error, print_errors, read_metrics, run_state
+from rundir import (
+    EVENTS_FILE,
+    EXIT_LOCKED,
+    State,
+    error_line,
+    print_error,
+    print_errors,
+    read_metrics,
+    run_state,
+    write_status,
+)
 
 RAY_DIR = ".ray"
 TUNE_NAME = "tune"
@@ -100,7 +110,7 @@ def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
         if plan.kind == "run":
             _fit_one(todo[0], plan.study_dir, options)
         else:
-            _fit_grid(todo, plan.study_dir, session, options)
+            _fit_grid(todo, plan, session, options)
     return _summary(plan)
 
 
@@ -124,18 +134,29 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
-def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptions, entry: str | None = None) -> None:
-    """One Tune trial per run to train. A fresh grid each time rather than Tuner.restore: the run folders hold
-    all the state that matters, and runs added to the study since are included. `entry` (module:function run on
-    the workers) is the training loop unless a benchmark substitutes its stand-in."""
+def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None) -> None:
+    """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
+    A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
+    runs added to the study since are included. `plan`: the plan (its stage graph), or just the study dir when the
+    runs need no other run. `entry` (module:function run on the workers) is the training loop unless a benchmark
+    substitutes its stand-in."""
     from ray import tune
 
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
     from orchestrator.ray_progress import StudyReporter
+    from orchestrator.ray_stages import StageSearcher
     from orchestrator.ray_trial import PROBE_ENV, trial_driver
 
+    study_dir = plan.study_dir if isinstance(plan, Plan) else Path(plan)
+    deps = plan.deps if isinstance(plan, Plan) else {}
+    stages = plan.stages if isinstance(plan, Plan) else {}
     root = ray_root(study_dir, options.storage_path)
+    run_specs = {r.run_id: r for r in todo}
     specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY) for r in todo}
+    searcher = StageSearcher(
+        sorted(specs, key=lambda r: stages.get(r, 0)), deps,
+        finished=[p.run_id for p in plan.runs if p.state.finished] if isinstance(plan, Plan) else [],
+        is_finished=lambda r: run_state(run_specs[r].run_dir, run_specs[r].train.epochs).finished)
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
@@ -149,34 +170,46 @@ def _fit_grid(todo: list[RunSpec], study_dir: Path, session, options: SweepOptio
                              print_intermediate_tables=False)
     tuner = tune.Tuner(
         trainable,
-        param_space={"run_id": tune.grid_search(list(specs))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=False,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(specs), max_concurrent_trials=k,
+                                    reuse_actors=False,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
                                   callbacks=tune_loggers(),
                                   failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
     )
-    print(f"study {study_dir}: {len(todo)} runs to train, up to {k} at once")
+    n_stages = 1 + max((stages.get(r, 0) for r in specs), default=0)
+    print(f"study {study_dir}: {len(todo)} runs to train in {n_stages} stage(s), up to {k} at once")
     grid = tuner.fit()
     for result in grid:
         run_id = (result.config or {}).get("run_id")
         if result.error is not None and run_id:
             print_error(f"run {run_id}: {error_line(str(result.error))}")
+            _record_failure(run_specs[run_id], str(result.error))
+
+
+def _record_failure(spec: RunSpec, error: str) -> None:
+    """A trial that failed for good (e.g. its workers were killed before the loop could say so) is recorded as
+    failed, so every reader of the folder (a resume, `analysis status`, later stages) knows it will not finish."""
+    state = run_state(spec.run_dir, spec.train.epochs)
+    if state.started and state.state is State.UNFINISHED:
+        write_status(spec.run_dir, "failed", state.epochs_done, spec.train.epochs, f"trial failed: {error_line(error)}")
 
 
 def _summary(plan: Plan) -> int:
     """One line per run as its folder now says; 1 unless every run is finished."""
     bad = 0
     print(f"{'run':<40} {'state':<10} {'epochs':>7}  top1")
+    states = current_states(plan)
     for p in plan.runs:
         spec = p.spec
-        state = run_state(spec.run_dir, spec.train.epochs)
+        state = states[p.run_id]
         rows = read_metrics(spec.run_dir).to_pylist() if state.state.value != "blocked" else []
         top1: Any = max(rows, key=lambda r: r["epoch"])["top1"] if rows else None
-        print(f"{spec.run_id:<40} {state.state.value:<10} {state.epochs_done:>3}/{spec.train.epochs:<3}  "
+        shown = "blocked" if state.blocked_by else state.state.value
+        print(f"{spec.run_id:<40} {shown:<10} {state.epochs_done:>3}/{spec.train.epochs:<3}  "
               f"{'' if top1 is None else f'{top1:.2f}'}")
         if not state.finished:
             bad += 1
-            if state.reason:
+            if state.reason or state.blocked_by:
                 print(f"  {spec.run_id}: {state.describe()}", file=sys.stderr)
     return 1 if bad else 0

@@ -1,7 +1,9 @@
 """`python -m orchestrator slurm CONFIG`: runs and studies through submitit, no Ray.
 
 One run = one submitit job of `nodes x tasks_per_node` tasks (one per GPU; on CPU the tasks are the run's
-`resources.num_workers`); a study = one job array over the same expanded grid as the Ray sweep. Every task
+`resources.num_workers`); a study = one job array over the same expanded grid as the Ray sweep. A study with
+stages (`run:<condition>`) gets an array for the runs that wait for no job, and for each run that needs a run
+still to be trained a job with Slurm's own `--dependency=afterok:` on exactly the jobs it needs. Every task
 runs `jobs.train.train_loop` with a `SlurmContext` (orchestrator.slurm_job), writing the same run directories
 as the Ray path. Preemption / time limit: USR2 -> `SlurmRun.checkpoint()` -> requeue -> exact resume.
 
@@ -20,7 +22,7 @@ from jobs.configdoc import add_print_config
 from jobs.spec import RunSpec, SpecError
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.options import add_options, options_from_args
-from orchestrator.plan import Kind, Plan, load_config, make_plan, print_resolved
+from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
@@ -117,12 +119,14 @@ def _submit_plan(plan: Plan, record: dict, opts: SlurmOptions) -> int:
     where = ("locally (submitit LocalExecutor)" if opts.local
              else f"to Slurm{f' partition {opts.partition}' if opts.partition else ''}")
     print(f"submitting {len(todo)} run(s) {where}:")
-    jobs = submit(todo, study_dir, opts)
+    live = recorded_jobs(record)
+    queued = {p.run_id: live[p.run_id] for p in plan.runs if p.action is Action.QUEUED and p.run_id in live}
+    jobs = submit(todo, study_dir, opts, deps=plan.deps, queued=queued)
     print(f"job ids in {study_dir / JOBS_FILE}; logs in {study_dir / SUBMITIT_DIR}")
     if not opts.wait:
         print(f"follow with: python -m orchestrator slurm-status {study_dir}")
         return 1 if plan.held else 0
-    failed = wait_for(jobs, print)
+    failed = wait_for(jobs, print, plan.deps)
     if failed:
         print(f"{failed} run(s) failed; fix the cause and rerun them with: python -m orchestrator slurm {plan.config} "
               f"--resume{' --local' if opts.local else ''}")

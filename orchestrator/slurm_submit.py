@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from jobs.spec import RunSpec
 from orchestrator.slurm_options import Layout, SlurmError, SlurmOptions, layout
 from orchestrator.slurm_queue import SUBMITIT_DIR, read_jobs, write_jobs
-from rundir import METRICS_FILE, error_line, run_state
+from rundir import METRICS_FILE, blocker, error_line, run_state, stage_of
 
 
 def epoch_seconds_estimate(study_dir: Path) -> float | None:
@@ -56,8 +56,59 @@ def make_executor(folder: Path, opts: SlurmOptions, lay: Layout, name: str):
     return ex
 
 
-def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None] = print) -> list:
-    """Submit `runs` (one array per distinct layout); records the job ids in slurm_jobs.json."""
+def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None] = print,
+           deps: dict[str, list[str]] | None = None, queued: dict[str, str] | None = None) -> list:
+    """Submit `runs` stage by stage; records the job ids in slurm_jobs.json.
+
+    A stage's runs that wait for no job form one array per layout. A run that needs runs with a job in the queue
+    (submitted now, or still `queued`: run_id -> job id) is its own job with `--dependency=afterok:<those jobs>`
+    and `--kill-on-invalid-dep=yes`, so it starts when exactly what it needs has succeeded and leaves the queue
+    when one of them failed. The LocalExecutor has no dependencies: it waits for each stage instead and skips
+    the runs a failed dependency blocks."""
+    deps = deps or {}
+    ids = {r.run_id for r in runs}
+    stages = stage_of({r.run_id: [d for d in deps.get(r.run_id, ()) if d in ids] for r in runs})
+    job_of = dict(queued or {})
+    jobs: list = []
+    for stage in sorted(set(stages.values())):
+        group = [r for r in runs if stages[r.run_id] == stage]
+        if opts.local and stage:
+            group = _skip_blocked(group, jobs, deps, log)
+        plain = [r for r in group if not _after(r, deps, job_of)]
+        submitted = _submit_arrays(plain, study_dir, opts, log)
+        for r in group:
+            after = _after(r, deps, job_of)
+            if after:
+                submitted += _submit_arrays([r], study_dir, opts, log, after)
+        job_of.update({spec.run_id: str(job.job_id) for spec, job in submitted})
+        jobs += submitted
+    return jobs
+
+
+def _after(run: RunSpec, deps: dict[str, list[str]], job_of: dict[str, str]) -> list[str]:
+    return [job_of[d] for d in deps.get(run.run_id, ()) if d in job_of]
+
+
+def _skip_blocked(group: list[RunSpec], jobs: list, deps: dict[str, list[str]], log: Callable[[str], None]) -> list:
+    """LocalExecutor: wait for the jobs so far, then drop the runs a dependency that did not finish blocks."""
+    for _, job in jobs:
+        with contextlib.suppress(Exception):  # a failure is read from the run folder below
+            job.results()
+    stuck = {spec.run_id: "" for spec, _ in jobs if not run_state(spec.run_dir, spec.train.epochs).finished}
+    keep = []
+    for r in group:
+        by = blocker(r.run_id, deps, stuck)
+        if by is None:
+            keep.append(r)
+        else:
+            stuck[r.run_id] = ""
+            log(f"  {r.run_id}: not submitted, blocked by {by}")
+    return keep
+
+
+def _submit_arrays(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None],
+                   after: list[str] | None = None) -> list:
+    """One array (or job) per distinct layout, each waiting for the jobs `after` when given."""
     import submitit
 
     from orchestrator.slurm_job import SlurmRun
@@ -75,6 +126,10 @@ def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callab
     jobs: list = []
     for lay, group in by_layout.items():
         ex = make_executor(folder, opts, lay, name=f"{group[0].study}")
+        if after and not opts.local:
+            ex.update_parameters(additional_parameters={
+                **ex.parameters.get("additional_parameters", {}),
+                "dependency": "afterok:" + ":".join(after), "kill_on_invalid_dep": "yes"})
         if opts.local:
             submitted = _submit_local(ex, group, opts.array_parallelism)
         else:
@@ -87,9 +142,12 @@ def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callab
         for r, job in zip(group, submitted):
             entry = record["runs"].setdefault(r.run_id, {"history": []})
             entry.update(job_id=str(job.job_id), submitted=time.time(), tasks=lay.world_size)
+            if after:
+                entry["after"] = list(after)
             entry["history"].append(str(job.job_id))
             log(f"  {r.run_id}: job {job.job_id} ({lay.nodes} node(s) x {lay.tasks_per_node} task(s)"
-                f"{f', {lay.gpus_per_node} GPU(s)/node' if lay.gpus_per_node else ''})")
+                f"{f', {lay.gpus_per_node} GPU(s)/node' if lay.gpus_per_node else ''}"
+                f"{f', after {len(after)} job(s)' if after else ''})")
         jobs += list(zip(group, submitted))
         write_jobs(study_dir, record)
     return jobs
@@ -107,15 +165,23 @@ def _submit_local(ex, runs: list[RunSpec], parallelism: int) -> list:
     return jobs
 
 
-def wait_for(jobs: list, log: Callable[[str], None]) -> int:
-    """Wait for every job; one line per run; the number of runs that did not finish."""
-    failed = 0
+def wait_for(jobs: list, log: Callable[[str], None], deps: dict[str, list[str]] | None = None) -> int:
+    """Wait for every job; one line per run; the number of runs that did not finish. A job Slurm dropped because
+    a job it depended on failed (`--kill-on-invalid-dep`) is reported as `blocked by` that run."""
+    errors: dict[str, str] = {}
     for spec, job in jobs:
         try:
             job.results()  # one result per task
-            log(f"  {spec.run_id}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {spec.run_dir}")
         except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the task's traceback
-            failed += 1
-            state = run_state(spec.run_dir, spec.train.epochs)
-            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {state.reason or error_line(str(exc))}")
-    return failed
+            errors[spec.run_id] = error_line(str(exc))
+    for spec, job in jobs:
+        state = run_state(spec.run_dir, spec.train.epochs)
+        if spec.run_id not in errors:
+            log(f"  {spec.run_id}: {state.describe()} in {spec.run_dir}")
+            continue
+        by = blocker(spec.run_id, deps or {}, errors)
+        if by is not None and not state.started:
+            log(f"  {spec.run_id}: not run (job {job.job_id}), {state.waiting_for(by).describe()}")
+        else:
+            log(f"  {spec.run_id}: FAILED (job {job.job_id}): {state.reason or errors[spec.run_id]}")
+    return len(errors)

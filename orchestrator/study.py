@@ -31,20 +31,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.dependencies import check_study, run_sources
-from jobs.spec import (
-    ResourcesConfig,
-    RunSpec,
-    SpecError,
-    apply_overrides,
-    field_path_error,
-    format_validation_error,
-    parse_value,
-    read_yaml,
-    set_dotted,
-    validate_spec,
-)
+from jobs.overrides import apply_overrides, field_path_error, parse_value, set_dotted
+from jobs.spec import ResourcesConfig, RunSpec, SpecError, format_validation_error, read_yaml, validate_spec
 from orchestrator.resources import ClusterShape, check_fits
 from rundir import write_index
+from rundir.stages import needed_conditions
 
 STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
@@ -115,11 +106,16 @@ class StudySpec(BaseModel):
 
     def write_index(self) -> Path:
         """runs.json in the study dir: what each run folder is (condition, ablation, seed)."""
+        # `needs`: the conditions a run starts from or learns from, so a copied folder still has its stage graph.
         return write_index(self.study_dir, {r.run_id: {"condition": r.condition, "ablation": r.ablation,
-                                                         "seed": r.seed} for r in self.runs})
+                                                         "seed": r.seed, "needs": list(_needs(r))} for r in self.runs})
 
 
 # ---------------------------------------------------------------------------------------------- loading
+
+
+def _needs(run: RunSpec) -> tuple[str, ...]:
+    return needed_conditions(run_sources(run).values())
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
@@ -196,7 +192,7 @@ def _check_axis(axis: str, strategy_names: set[str], where: str) -> list[str]:
             tip = f"; did you mean strategy.{hint[0]}.{parts[2]}?" if hint else ""
             return [f"{where}: axis {axis!r}: no condition uses strategy {parts[1]!r}{tip}"]
         return []
-    problem = field_path_error(axis, what="axis")
+    problem = field_path_error(axis, RunSpec, what="axis")
     return [f"{where}: {problem}"] if problem else []
 
 

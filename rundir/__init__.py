@@ -7,7 +7,7 @@ Only the standard library and pyarrow: `jobs`, `orchestrator` and `analysis` all
 """
 from rundir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from rundir.errors import EXIT_BAD_INPUT, EXIT_LOCKED, error_line, exception_line, print_error, print_errors
-from rundir.events import EventLog, read_events
+from rundir.events import EventLog, read_events, read_timed_events
 from rundir.expression import parse_scalar, split_expression
 from rundir.index import read_index, write_index
 from rundir.metrics import (
@@ -31,14 +31,24 @@ from rundir.names import (
     STATUS_FILE,
 )
 from rundir.schema import METRICS_COLUMNS, METRICS_SCHEMA
+from rundir.stages import (
+    Node,
+    blocker,
+    condition_graph,
+    dependencies,
+    index_nodes,
+    node_from_spec,
+    stage_lines,
+    stage_of,
+)
 from rundir.state import RunState, State, classify, run_state
 from rundir.status import RECORDED_STATES, check_status, read_status, write_status
 
 __all__ = [
     "BENCH_FILE", "CHECKPOINT_DIR", "EVENTS_FILE", "EXIT_BAD_INPUT", "EXIT_LOCKED", "LOCK_FILE", "METRICS_COLUMNS",
     "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS", "SPEC_FILE", "STATUS_FILE",
-    "EventLog", "MetricsError", "RunState", "State", "append_row", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "check_metrics", "check_row", "check_status", "classify", "epochs_done", "error_line",
-    "exception_line", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_metrics",
-    "read_status", "run_state", "split_expression", "truncate_after", "write_index", "write_status",
+    "EventLog", "MetricsError", "Node", "RunState", "State", "append_row", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "blocker", "check_metrics", "check_row", "check_status", "classify", "condition_graph", "dependencies", "epochs_done", "error_line",
+    "exception_line", "index_nodes", "node_from_spec", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_timed_events", "read_metrics",
+    "read_status", "run_state", "split_expression", "stage_lines", "stage_of", "truncate_after", "write_index", "write_status",
 ]

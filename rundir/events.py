@@ -1,6 +1,7 @@
 """A run's events.log: append-only, human-readable, one line per event."""
 from __future__ import annotations
 
+import calendar
 import socket
 import time
 from pathlib import Path
@@ -33,4 +34,23 @@ def read_events(run_dir: Path | str, kind: str | None = None) -> list[str]:
         head, sep, text = line.partition(": ")
         if sep and (kind is None or head.rsplit(" ", 1)[-1] == kind):
             out.append(text)
+    return out
+
+
+def read_timed_events(run_dir: Path | str, kind: str | None = None) -> list[tuple[float, str, str]]:
+    """(unix time, kind, text) of each event (of `kind`, or all), oldest first; times to the second."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        head, sep, text = line.partition(": ")
+        parts = head.split(" ")
+        if not sep or len(parts) < 4 or (kind is not None and parts[-1] != kind):
+            continue
+        try:
+            when = calendar.timegm(time.strptime(parts[0], "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            continue
+        out.append((float(when), parts[-1], text))
     return out

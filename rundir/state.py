@@ -7,10 +7,12 @@
               checkpoints.
 - blocked:    the run folder cannot be read (status.json or metrics.parquet corrupt): no engine may start it
               until the user repairs or moves the folder; the reason says which file.
+A run of a later stage whose dependency (rundir.stages) failed or is blocked is `blocked by <run>`: its own state
+stays what its folder says, `blocked_by` names the run, and no engine starts it while that run is stuck.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -33,6 +35,15 @@ class RunState:
     epochs_total: int | None  # what the spec asks for now (or what the run recorded, when no spec is given)
     started: bool             # the folder holds any of the run's files
     reason: str | None = None  # the recorded error of a failed run, the problem of a blocked one
+    blocked_by: str | None = None  # the failed or blocked run of an earlier stage this run needs
+
+    def stuck(self) -> bool:
+        """Cannot finish without the user: failed, blocked, or blocked by a dependency."""
+        return self.state in (State.FAILED, State.BLOCKED) or self.blocked_by is not None
+
+    def waiting_for(self, run_id: str | None) -> "RunState":
+        """This state, blocked by `run_id` (a finished run is never blocked)."""
+        return self if self.finished or run_id is None else replace(self, blocked_by=run_id)
 
     @property
     def finished(self) -> bool:
@@ -41,6 +52,8 @@ class RunState:
     def describe(self) -> str:
         """`finished (3/3 epochs)`, `unfinished (1/5 epochs)`, `failed at 2/5: <error>`, `blocked: <why>`."""
         total = "?" if self.epochs_total is None else self.epochs_total
+        if self.blocked_by is not None and not self.finished:
+            return f"blocked by {self.blocked_by}"
         if self.state is State.BLOCKED:
             return f"blocked: {self.reason}; repair or move the run folder aside"
         if self.state is State.FAILED:
@@ -93,5 +106,8 @@ def run_state(run_dir: Path | str, epochs_wanted: int | None = None) -> RunState
     # written around a requeue may know a checkpoint's epoch before any row of this job exists.
     done = max(epochs_done(table), int((status or {}).get("epoch") or 0))
     state = classify(status, done, epochs_wanted)
+    if state is State.FINISHED and (table is None or table.num_rows == 0) and not done:
+        # `train.epochs: 0` is done by its one row at epoch 0; an empty folder has done nothing.
+        state = State.UNFINISHED
     reason = (status or {}).get("error") if state is State.FAILED else None
     return RunState(state, done, total, started, reason)

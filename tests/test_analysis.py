@@ -30,7 +30,7 @@ MODEL = "vit_base_patch16_224"
 GROUPED = [{"name": "grouped", "params": {"group_size": 2, "scale": 0.7071}}]
 SHALLOW = [{"name": "shallow", "params": {"keep_ratio": 0.5, "select": "first"}}]
 BASELINE = [{"name": "baseline", "params": {}}]
-# ViT-B/16 accounting (DESIGN.md): params, mlp_params, unique_mlps, mlp_hidden, gflops, gmacs
+# ViT-B/16 accounting: params, mlp_params, unique_mlps, mlp_hidden, gflops, gmacs
 ARCH = {
     "baseline": (86_567_656, 56_669_184, 12, 3072, 16.9, 17.58),
     "grouped": (58_228_456, 28_334_592, 6, 3072, 16.9, 17.58),

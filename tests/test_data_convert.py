@@ -85,7 +85,7 @@ def test_bad_inputs_exact_counts(tmp_path):
 
 def test_rgb_conversion_of_special_modes(tmp_path):
     """Grayscale/CMYK/alpha images decode to the right RGB pixels (checked through the loader's decoder)."""
-    from data.convert import load_rgb
+    from data.images import load_rgb
 
     src = make_bad_tree(tmp_path / "src")
     gray, mode = load_rgb(src / "n01_alpha" / "gray.jpg", None)
@@ -99,7 +99,7 @@ def test_rgb_conversion_of_special_modes(tmp_path):
 
 
 def test_page_size_fits_the_largest_image():
-    from data.convert import page_size_for
+    from data.images import page_size_for
 
     assert page_size_for(32 * 32) == 2 << 20  # the demo: small file
     assert page_size_for(500 * 500) == 8 << 20  # ffcv-imagenet's default for max side 500

@@ -1,4 +1,4 @@
-"""Reliability (issue 8, item 9): two drivers on one study directory.
+"""Reliability: two drivers on one study directory.
 
 A second `python -m orchestrator sweep` on a study whose lock is held by a live driver is refused with
 the owner's pid and host, exit status 3, before Ray starts and before it writes anything. Stale locks

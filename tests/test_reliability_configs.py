@@ -1,4 +1,4 @@
-"""Reliability (issue 8, item 8): malformed configs through the real entry points.
+"""Reliability: malformed configs through the real entry points.
 
 One table of broken run specs and studies (types, ranges, unknown keys, impossible strategy/model
 combinations, missing or wrong files, resource requests larger than the cluster), each with the one

@@ -1,4 +1,4 @@
-"""Reliability (issue 8, item 7): bad data gives clear errors or exact skip reports.
+"""Reliability: bad data gives clear errors or exact skip reports.
 
 - a .beton truncated in the middle (an interrupted copy) -> one line naming the file, from the spec
   check, the loaders and a run started on it, never a numpy error or a crashed loader;

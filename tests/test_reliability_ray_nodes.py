@@ -1,4 +1,4 @@
-"""Issue 8 item 2: a worker node is lost mid-run (real Ray, CPU, shipped dataset, the CLI as a user runs it).
+"""A worker node is lost mid-run (real Ray, CPU, shipped dataset, the CLI as a user runs it).
 
 `tests/ray_nodes.py` starts a `ray.cluster_utils.Cluster` (a 0-CPU head + two 1-CPU nodes, so the
 2-worker run puts one worker on each node), runs `python -m orchestrator run` against it (RAY_ADDRESS),

@@ -1,4 +1,4 @@
-"""Reliability (issue 8, items 5-6): damaged checkpoints and storage trouble, through the real training loop
+"""Reliability: damaged checkpoints and storage trouble, through the real training loop
 on the shipped digits (tiny ViT, CPU).
 
 5. The latest checkpoint truncated / bit-flipped / without its manifest -> the previous one is used with a

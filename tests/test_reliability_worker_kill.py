@@ -1,4 +1,4 @@
-"""Issue 8, item 1: one Ray Train worker process SIGKILLed by pid in the middle of an epoch of a 2-worker run.
+"""One Ray Train worker process SIGKILLed by pid in the middle of an epoch of a 2-worker run.
 
 The run (real Ray in a private PID namespace, CPU, shipped dataset) must finish with per-epoch metrics
 identical to an uninterrupted run of the same spec, and recompute at most one checkpoint interval: the

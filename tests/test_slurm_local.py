@@ -61,7 +61,7 @@ def test_without_sbatch_suggests_local(demo_data, tmp_path, capsys, monkeypatch)
 def test_bad_options_reported_together(demo_data, tmp_path, capsys):
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "opt", run_id="r0")
     rc = slurm.main([str(cfg), "--local", "--time", "soon", "--nodes", "2", "--sbatch", "exclusive",
-                     "train.epochs=0"])
+                     "train.epochs=-1"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2
     assert any("--time 'soon'" in ln for ln in err), err

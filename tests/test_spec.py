@@ -121,6 +121,6 @@ def test_lr_scaling_rule(demo_data):
 def test_cli_rejects_a_bad_spec_before_training(capsys, demo_data):
     from jobs.train import main
 
-    assert main([str(DEMO), f"data_root={demo_data.root}", "train.epochs=0", "model.deep=1"]) == 2
+    assert main([str(DEMO), f"data_root={demo_data.root}", "train.epochs=-1", "model.deep=1"]) == 2
     err = capsys.readouterr().err
     assert "train.epochs:" in err and "model.deep: unknown key" in err

@@ -1,4 +1,4 @@
-"""Issue 2: strategies on timm ViTs, with exact accounting."""
+"""Strategies on timm ViTs, with exact accounting."""
 from __future__ import annotations
 
 import copy

@@ -1,0 +1,125 @@
+"""Starting points, teachers and recovery: the columns saying where each run started and what it learned from,
+the recovery table (teacher, pruned at epoch 0, recovered), its figure, and the study's stage graph.
+
+A recovered run is a run that trained (epochs > 0) from another model's weights: `model.init` is `run:<c>`, or
+`pretrained`/a file. Its teacher row is the model it was derived from: the run `run:<c>` names (same seed, grid
+point within), else the run with the same `model.init` and no strategies. Its "pruned at epoch 0" row is the
+run with `train.epochs: 0`, the same `model.init`, seed and strategies.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+from analysis import tables
+from rundir import SPEC_FILE, dependencies, index_nodes, node_from_spec, read_index, stage_lines
+
+SOURCE_COLUMNS = ("init", "teacher", "distill_loss", "alpha", "tau")
+RECOVERY_HEADER = ["Condition", "Seed", "Teacher", "Teacher top-1", "Pruned, epoch 0", "Recovered", "Kept of teacher",
+                   "Params −", "GFLOPs −"]
+
+
+def spec_of(run_dir: Path) -> dict:
+    try:
+        raw = yaml.safe_load((Path(run_dir) / SPEC_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def source_columns(spec: dict) -> dict:
+    """init source, teacher source, distillation loss, alpha, tau of one run spec (None where absent)."""
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+    distill = spec.get("distill") if isinstance(spec.get("distill"), dict) else None
+    teacher = (distill or {}).get("teacher")
+    teacher = teacher.get("init") if isinstance(teacher, dict) else teacher
+    return {"init": model.get("init", "random"), "teacher": teacher,
+            "distill_loss": (distill or {}).get("loss"), "alpha": (distill or {}).get("alpha"),
+            "tau": (distill or {}).get("tau")}
+
+
+def add_source_columns(runs: pd.DataFrame, specs: dict[str, dict]) -> pd.DataFrame:
+    cols = {c: [source_columns(specs.get(r, {}))[c] for r in runs["run_id"]] for c in SOURCE_COLUMNS}
+    return runs.assign(**cols, strategies=[json.dumps((specs.get(r) or {}).get("strategies") or [], sort_keys=True)
+                                           for r in runs["run_id"]])
+
+
+def study_graph(study_dir: Path, specs: dict[str, dict]) -> tuple[dict[str, list[str]], list[str]]:
+    """(run -> runs it needs, the stage graph as text lines) from runs.json, else from the runs' spec.yaml."""
+    index, _ = read_index(study_dir)
+    nodes = index_nodes(index) if index else [node_from_spec(r, s) for r, s in specs.items()]
+    return dependencies(nodes), stage_lines(nodes)
+
+
+def _first(frame: pd.DataFrame) -> pd.Series | None:
+    return frame.iloc[0] if len(frame) else None
+
+
+def _pct_less(new: float, old: float) -> float:
+    return 100.0 * (1.0 - new / old) if old and math.isfinite(old) and math.isfinite(new) else math.nan
+
+
+def recovery_rows(runs: pd.DataFrame, deps: dict[str, list[str]]) -> pd.DataFrame:
+    """One row per recovered run (see the module doc); empty when the study has none."""
+    usable = runs[runs["usable"]]
+    out = []
+    for _, r in usable.iterrows():
+        if not (r["epochs_total"] and r["epochs_total"] > 0) or r["init"] in (None, "random"):
+            continue
+        same_seed = usable[usable["seed"] == r["seed"]]
+        if str(r["init"]).startswith("run:"):
+            teacher = _first(same_seed[same_seed["run_id"].isin(deps.get(r["run_id"], []))
+                                       & (same_seed["condition"] == str(r["init"])[4:].strip())])
+        else:
+            teacher = _first(same_seed[(same_seed["init"] == r["init"]) & (same_seed["strategies"] == "[]")])
+        if teacher is None or r["strategies"] == "[]":
+            continue
+        pruned = _first(same_seed[(same_seed["epochs_total"] == 0) & (same_seed["init"] == r["init"])
+                                  & (same_seed["strategies"] == r["strategies"])
+                                  & (same_seed["ablation"] == r["ablation"])])
+        out.append({
+            "condition": r["condition"], "seed": int(r["seed"]), "run_id": r["run_id"],
+            "teacher_run": teacher["run_id"], "teacher_top1": teacher["final_top1"],
+            "pruned_top1": pruned["final_top1"] if pruned is not None else math.nan,
+            "recovered_top1": r["final_top1"],
+            "kept_pct": 100.0 * r["final_top1"] / teacher["final_top1"] if teacher["final_top1"] else math.nan,
+            "params_less_pct": _pct_less(r["params"], teacher["params"]),
+            "gflops_less_pct": _pct_less(r["gflops"], teacher["gflops"]),
+            "distill_loss": r["distill_loss"],
+        })
+    return pd.DataFrame(out)
+
+
+def recovery_markdown(rows: pd.DataFrame) -> str:
+    body = [[str(r["condition"]) + (f" ({r['distill_loss']})" if isinstance(r["distill_loss"], str) else ""),
+             str(r["seed"]), r["teacher_run"], tables.fmt_num(r["teacher_top1"], 2), tables.fmt_num(r["pruned_top1"], 2),
+             tables.fmt_num(r["recovered_top1"], 2), f"{tables.fmt_num(r['kept_pct'], 1)}%",
+             f"{tables.fmt_num(r['params_less_pct'], 1)}%", f"{tables.fmt_num(r['gflops_less_pct'], 1)}%"]
+            for _, r in rows.sort_values(["condition", "seed"]).iterrows()]
+    return tables.markdown(RECOVERY_HEADER, body)
+
+
+def recovery_figure(rows: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> Path:
+    """Top-1 vs epoch of each recovered run (epoch 0: its pruned model as built), its teacher's top-1 as a line."""
+    fig = Figure(figsize=(10.0, 5.0), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for i, (_, r) in enumerate(rows.sort_values(["condition", "seed"]).iterrows()):
+        color = f"C{i % 10}"
+        curve = metrics[metrics["run_id"] == r["run_id"]].sort_values("epoch")
+        xs, ys = list(curve["epoch"]), list(curve["top1"])
+        if math.isfinite(r["pruned_top1"]):
+            xs, ys = [0, *xs], [r["pruned_top1"], *ys]
+        ax.plot(xs, ys, color=color, marker="o", ms=3, lw=1.4, label=f"{r['condition']} s{r['seed']}")
+        ax.axhline(r["teacher_top1"], color=color, ls="--", lw=1, alpha=0.7)
+    ax.set_xlabel("epoch (0: pruned, before recovery)")
+    ax.set_ylabel("Top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Recovery: top-1 vs epoch (dashed: the teacher's top-1)")
+    fig.savefig(path, dpi=100, format="png")
+    return path

@@ -1,0 +1,71 @@
+"""`python -m jobs train CONFIG [key=value ...] [--resume]`: one run in this process (or one rank under
+torchrun), with the same rule for existing output as `orchestrator run|sweep|slurm`: a run folder that
+already holds output is refused unless `--resume` is given; with it, a finished run is kept and an
+unfinished or failed one continues from its newest valid checkpoint."""
+from __future__ import annotations
+
+import argparse
+import logging
+import traceback
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from jobs import checkpoint as ckpt
+from jobs.configdoc import add_print_config, print_config
+from jobs.local import LocalContext
+from jobs.spec import SpecError, load_spec
+from jobs.train import NonFiniteLossError, train_loop
+from rundir import EXIT_BAD_INPUT, State, print_error, print_errors, run_state
+
+
+def refuse_existing(run_dir: Path, epochs: int, resume: bool) -> str | None:
+    """Why this run may not start now (one line), or None."""
+    state = run_state(run_dir, epochs)
+    if state.state is State.BLOCKED:
+        return f"{run_dir}: {state.describe()}"
+    if state.started and not resume:
+        return (f"output already exists in {run_dir} ({state.describe()}); pass --resume to continue, "
+                "or set another study/run_id")
+    return None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs train",
+        description="Train one run spec in this process (single process, or one rank under torchrun).",
+    )
+    parser.add_argument("config", type=Path, help="run spec YAML, e.g. configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run folder that already holds output (finished runs are kept)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="console verbosity; INFO prints a step line every logging.every_steps updates")
+    add_print_config(parser)
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        spec = load_spec(args.config, args.overrides)
+    except SpecError as exc:
+        return print_errors(f"{args.config} is not a valid run spec", exc.errors)
+    if args.print_config:
+        return print_config(spec)
+    refused = refuse_existing(spec.run_dir, spec.train.epochs, args.resume)
+    if refused:
+        print_error(refused)
+        return EXIT_BAD_INPUT
+    with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
+        try:
+            with logging_redirect_tqdm():  # step lines above the progress bar, not through it
+                row = train_loop(spec, ctx)
+        except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
+            print_error(str(exc))
+            return 1
+        except Exception:
+            traceback.print_exc()
+            return 1
+    if ctx.rank == 0:
+        ema = f", ema top1 {row['ema_top1']:.2f}" if row.get("ema_top1") is not None else ""
+        print(f"finished {spec.run_dir}: epoch {row['epoch']}, train loss {row['train_loss']:.4f}, "
+              f"top1 {row['top1']:.2f}{ema}")
+    return 0

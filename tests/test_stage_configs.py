@@ -1,0 +1,75 @@
+"""The shipped DGMR and DeiT-distillation studies validate on a machine without ImageNet (the CLI's
+validation-only path, `--print-config`, pointed at the shipped digits) and state the recipes they claim."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+import yaml
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
+
+from rundir import stage_lines
+from rundir.stages import node_from_spec
+
+REPO = Path(__file__).resolve().parents[1]
+VIT_B = "vit_base_patch16_224"
+
+
+def print_config(config: str, demo_data, *extra: str, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", config,
+                           f"data.train_path={demo_data.train_beton}", f"data.val_path={demo_data.val_beton}",
+                           "model.num_classes=10", *extra, "--print-config"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return yaml.safe_load(proc.stdout)
+
+
+def offline_hf_cache(root: Path) -> Path:
+    """A Hugging Face hub cache holding ViT-B/16's weights in timm's layout (random values: validation reads only
+    the safetensors header, never the weights)."""
+    repo = root / f"models--{get_pretrained_cfg(VIT_B).hf_hub_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(timm.create_model(VIT_B).state_dict(), repo / "snapshots" / commit / "model.safetensors")
+    return root
+
+
+def test_dgmr_study_validates_and_states_the_recipe(demo_data, tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(offline_hf_cache(tmp_path / "hub")),
+           "PYTHONPATH": str(REPO)}
+    study = print_config("configs/dgmr/study.yaml", demo_data, env=env)
+    runs = study["runs"]
+    by = {(r["condition"], r["ablation"].get("strategy.shallow.keep_ratio")): r for r in runs}
+    assert sorted(by) == sorted([("pretrained", None)] + [(c, k) for c in ("pruned", "recovered", "pruned_first",
+                                                                           "recovered_first") for k in (0.5, 0.25)])
+    rec = by[("recovered", 0.25)]
+    assert rec["model"]["init"] == "pretrained" and rec["model"]["name"] == VIT_B
+    assert rec["strategies"] == [{"name": "shallow", "params": {"keep_ratio": 0.25, "select": "diversity"}}]
+    assert by[("recovered_first", 0.5)]["strategies"][0]["params"]["select"] == "first"
+    d = rec["distill"]
+    assert (d["teacher"]["init"], d["loss"], d["alpha"], d["labels"]) == ("self", "feature_mse", 1.0, False)
+    assert (d["feature"]["cls_weight"], d["feature"]["patch_weight"]) == (1.0, 1.0)
+    t = rec["train"]
+    assert t["epochs"] == 10 and t["opt"] == "adamw" and t["opt_kwargs"]["betas"] == [0.9, 0.95]
+    assert (t["lr"], t["lr_base_batch"], t["lr_scale"]) == (6e-5, 256, "linear")
+    assert (t["sched"], t["min_lr"], t["warmup_epochs"]) == ("cosine", 1e-6, 2)
+    assert (t["weight_decay"], t["weight_decay_end"]) == (0.04, 0.2)
+    assert {r["train"]["epochs"] for r in runs if r["condition"] in ("pretrained", "pruned", "pruned_first")} == {0}
+
+
+def test_deit_distill_study_validates_as_two_stages(demo_data):
+    study = print_config("configs/deit_distill/study.yaml", demo_data)
+    runs = {r["condition"]: r for r in study["runs"]}
+    d = runs["distilled"]["distill"]
+    assert runs["distilled"]["model"]["name"] == "deit_small_distilled_patch16_224"
+    assert (d["teacher"]["init"], d["loss"], d["alpha"]) == ("run:teacher", "hard", 0.5)
+    assert runs["teacher"]["model"]["name"] == VIT_B and runs["student"].get("distill") is None
+    nodes = [node_from_spec(r["run_id"], r) for r in study["runs"]]
+    assert stage_lines(nodes) == ["stage 0: student", "stage 0: teacher", "stage 1: distilled <- teacher"]
