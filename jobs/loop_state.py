@@ -142,8 +142,8 @@ def build_state(spec: RunSpec, ctx: EngineContext, hooks: Hooks, log: Callable[[
     model.to(device)
     if tc.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    distiller = make_distiller(spec, start, device)
     ema = recipe.build_ema(model, tc)
+    distiller = make_distiller(spec, start, device)  # after the EMA copy: the distiller may hook the student
     optimizer = recipe.build_optimizer(model, tc, ctx.world_size)
     if distiller is not None:
         distiller.add_to(optimizer)  # before the scheduler, which records every group's base lr

@@ -133,8 +133,9 @@ def test_orchestrator_study_commands_print_the_study_and_its_runs(argv, demo_dat
     assert printed["axes"]["seeds"] == [0, 1, 2]
     assert printed["axes"]["sweep"]["max_concurrent_trials"] is None  # defaults of the study keys too
     runs = printed["runs"]
-    assert len(runs) == 9 and all(set(r) == set(RunSpec.model_fields) for r in runs)
-    assert {r["condition"] for r in runs} == {"baseline", "grouped", "shallow"}
+    first_stage = {"baseline", "grouped", "shallow", "multiplexed"}
+    assert len(runs) == 21 and all(set(r) == set(RunSpec.model_fields) for r in runs)
+    assert {r["condition"] for r in runs} == first_stage | {"pruned", "recovered", "finetuned"}
     grouped = next(r for r in runs if r["condition"] == "grouped")
     assert grouped["strategies"] == [{"name": "grouped", "params": {"group_size": 2, "scale": None, "init": "first"}}]
-    assert all(r["train"]["epochs"] == 12 for r in runs)
+    assert all(r["train"]["epochs"] == 12 for r in runs if r["condition"] in first_stage)

@@ -262,7 +262,7 @@ def test_checkpoint_round_trip_reties_shared_weights():
     ("mini_swin_style_deit_small", "deit_small_patch16_224", None),
 ])
 def test_minivit_configs_validate(name, model, params, demo_data):
-    spec = load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10"])
+    spec = load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10", "distill=null"])
     assert spec.model.name == model and [s.name for s in spec.strategies] == ["multiplexed"]
     assert spec.model.kwargs == {"class_token": False, "global_pool": "avg"}
     t = spec.train
@@ -275,7 +275,8 @@ def test_minivit_configs_validate(name, model, params, demo_data):
     # the dwconv variant needs its prefix-free model: with the class token back, validation says why
     if name.startswith("mini_swin"):
         with pytest.raises(SpecError, match="mlp_transform=dwconv convolves the token grid"):
-            load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10", "model.kwargs={}"])
+            load_spec(MINIVIT / f"{name}.yaml", [f"data_root={demo_data.root}", "model.num_classes=10", "model.kwargs={}",
+                                                  "distill=null"])
 
 
 # ---- a real run: checkpoint, kill, exact resume ---------------------------------------------------

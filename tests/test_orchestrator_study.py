@@ -138,7 +138,8 @@ def test_shipped_study_configs_validate(demo_data):
     demo = load_study(REPO / "configs/demo_study.yaml", [f"data_root={demo_data.root}"],
                       cluster=ClusterShape(cpus=2, node_cpus=2))
     base = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    assert len(demo.runs) == 12 and {r.model.depth for r in demo.runs} == {base["model"]["depth"]}
+    assert len(demo.runs) == 14 and {r.model.depth for r in demo.runs} == {base["model"]["depth"]}
+    assert "multiplexed" in {r.condition for r in demo.runs}
     paper = load_study(REPO / "configs/paper/study.yaml",
                        [f"data.train_path={demo_data.train_beton}", f"data.val_path={demo_data.val_beton}",
                         "model.num_classes=10"])

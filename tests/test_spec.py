@@ -119,7 +119,7 @@ def test_lr_scaling_rule(demo_data):
 
 
 def test_cli_rejects_a_bad_spec_before_training(capsys, demo_data):
-    from jobs.train import main
+    from jobs.train_cli import main
 
     assert main([str(DEMO), f"data_root={demo_data.root}", "train.epochs=-1", "model.deep=1"]) == 2
     err = capsys.readouterr().err

@@ -1,7 +1,9 @@
 """The `distill:` block of a run spec: which teacher, which loss, how it mixes with the base loss.
 
-Total loss = (1 - alpha) * base + alpha * kd, base being the run's usual loss (mixup soft-target
-cross-entropy). `labels: false` (with alpha 1) trains without ever reading a label.
+Total loss = (1 - alpha) * base + alpha * kd (+ the relation losses), base being the run's usual loss
+(mixup soft-target cross-entropy). `labels: false` (with alpha 1) trains without ever reading a label.
+`relations:` adds MiniViT weight distillation (attention and hidden-state relations, each with its own
+weight) on top of the logit or feature loss.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from jobs.sources import WeightsError, absolute, parse_source
 
 from .losses import LOSSES
+from .relations import RelationConfig
 
 SELF = "self"
 
@@ -78,6 +81,11 @@ class DistillConfig(_Strict):
                             "two heads averaged)")
     labels: bool = Field(True, description="false: labels are never read for training (needs alpha 1)")
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig, description="feature_mse options")
+    relations: RelationConfig | None = Field(
+        None, description="MiniViT weight distillation added to the loss: attn_relation (weight 1.0, "
+                          "relation_heads 1), hidden_relation (weight 0.1, factor 1), layers {student, teacher} "
+                          "(default every second layer use down from the last, teacher at the same relative depths), "
+                          "prefix_tokens drop; {} = all defaults; None = off")
 
     @field_validator("loss")
     @classmethod

@@ -78,11 +78,15 @@ class RelationConfig(_Strict):
     def tokens(self, shape: "ModelShape") -> int:
         return shape.num_patches + (shape.num_prefix_tokens if self.prefix_tokens == "keep" else 0)
 
-    def check(self, student: "ModelShape", teacher: "ModelShape", where: str = "distill.relations") -> list[str]:
-        """Every problem of distilling `teacher` into `student` with these relations, one line each."""
+    def check(self, student: "ModelShape", teacher: "ModelShape | None", where: str = "distill.relations") -> list[str]:
+        """Every problem of distilling `teacher` into `student` with these relations, one line each. A teacher
+        of None (a `run:` teacher, built by an earlier stage) checks the student side only."""
         errors = []
-        s_layers, t_layers = self.resolve_layers(student.depth, teacher.depth)
-        for role, layers, shape in (("student", s_layers, student), ("teacher", t_layers, teacher)):
+        s_layers, t_layers = self.resolve_layers(student.depth, (teacher or student).depth)
+        sides = (("student", s_layers, student), ("teacher", t_layers, teacher))
+        for role, layers, shape in sides:
+            if shape is None:
+                continue
             bad = [i for i in layers if not 0 <= i < shape.depth]
             if bad:
                 errors.append(
@@ -96,6 +100,8 @@ class RelationConfig(_Strict):
                 f"{where}.layers: {len(s_layers)} student and {len(t_layers)} teacher layers; they are paired by "
                 "position, so give lists of equal length"
             )
+        if teacher is None:
+            return errors + self._width_errors(sides, where)
         s_tokens, t_tokens = self.tokens(student), self.tokens(teacher)
         if s_tokens != t_tokens:
             hint = "" if self.prefix_tokens == "drop" else " (or prefix_tokens: drop)"
@@ -103,14 +109,14 @@ class RelationConfig(_Strict):
                 f"{where}: relations need equal token counts, but {student.name} has {s_tokens} and {teacher.name} "
                 f"{t_tokens} ({self.prefix_tokens} prefix tokens); use the same patch grid{hint}"
             )
-        if self.attn_relation.weight > 0:
-            for role, shape in (("student", student), ("teacher", teacher)):
-                if shape.embed_dim % self.attn_relation.relation_heads:
-                    errors.append(
-                        f"{where}.attn_relation.relation_heads: {self.attn_relation.relation_heads} does not divide "
-                        f"the {role} width {shape.embed_dim} of {shape.name}"
-                    )
-        return errors
+        return errors + self._width_errors(sides, where)
+
+    def _width_errors(self, sides, where: str) -> list[str]:
+        if self.attn_relation.weight == 0:
+            return []
+        heads = self.attn_relation.relation_heads
+        return [f"{where}.attn_relation.relation_heads: {heads} does not divide the {role} width {shape.embed_dim} "
+                f"of {shape.name}" for role, _, shape in sides if shape is not None and shape.embed_dim % heads]
 
 
 # ---- the losses ------------------------------------------------------------------------------------
@@ -152,6 +158,10 @@ def hidden_relation_loss(student_hidden: list[torch.Tensor], teacher_hidden: lis
 
 
 # ---- capture -----------------------------------------------------------------------------------------
+
+
+def _float(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.float() for t in tensors]
 
 
 def _unique(modules) -> list[nn.Module]:
@@ -237,11 +247,15 @@ class RelationDistiller:
     def losses(self) -> dict[str, torch.Tensor]:
         out = {}
         attn, hidden = self.cfg.attn_relation, self.cfg.hidden_relation
+        # In float32: autocast leaves the captured outputs in half precision, and the relations go through
+        # a softmax over N scores.
         if attn.weight > 0:
-            loss = attn_relation_loss(self.student.qkv_outputs(), self.teacher.qkv_outputs(), attn.relation_heads)
+            loss = attn_relation_loss(_float(self.student.qkv_outputs()), _float(self.teacher.qkv_outputs()),
+                                      attn.relation_heads)
             out["attn_relation"] = attn.weight * loss
         if hidden.weight > 0:
-            loss = hidden_relation_loss(self.student.hidden_states(), self.teacher.hidden_states(), hidden.factor)
+            loss = hidden_relation_loss(_float(self.student.hidden_states()), _float(self.teacher.hidden_states()),
+                                        hidden.factor)
             out["hidden_relation"] = hidden.weight * loss
         return out
 

@@ -3,7 +3,9 @@
 The teacher runs under no_grad in eval mode with the student's autocast; the last block's tokens are
 read with a forward hook on the model's final norm (its input = before the norm). A learned width
 projection (`feature.proj: linear`) belongs to the student side: it is trained by the same optimizer
-and saved in the checkpoint, never in the exported model.
+and saved in the checkpoint, never in the exported model. Relation losses (`relations:`) read both
+models with forward hooks: build the Distiller after any copy of the student (its EMA), or the copy
+would carry the hooks.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from jobs.weights import Place, Start, WeightsError
 
 from .config import DistillConfig
 from .losses import LOSSES, Outputs
+from .relations import RelationDistiller
 from .teacher import Teacher, build_teacher, pair_errors
 
 
@@ -68,6 +71,7 @@ class Distiller:
                 if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                     self._proj_net = nn.parallel.DistributedDataParallel(
                         self.proj, device_ids=[device.index] if device.type == "cuda" else None)
+        self.relations = RelationDistiller(cfg.relations, student, self.teacher) if cfg.relations else None
         self._prefix = (getattr(student, "num_prefix_tokens", 0), getattr(self.teacher, "num_prefix_tokens", 0))
         self._cls = (getattr(student, "has_class_token", False), getattr(self.teacher, "has_class_token", False))
 
@@ -110,9 +114,11 @@ class Distiller:
             s = Outputs(tokens=s_tokens, prefix=s.prefix, has_class_token=s.has_class_token)
             t = Outputs(tokens=self.teacher_tap.take().detach(), prefix=t.prefix, has_class_token=t.has_class_token)
         kd = self.loss.fn(s, t, self.cfg)
-        if self.cfg.alpha == 1.0:
-            return kd  # the base loss, and so the labels, are never computed
-        return (1.0 - self.cfg.alpha) * base_loss(cls_logits, targets) + self.cfg.alpha * kd
+        # alpha 1: the base loss, and so the labels, are never computed
+        loss = kd if self.cfg.alpha == 1.0 else (1.0 - self.cfg.alpha) * base_loss(cls_logits, targets) + self.cfg.alpha * kd
+        if self.relations is not None:  # MiniViT adds the weighted relation losses to the logit loss
+            loss = loss + sum(self.relations.losses().values())
+        return loss
 
 
 def make_distiller(spec: Any, start: Start, device: torch.device) -> Distiller | None:

@@ -7,6 +7,7 @@ other teacher weights is refused instead of silently mixing two teachers in one 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from jobs import weights
+from jobs.strategies import ModelShape, StrategyError
+from jobs.strategies.vit import shape_of
 from jobs.weights import Place, WeightsError
 
 from .config import DistillConfig
@@ -39,7 +42,21 @@ def teacher_create_kwargs(cfg: DistillConfig, student_kwargs: dict[str, Any]) ->
     if cfg.teacher.model is None:
         return None, {**student_kwargs, **cfg.teacher.kwargs}
     keep = {k: student_kwargs[k] for k in ("num_classes", "img_size") if k in student_kwargs}
+    if "img_size" in keep and not _takes_img_size(cfg.teacher.model):
+        del keep["img_size"]  # a CNN teacher (DeiT's RegNetY) takes any resolution and no such argument
     return cfg.teacher.model, {**keep, **cfg.teacher.kwargs}
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_img_size(model_name: str) -> bool:
+    try:
+        with torch.device("meta"):
+            timm.create_model(model_name, img_size=224)
+    except TypeError:
+        return False
+    except Exception:  # any other failure is the creation's own, reported where the teacher is built
+        return True
+    return True
 
 
 def _student_meta(model_name: str, create_kwargs: dict[str, Any]) -> nn.Module:
@@ -47,9 +64,32 @@ def _student_meta(model_name: str, create_kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(model_name, **create_kwargs)
 
 
-def pair_errors(student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> list[str]:
-    """Problems of distilling `teacher` into `student` with this loss (models may be on the meta device)."""
-    errors = []
+def _shape(model: nn.Module, role: str) -> ModelShape | str:
+    try:
+        return shape_of(model, type(model).__name__)
+    except (StrategyError, AttributeError, IndexError, TypeError):
+        return (f"distill.relations: the {role} {type(model).__name__} is not a timm ViT with blocks of attn.qkv and "
+                "mlp; relations read both models' blocks (use a ViT/DeiT teacher, or drop relations)")
+
+
+def relation_errors(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig) -> list[str]:
+    """Problems of the relation losses between the two models (teacher None: not built yet, student side only)."""
+    if cfg.relations is None:
+        return []
+    s_shape = _shape(student, "student")
+    t_shape = _shape(teacher, "teacher") if teacher is not None else None
+    shape_errors = [s for s in (s_shape, t_shape) if isinstance(s, str)]
+    if shape_errors:
+        return shape_errors
+    return cfg.relations.check(s_shape, t_shape)
+
+
+def pair_errors(student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig) -> list[str]:
+    """Problems of distilling `teacher` into `student` with this loss (models may be on the meta device);
+    teacher None = a teacher not built yet, only the student side is checked."""
+    errors = relation_errors(student, teacher, cfg)
+    if teacher is None:
+        teacher = student
     reads = LOSSES[cfg.loss].reads
     has_dist = hasattr(student, "set_distilled_training")
     if cfg.head == "distillation" and not has_dist:
@@ -80,8 +120,10 @@ def pair_errors(student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> l
 def check_teacher(cfg: DistillConfig, model_name: str, student_kwargs: dict[str, Any], place: Place | None) -> list[str]:
     """Validation of the teacher without loading weights; `run:` teachers are checked when the run starts."""
     student = _student_meta(model_name, student_kwargs)
-    if cfg.teacher.is_run or cfg.teacher.is_self:
-        return pair_errors(student, student, cfg)  # the head check; a run: teacher is paired when the run starts
+    if cfg.teacher.is_self:
+        return pair_errors(student, student, cfg)
+    if cfg.teacher.is_run:
+        return pair_errors(student, None, cfg)  # the student side; a run: teacher is paired when the run starts
     name, kwargs = teacher_create_kwargs(cfg, student_kwargs)
     name = name or model_name
     try:
