@@ -135,4 +135,5 @@ def test_run_survives_the_loss_of_a_worker_node(tmp_path, demo_data):
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)), context()
     assert [r["resumed_from"] for r in rows] == [None] * newest + [newest] * (EPOCHS - newest)
     assert json.loads((run_dir / STATUS_FILE).read_text())["state"] == "finished"
-    assert f"{EPOCHS}/{EPOCHS} epochs (finished)" in log.read_text()
+    # the CLI's closing summary: one row per run, its state and epochs done / asked for
+    assert re.search(rf"^{run_dir.name}\s+finished\s+{EPOCHS}/{EPOCHS}\b", log.read_text(), re.M), context()
