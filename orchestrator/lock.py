@@ -7,6 +7,7 @@ since its owner's liveness cannot be checked from here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -68,26 +69,27 @@ def _create_with(path: Path, owner: dict) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _claim_stale(path: Path, stale: dict) -> bool:
-    """Remove the stale lock `stale`, unless a racing driver replaced it first: a rename moves exactly
-    one file away, so of several drivers that judged it stale only one removes it, and a live lock
-    moved by mistake is put back."""
-    claimed = path.with_name(f"{path.name}.stale-{os.getpid()}-{os.urandom(4).hex()}")
+def _claim_stale(path: Path, stale_text: str) -> bool:
+    """Remove the stale lock whose content is `stale_text`, if this driver is the one to do it.
+
+    Drivers that judged the same lock stale race to create a claim file named after its content; only
+    the one that creates it may remove the lock, and only while the lock still holds that content. No
+    other driver can remove the lock meanwhile (removing needs the claim), so the lock path is never
+    vacant except between this removal and the next create, where link() lets exactly one driver in."""
+    digest = hashlib.sha256(stale_text.encode()).hexdigest()[:16]
+    claim = path.with_name(f"{path.name}.takeover-{digest}")
+    if not _create_with(claim, _owner()):
+        return False  # another driver is taking this stale lock over
     try:
-        os.rename(path, claimed)
-    except FileNotFoundError:
-        return False  # another driver claimed it
-    try:
-        took = json.loads(claimed.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        took = {}
-    if took != stale:
-        with contextlib.suppress(FileExistsError):
-            os.link(claimed, path)
-        claimed.unlink(missing_ok=True)
-        return False
-    claimed.unlink(missing_ok=True)
-    return True
+        try:
+            if path.read_text() != stale_text:
+                return False  # already taken over and replaced
+        except FileNotFoundError:
+            return False
+        path.unlink()
+        return True
+    finally:
+        claim.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -100,14 +102,18 @@ def study_lock(study_dir: str | Path) -> Iterator[Path]:
     study_dir.mkdir(parents=True, exist_ok=True)
     path = study_dir / LOCK_FILE
     me = _owner()
-    for _ in range(5):
+    for _ in range(100):
         if _create_with(path, me):
             break
         try:
-            owner = json.loads(path.read_text() or "{}")
+            text = path.read_text()
         except FileNotFoundError:
             continue  # released (or taken over) meanwhile: try again
-        except (OSError, json.JSONDecodeError):
+        except OSError:
+            text = ""
+        try:
+            owner = json.loads(text or "{}")
+        except json.JSONDecodeError:
             owner = {}
         if owner and not _is_stale(owner):
             raise StudyLocked(
@@ -118,10 +124,13 @@ def study_lock(study_dir: str | Path) -> Iterator[Path]:
             if not owner and time.time() - path.stat().st_mtime < 5:
                 time.sleep(0.2)  # an old-style writer between create and write
                 continue
-        if _claim_stale(path, owner):
+        if _claim_stale(path, text):
             warnings.warn(f"taking over stale lock {path} of dead pid {owner.get('pid')} on {owner.get('host')}", stacklevel=3)
+        else:
+            time.sleep(0.05)  # another driver is mid-takeover: look again once it has replaced the lock
     else:
-        raise StudyLocked(f"could not take the lock {path}; delete it if no other process uses the study")
+        raise StudyLocked(f"could not take the lock {path}; if no other process uses the study, delete it "
+                          f"and any {path.name}.takeover-* file beside it")
     try:
         yield path
     finally:

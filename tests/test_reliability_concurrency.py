@@ -7,6 +7,7 @@ gets it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -104,7 +105,7 @@ def test_racing_drivers_take_over_a_stale_lock_exactly_once(tmp_path, stale):
     study_dir = tmp_path / "st"
     ctx = multiprocessing.get_context("fork")  # this process has the imports already: no 7 s per child
     n = 4
-    for round_ in range(3):
+    for round_ in range(25):  # the race is rare per round; many cheap rounds make a regression show
         study_dir.mkdir(exist_ok=True)
         # recycled: the pid is alive (this test process) but started at another time than recorded
         pid, start = (_dead_pid(), "1") if stale == "dead_pid" else (os.getpid(), "1")
@@ -140,3 +141,20 @@ def test_lock_held_from_another_host_is_refused_not_taken_over(tmp_path):
         with study_lock(study_dir):
             pass
     assert json.loads((study_dir / LOCK_FILE).read_text()) == owner
+
+
+def test_a_stale_lock_whose_takeover_was_abandoned_names_both_files_to_delete(tmp_path):
+    """A driver killed in the middle of a takeover leaves its claim file; others must not guess."""
+    study_dir = tmp_path / "st"
+    study_dir.mkdir()
+    lock = study_dir / LOCK_FILE
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "start": "1", "since": 0}))
+    (study_dir / f"{LOCK_FILE}.takeover-{hashlib.sha256(lock.read_text().encode()).hexdigest()[:16]}").write_text("{}")
+    with pytest.raises(StudyLocked, match=rf"could not take the lock {lock}.*delete it and any {LOCK_FILE}\.takeover-\*"):
+        with study_lock(study_dir):
+            pass
+    assert lock.exists()  # nothing guessed away
+    for leftover in study_dir.glob(f"{LOCK_FILE}*"):
+        leftover.unlink()
+    with study_lock(study_dir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
