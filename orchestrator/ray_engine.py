@@ -59,6 +59,22 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def maybe_fail(epoch: Any, rank: int, world_size: int) -> None:
+    """Fault injection (see the module docstring): this process SIGKILLs itself after epoch k, once."""
+    fail_epoch = int(os.environ.get(FAIL_EPOCH_ENV, "0") or 0)
+    marker = os.environ.get(FAIL_MARKER_ENV)
+    fail_rank = int(os.environ.get(FAIL_RANK_ENV, str(world_size - 1)))
+    if not (fail_epoch and marker and epoch == fail_epoch and rank == fail_rank):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, f"rank {rank} pid {os.getpid()} killed itself after epoch {epoch}\n".encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RayContext:
     """jobs.context.EngineContext for a Ray Train worker."""
 
@@ -72,9 +88,6 @@ class RayContext:
         self.local_rank = ctx.get_local_rank()
         self.device = ray.train.torch.get_device()
         self.run_dir = Path(run_dir)
-        self._fail_epoch = int(os.environ.get(FAIL_EPOCH_ENV, "0") or 0)
-        self._fail_marker = os.environ.get(FAIL_MARKER_ENV)
-        self._fail_rank = int(os.environ.get(FAIL_RANK_ENV, str(self.world_size - 1)))
         _quiet_ray_train_loggers()
 
     # -- reporting ---------------------------------------------------------------------------
@@ -97,19 +110,7 @@ class RayContext:
         finally:
             if pointer_dir is not None:
                 shutil.rmtree(pointer_dir, ignore_errors=True)
-        self._maybe_fail(metrics.get("epoch"))
-
-    def _maybe_fail(self, epoch: Any) -> None:
-        if not (self._fail_epoch and self._fail_marker and epoch == self._fail_epoch and self.rank == self._fail_rank):
-            return
-        marker = Path(self._fail_marker)
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, f"rank {self.rank} pid {os.getpid()} killed itself after epoch {epoch}\n".encode())
-        os.close(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
+        maybe_fail(metrics.get("epoch"), self.rank, self.world_size)
 
     # -- resuming ----------------------------------------------------------------------------
 
@@ -151,15 +152,18 @@ def _resolve(entry: str):
     return getattr(importlib.import_module(module), name)
 
 
-def trainer_job(spec, entry: str = TRAIN_ENTRY) -> dict[str, Any]:
-    """What a trial driver needs to start one run's trainer, in plain data (JSON types only)."""
+def trainer_job(spec, entry: str = TRAIN_ENTRY, *, in_trial: bool = False) -> dict[str, Any]:
+    """What a trial driver needs to start one run's trainer, in plain data (JSON types only). `in_trial`: a
+    one-worker run that the trial trains itself (orchestrator.ray_in_trial) instead of starting a TorchTrainer."""
+    if in_trial and spec.resources.num_workers != 1:
+        raise ValueError(f"run {spec.run_id}: only a one-worker run can train inside its Tune trial")
     r = spec.resources
     per_worker: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
         per_worker["GPU"] = float(r.gpus_per_worker)
     return {"run_id": spec.run_id, "run_dir": str(spec.run_dir), "epochs": spec.train.epochs,
             "num_workers": r.num_workers, "use_gpu": r.use_gpu, "resources_per_worker": per_worker,
-            "env": worker_env(spec), "entry": entry, "spec": spec.model_dump(mode="json")}
+            "env": worker_env(spec), "entry": entry, "spec": spec.model_dump(mode="json"), "in_trial": in_trial}
 
 
 def worker_env(spec=None) -> dict[str, str]:

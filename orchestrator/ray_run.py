@@ -1,5 +1,5 @@
-"""`run` and `sweep` on Ray: the shared plan submitted as one TorchTrainer, or a Tune grid with one TorchTrainer
-per run to train.
+"""`run` and `sweep` on Ray: the shared plan submitted as one TorchTrainer, or a Tune grid with one trial per run
+to train (a TorchTrainer per multi-worker run; a one-worker run trains inside its trial: orchestrator.ray_in_trial).
 
 Layout of a study dir: `<output_root>/<study>/<run_id>/{spec.yaml, metrics.parquet, checkpoints/, events.log,
 status.json}` (rundir), plus `runs.json`, `.study.lock` while a driver runs, and `.ray/` (Ray's own state:
@@ -129,6 +129,14 @@ def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
     print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
 
 
+def tune_max_failures(options: SweepOptions, jobs: dict[str, dict[str, Any]]) -> int:
+    """Tune's retries per trial. A run trained inside its trial has no worker group to restart, so its trial
+    gets the run's worker restarts as well (Tune's FailureConfig is one number for every trial of a study)."""
+    if not any(job["in_trial"] for job in jobs.values()):
+        return options.trial_max_failures
+    return -1 if options.max_failures == -1 else options.max_failures + options.trial_max_failures
+
+
 def _trial_name(trial) -> str:
     """Tune's table and folders show the run id rather than a generated trial name."""
     return trial.config["run_id"]
@@ -146,14 +154,15 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
     from orchestrator.ray_progress import StudyReporter
     from orchestrator.ray_stages import StageSearcher
-    from orchestrator.ray_trial import PROBE_ENV, trial_driver
+    from orchestrator.ray_trial import PROBE_ENV, TrialResources, trial_driver
 
     study_dir = plan.study_dir if isinstance(plan, Plan) else Path(plan)
     deps = plan.deps if isinstance(plan, Plan) else {}
     stages = plan.stages if isinstance(plan, Plan) else {}
     root = ray_root(study_dir, options.storage_path)
     run_specs = {r.run_id: r for r in todo}
-    specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY) for r in todo}
+    specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY,
+                                   in_trial=options.one_worker_in_trial and r.resources.num_workers == 1) for r in todo}
     searcher = StageSearcher(
         sorted(specs, key=lambda r: stages.get(r, 0)), deps,
         finished=[p.run_id for p in plan.runs if p.state.finished] if isinstance(plan, Plan) else [],
@@ -164,7 +173,7 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     trainable = tune.with_resources(
         tune.with_parameters(trial or trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
                              probe=os.environ.get(PROBE_ENV)),
-        session.driver_resources(),
+        TrialResources(specs, session.driver_resources()),
     )
     reporter = StudyReporter({r.run_id: r.condition_label for r in todo}, metric_columns=TABLE_COLUMNS,
                              parameter_columns=[], max_report_frequency=int(options.progress_every_s),
@@ -176,7 +185,7 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=root, progress_reporter=reporter, verbose=1,
                                   callbacks=tune_loggers(),
-                                  failure_config=tune.FailureConfig(max_failures=options.trial_max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=tune_max_failures(options, specs))),
     )
     n_stages = 1 + max((stages.get(r, 0) for r in specs), default=0)
     print(f"study {study_dir}: {len(todo)} runs to train in {n_stages} stage(s), up to {k} at once")

@@ -47,7 +47,8 @@ def _probe_callback(folder: str, run_id: str):
 
 def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: str, max_failures: int,
                  probe: str | None = None) -> None:
-    """One Tune trial: the run's trainer; a retried trial whose run meanwhile finished reports its last row."""
+    """One Tune trial: the run's trainer (or, for a one-worker run, the run itself: orchestrator.ray_in_trial);
+    a retried trial whose run meanwhile finished reports its last row."""
     from ray import tune
 
     job = jobs[config["run_id"]]
@@ -57,6 +58,12 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
         last = max(rows, key=lambda r: r["epoch"]) if rows else {}
         tune.report({k: v for k, v in last.items() if isinstance(v, (int, float, str)) or v is None})
         return
+    if job["in_trial"]:
+        from orchestrator.ray_in_trial import train_in_trial
+
+        train_in_trial(job)
+        write_probe(probe, "in-trial", job["run_id"])  # a trial that trained: torch is expected here
+        return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestrator.ray_engine import build_trainer
@@ -65,3 +72,17 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
     trainer = build_trainer(job, storage_path=storage_path, max_failures=max_failures, callbacks=callbacks)
     trainer.fit()
     write_probe(probe, "trial", job["run_id"])  # again after the run: nothing heavy was loaded meanwhile
+
+
+class TrialResources:
+    """What each trial reserves (tune.with_resources calls this with the trial's config): a trial that trains
+    its run takes the worker's resources; one that starts a TorchTrainer takes only the driver's token."""
+
+    def __init__(self, jobs: dict[str, dict[str, Any]], driver: dict[str, float]):
+        self.by_run = {run_id: dict(job["resources_per_worker"]) if job["in_trial"] else dict(driver)
+                       for run_id, job in jobs.items()}
+
+    def __call__(self, config: dict):
+        from ray.tune import PlacementGroupFactory
+
+        return PlacementGroupFactory([self.by_run[config["run_id"]]])

@@ -1,5 +1,6 @@
-"""The control plane of a Ray sweep stays small: the Tune trial drivers and the Train controllers (one of
-each per concurrent run) never import torch, timm, FFCV or the training code; only the Train workers do.
+"""The control plane of a Ray sweep stays small: the Tune trial drivers and the Train controllers of multi-worker
+runs never import torch, timm, FFCV or the training code (only the Train workers do), and a one-worker run has
+neither a controller nor a separate worker: its trial trains it.
 Checked on a real sweep (embedded Ray, CPU, shipped dataset), in a private PID namespace as in test_ray_run."""
 from __future__ import annotations
 
@@ -9,27 +10,36 @@ import sys
 
 import pytest
 
-from tests.test_ray_run import REPO, SMALL, cli, env, status, write_study
+from tests.test_ray_run import REPO, SMALL, cli, env, events, status, write_study
 
 pytestmark = pytest.mark.skipif(subprocess.run(["unshare", "-fp", "--mount-proc", "true"]).returncode != 0,
                                 reason="needs `unshare -fp --mount-proc` (root or user namespaces) to isolate Ray")
 
 
-def test_trial_drivers_and_controllers_do_not_import_torch(tmp_path, demo_data):
+def test_trial_drivers_and_controllers_do_not_import_torch_and_one_worker_runs_need_neither(tmp_path, demo_data):
+    """One sweep, two kinds of run: a two-worker run gets a TorchTrainer whose trial driver and controller stay
+    torch-free; a one-worker run trains inside its Tune trial (no trainer, no controller, no Ray Train state)."""
     probe = tmp_path / "probe"
     probe.mkdir()
-    path = write_study(tmp_path, demo_data, seeds=[0, 1], conditions={"baseline": {}})
+    path = write_study(tmp_path, demo_data, seeds=[0], conditions={
+        "one": {}, "two": {"overrides": {"resources.num_workers": 2, "train.batch_size": 64}}})
     proc = subprocess.run(cli("sweep", str(path), *SMALL, "train.epochs=1"), cwd=REPO,
                           env=env(VITREDUCE_DRIVER_PROBE=str(probe)), capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    run_ids = ["baseline-s0", "baseline-s1"]
-    assert all(status(tmp_path / "runs" / "st" / r)["state"] == "finished" for r in run_ids)
+    study_dir = tmp_path / "runs" / "st"
+    assert all(status(study_dir / r)["state"] == "finished" for r in ("one-s0", "two-s0"))
     found = {p.stem: json.loads(p.read_text()) for p in probe.glob("*.json")}
-    # Every run's trial driver and its Train controller reported, from processes other than this one's driver.
-    assert set(found) == {f"{kind}-{r}" for kind in ("trial", "controller") for r in run_ids}, sorted(found)
-    for name, rec in found.items():
-        assert rec["heavy"] == [], f"{name} (pid {rec['pid']}) imported {rec['heavy']}"
-    assert found["trial-baseline-s0"]["pid"] != found["controller-baseline-s0"]["pid"]
+    assert set(found) == {"trial-two-s0", "controller-two-s0", "trial-one-s0", "in-trial-one-s0"}, sorted(found)
+    for name in ("trial-two-s0", "controller-two-s0"):
+        assert found[name]["heavy"] == [], f"{name} (pid {found[name]['pid']}) imported {found[name]['heavy']}"
+    assert found["trial-two-s0"]["pid"] != found["controller-two-s0"]["pid"]
+    # The one-worker run's loop ran in its trial's process, and Ray Train never saw it.
+    assert found["in-trial-one-s0"]["pid"] == found["trial-one-s0"]["pid"]
+    assert found["trial-one-s0"]["heavy"] == [] and "torch" in found["in-trial-one-s0"]["heavy"]
+    assert (study_dir / ".ray" / "train" / "two-s0").is_dir()
+    assert not (study_dir / ".ray" / "train" / "one-s0").exists()
+    assert "2 worker(s)" in events(study_dir / "two-s0", "start")[0]
+    assert "1 worker(s)" in events(study_dir / "one-s0", "start")[0]
 
 
 def test_the_probe_sees_torch_where_it_is_loaded():

@@ -1,0 +1,55 @@
+"""A one-worker run trained inside its own Tune trial, without a TorchTrainer.
+
+A TorchTrainer adds four processes per run beside its worker: the Train controller, the synchronization actor,
+the placement-group cleaner and the Train -> Tune report queue (~0.4 GB of PSS together; BENCHMARKS.md,
+"Control plane at scale"). A one-worker run needs none of them: it has no process group to set up and no
+barrier, its reports can go to Tune directly, and its checkpoints are the loop's own folders. So its trial
+reserves the worker's resources and runs the loop itself.
+
+Failure handling is Tune's: a trial whose process died (a worker crash, a lost node) is started again
+(tune.FailureConfig; `ray_run.tune_max_failures` gives it the run's worker restarts too), and the loop resumes
+from the newest valid checkpoint in its run folder, as a restarted Train worker does. Imported only by a trial
+that trains, never by the trial drivers of multi-worker runs (this module imports torch through jobs.local).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jobs.local import LocalContext
+from orchestrator.ray_engine import TRAIN_ENTRY, _resolve, _scalar_metrics, maybe_fail
+
+
+class TrialContext(LocalContext):
+    """jobs.context.EngineContext for a run trained by its Tune trial: rank 0 of 1, reports go to Tune."""
+
+    def __init__(self, run_dir: Path | str, use_gpu: bool, cpu_threads: int | None = None):
+        # env={}: the trial's environment may carry a launcher's RANK/WORLD_SIZE; this run is one process.
+        super().__init__(run_dir, use_gpu=use_gpu, env={})
+        if cpu_threads and self.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(cpu_threads)  # as a Train worker pinned by OMP_NUM_THREADS
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        # The checkpoint stays the loop's own folder (latest_checkpoint finds it); Tune gets the metrics only.
+        tune.report(_scalar_metrics(metrics))
+        maybe_fail(metrics.get("epoch"), self.rank, self.world_size)
+
+
+def train_in_trial(job: dict[str, Any]) -> None:
+    """Run the loop named by `job["entry"]` on `job` (ray_engine.trainer_job with in_trial=True) in this process."""
+    os.environ.update(job["env"])  # what a Train worker would get through its runtime env
+    from jobs.spec import RunSpec
+
+    spec = RunSpec.model_validate(job["spec"])
+    threads = spec.resources.cpus_per_worker if not spec.resources.use_gpu else None
+    ctx = TrialContext(spec.run_dir, use_gpu=spec.resources.use_gpu, cpu_threads=threads)
+    try:
+        _resolve(job.get("entry", TRAIN_ENTRY))(spec, ctx)
+    finally:
+        ctx.close()
+
