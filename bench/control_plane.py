@@ -3,14 +3,16 @@
     python bench/record.py -- python bench/control_plane.py                 # 1, 2, 4, 8 concurrent runs; N = 10, 100, 500
     python bench/control_plane.py --quick                                    # smoke test: one run; N = 10
 
-Concurrency part: an embedded Ray with `k` fake CPUs runs a grid of 2k runs through the product's own sweep
-path (orchestrator.ray_run._fit_grid: Tune trial drivers, Train controllers, helper actors, workers), with
+Concurrency part: an embedded Ray with `k` fake CPUs runs a grid of 2k one-worker runs through the product's own
+sweep path (orchestrator.ray_run._fit_grid), once per engine: `trial` (the default: each run trains inside its Tune
+trial) and `trainer` (a TorchTrainer per run: trial driver, Train controller, helper actors, worker), with
 one difference, labelled ENGINE STAND-IN: the workers run `stand_in_loop` instead of the training loop (it
 reports a metrics row every `--step-s` seconds and trains nothing; never used by the product). While the
 first wave of k runs is up, every process of that Ray is sampled: PSS from /proc/<pid>/smaps_rollup and CPU
 time from /proc/<pid>/stat, grouped by kind (trial driver, Train controller, Train worker, each helper actor,
 Ray's own daemons). The per-run figure is the control plane (everything but workers and Ray's fixed daemons)
-divided by k; a least-squares line `a + b*k` is fitted to the total and projected to 64 and 512.
+divided by k; for `trial`, whose trial process is the worker, it is what a run holds beyond the trainer point's
+worker running the same loop. A least-squares line `a + b*k` is fitted per engine and projected to 64 and 512.
 Scheduling latency: the second wave's first step minus the end of the run whose slot it took.
 
 Study part: a study of N runs (5 conditions x N/5 seeds) is validated and expanded (orchestrator.plan) and
@@ -142,13 +144,17 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def sample() -> dict[str, dict]:
+def sample(trials_train: bool = False) -> dict[str, dict]:
+    """PSS and CPU by process kind. `trials_train`: the trial processes train their runs (one-worker runs in
+    their trial), so they are counted as the runs' training workers."""
     me = os.getpid()
     by: dict[str, dict] = defaultdict(lambda: {"n": 0, "pss": 0, "cpu_s": 0.0})
     for pid in _descendants(me):
         kind = _kind(pid, me)
         if kind is None:
             continue
+        if trials_train and kind == "trial_driver":
+            kind = "train_worker"
         by[kind]["n"] += 1
         by[kind]["pss"] += _pss(pid)
         by[kind]["cpu_s"] += _cpu_s(pid)
@@ -158,14 +164,15 @@ def sample() -> dict[str, dict]:
 class Sampler(threading.Thread):
     """Keeps the sample with the most trial drivers alive (then the largest PSS): the first full wave."""
 
-    def __init__(self, k: int, every_s: float):
+    def __init__(self, k: int, every_s: float, trials_train: bool = False):
         super().__init__(daemon=True)
         self.k, self.every_s, self.best, self.stop = k, every_s, None, threading.Event()
+        self.trials_train = trials_train
         self.first: dict | None = None
 
     def run(self) -> None:
         while not self.stop.is_set():
-            s = sample()
+            s = sample(self.trials_train)
             workers = s.get("train_worker", {}).get("n", 0)
             if workers >= self.k:
                 self.first = self.first or s
@@ -177,28 +184,33 @@ class Sampler(threading.Thread):
 
 # --------------------------------------------------------------------------- concurrency
 
-def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int, waves: int = 2) -> dict:
+def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int, waves: int = 2,
+                      engine: str = "trial") -> dict:
+    """`engine`: "trial" (one-worker runs train inside their Tune trial, the product's default) or "trainer"
+    (a TorchTrainer per run: controller, helper actors and a worker)."""
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
     from orchestrator.ray_run import _fit_grid
     from orchestrator.study import SweepOptions
 
-    marks = work / f"marks-{k}"
+    name = f"cp{k}-{engine}"
+    marks = work / f"marks-{name}"
     marks.mkdir(parents=True)
     os.environ.update(VITREDUCE_BENCH_STEP_S=str(step_s), VITREDUCE_BENCH_MARKS=str(marks))
-    study = {"base": str(DEMO), "study": f"cp{k}", "output_root": str(work), "data_root": str(data_root),
+    study = {"base": str(DEMO), "study": name, "output_root": str(work), "data_root": str(data_root),
              "seeds": list(range(waves * k)), "conditions": {"baseline": {}}}
-    path = work / f"cp{k}.yaml"
+    path = work / f"{name}.yaml"
     import yaml
 
     path.write_text(yaml.safe_dump(study))
     _, runs, _ = load_config(path, [f"train.epochs={epochs}", "resources.num_workers=1",
                                     "resources.cpus_per_worker=1"], kind="study")
-    sampler = Sampler(k, every_s=1.0)
+    sampler = Sampler(k, every_s=1.0, trials_train=engine == "trial")
     with ray_session(None, num_cpus=k) as session:
         sampler.start()
         t0 = time.time()
-        _fit_grid(runs, work / f"cp{k}", session, SweepOptions(progress_every_s=600), entry="bench.control_plane:stand_in_loop")
+        _fit_grid(runs, work / name, session, SweepOptions(progress_every_s=600, one_worker_in_trial=engine == "trial"),
+                  entry="bench.control_plane:stand_in_loop")
         wall = time.time() - t0
         sampler.stop.set()
         sampler.join()
@@ -211,13 +223,27 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
     cpu = {kind: round(v["cpu_s"] / k, 2) for kind, v in snap.items() if per_run_kind(kind)}
     shared = {kind: round(v["pss"] / GB, 4) for kind, v in snap.items() if kind.startswith("shared:")}
     counts = {kind: v["n"] for kind, v in snap.items()}
-    return {"k": k, "runs": len(runs), "finished_marks": len(ends), "wall_s": round(wall, 1),
+    worker = snap.get("train_worker", {}).get("pss", 0) / k / GB
+    return {"k": k, "engine": engine, "runs": len(runs), "finished_marks": len(ends), "wall_s": round(wall, 1),
             "control_plane_gb_per_run": round(sum(per_run.values()), 4),
+            "all_gb_per_run": round(sum(per_run.values()) + worker, 4),
             "control_plane_gb_total": round(sum(per_run.values()) * k, 4),
-            "worker_gb_per_run": round(snap.get("train_worker", {}).get("pss", 0) / k / GB, 4),
+            "worker_gb_per_run": round(worker, 4),
             "ray_daemons_gb": round(snap.get("ray_daemons", {}).get("pss", 0) / GB, 4), "shared_gb": shared,
             "per_run_gb_by_kind": per_run, "cpu_s_per_run_by_kind_at_sample": cpu, "processes": counts,
             "scheduling_latency_s": round(statistics.median(latency), 2) if latency else None}
+
+
+def compare_in_trial(points: list[dict]) -> None:
+    """A run trained in its trial has no separate worker: its control plane is what its processes hold beyond
+    a Train worker running the same loop at the same k (measured by the trainer point), plus any per-run actor."""
+    workers = {q["k"]: q["worker_gb_per_run"] for q in points if q["engine"] == "trainer"}
+    for q in points:
+        if q["engine"] == "trial" and q["k"] in workers:
+            q["trial_process_gb_per_run"] = q["worker_gb_per_run"]
+            q["control_plane_gb_per_run"] = round(q["all_gb_per_run"] - workers[q["k"]], 4)
+            q["control_plane_gb_total"] = round(q["control_plane_gb_per_run"] * q["k"], 4)
+            q["control_plane_rule"] = "trial process + per-run actors - the trainer point's worker"
 
 
 def fit(points: list[dict]) -> dict:
@@ -265,6 +291,9 @@ def study_point(n: int, work: Path, data_root: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", default="1,2,4,8", help="concurrent runs to measure (comma-separated)")
+    p.add_argument("--engines", default="trial,trainer",
+                   help="trial: one-worker runs train inside their Tune trial (the default of sweeps); trainer: a "
+                        "TorchTrainer per run (sweep.one_worker_in_trial=false, and every multi-worker run)")
     p.add_argument("--studies", default="10,100,500", help="study sizes N to plan (comma-separated)")
     p.add_argument("--step-s", type=float, default=2.0, help="stand-in: seconds between metrics rows")
     p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
@@ -282,18 +311,25 @@ def main(argv: list[str] | None = None) -> dict:
                     "cpus": len(os.sched_getaffinity(0)), "engine": "STAND-IN (reports metrics only, trains nothing)"}
     with tempfile.TemporaryDirectory(prefix="control-plane-") as d:
         studies = [study_point(int(n), Path(d) / "studies", data_root) for n in args.studies.split(",")]
-        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves)
-                  for k in args.concurrency.split(",")]
-    result.update(concurrency=points, studies=studies, fit=fit(points))
-    figures = {f"k{q['k']}.control_plane_gb_per_run": q["control_plane_gb_per_run"] for q in points}
-    figures.update({f"k{q['k']}.scheduling_latency_s": q["scheduling_latency_s"] for q in points if q["scheduling_latency_s"] is not None})
+        engines = args.engines.split(",")
+        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves, engine)
+                  for k in args.concurrency.split(",") for engine in engines]
+    compare_in_trial(points)
+    result.update(concurrency=points, studies=studies,
+                  fit={e: fit([q for q in points if q["engine"] == e]) for e in engines})
+    figures = {f"k{q['k']}.{q['engine']}.control_plane_gb_per_run": q["control_plane_gb_per_run"] for q in points}
+    figures.update({f"k{q['k']}.{q['engine']}.all_gb_per_run": q["all_gb_per_run"] for q in points})
+    figures.update({f"k{q['k']}.{q['engine']}.scheduling_latency_s": q["scheduling_latency_s"] for q in points
+                    if q["scheduling_latency_s"] is not None})
     figures.update({f"n{s['n']}.validate_plan_s": round(s["validate_s"] + s["plan_s"], 3) for s in studies})
-    figures.update(result["fit"])
+    figures.update({f"{e}.{key}": v for e, f in result["fit"].items() for key, v in f.items()})
     result["figures"] = figures
     print(json.dumps(result, indent=1))
-    bad = [q["k"] for q in points if q["finished_marks"] != q["runs"] or "trial_driver" not in q["per_run_gb_by_kind"]]
+    driver = {"trial": "train_worker", "trainer": "trial_driver"}
+    bad = [(q["k"], q["engine"]) for q in points if q["finished_marks"] != q["runs"]
+           or driver[q["engine"]] not in q["processes"]]
     if bad:
-        raise SystemExit(f"concurrency {bad}: not every stand-in run finished, or no sample caught its processes")
+        raise SystemExit(f"concurrency points {bad}: not every stand-in run finished, or no sample caught its processes")
     return result
 
 

@@ -51,10 +51,13 @@ def test_control_plane_bench_quick():
                           "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     res = last_json(out.stdout)
-    for point in res["concurrency"]:
-        kinds = point["per_run_gb_by_kind"]
-        assert {"trial_driver", "train_controller"} <= set(kinds), kinds
-        assert point["finished_marks"] == point["runs"]
+    points = {p["engine"]: p for p in res["concurrency"]}
+    assert set(points) == {"trial", "trainer"}
+    assert {"trial_driver", "train_controller"} <= set(points["trainer"]["per_run_gb_by_kind"]), points["trainer"]
+    # A run trained in its trial: the trial process is its worker; no controller exists.
+    assert points["trial"]["processes"]["train_worker"] == 1 and "train_controller" not in points["trial"]["processes"]
+    assert points["trial"]["control_plane_rule"].startswith("trial process")
+    assert all(p["finished_marks"] == p["runs"] for p in points.values())
     assert res["studies"][0]["n"] == 10 and res["studies"][0]["planned"] == 10
 
 
