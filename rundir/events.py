@@ -24,21 +24,8 @@ class EventLog:
             f.write(line)
 
 
-def read_events(run_dir: Path | str, kind: str | None = None) -> list[str]:
-    """The text of each event (of `kind`, or all), oldest first; [] when the log does not exist."""
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        head, sep, text = line.partition(": ")
-        if sep and (kind is None or head.rsplit(" ", 1)[-1] == kind):
-            out.append(text)
-    return out
-
-
-def read_timed_events(run_dir: Path | str, kind: str | None = None) -> list[tuple[float, str, str]]:
-    """(unix time, kind, text) of each event (of `kind`, or all), oldest first; times to the second."""
+def _entries(run_dir: Path | str, kind: str | None) -> list[tuple[list[str], str]]:
+    """(head fields, text) of each line `<time> <host> <pid> <kind>: <text>` of `kind` (or all), oldest first."""
     path = Path(run_dir) / EVENTS_FILE
     if not path.exists():
         return []
@@ -46,11 +33,24 @@ def read_timed_events(run_dir: Path | str, kind: str | None = None) -> list[tupl
     for line in path.read_text().splitlines():
         head, sep, text = line.partition(": ")
         parts = head.split(" ")
-        if not sep or len(parts) < 4 or (kind is not None and parts[-1] != kind):
-            continue
+        if sep and (kind is None or parts[-1] == kind):
+            out.append((parts, text))
+    return out
+
+
+def read_events(run_dir: Path | str, kind: str | None = None) -> list[str]:
+    """The text of each event (of `kind`, or all), oldest first; [] when the log does not exist."""
+    return [text for _, text in _entries(run_dir, kind)]
+
+
+def read_timed_events(run_dir: Path | str, kind: str | None = None) -> list[tuple[float, str, str]]:
+    """(unix time, kind, text) of each event (of `kind`, or all), oldest first; times to the second."""
+    out = []
+    for parts, text in _entries(run_dir, kind):
         try:
             when = calendar.timegm(time.strptime(parts[0], "%Y-%m-%dT%H:%M:%SZ"))
         except ValueError:
             continue
-        out.append((float(when), parts[-1], text))
+        if len(parts) >= 4:
+            out.append((float(when), parts[-1], text))
     return out

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .registry import ModelShape, StrategyError, StrategyParams, register_strategy
+from .registry import ModelShape, StrategyError, StrategyParams, depth_divisible, register_strategy
 from .vit import block_mlps, blocks
 
 
@@ -32,12 +32,7 @@ class GroupedParams(StrategyParams):
         return 1.0 / math.sqrt(self.group_size) if self.scale is None else self.scale
 
     def check_model(self, shape: ModelShape) -> list[str]:
-        errors = []
-        if shape.depth % self.group_size:
-            errors.append(
-                f"strategy grouped: depth {shape.depth} of {shape.name} is not divisible by group_size "
-                f"{self.group_size}; choose a group_size that divides {shape.depth}"
-            )
+        errors = depth_divisible("grouped", "group_size", self.group_size, shape)
         if shape.attn_share:
             errors.append(
                 "strategy grouped after multiplexed: multiplexed already ties each group's MLP, so grouped would "

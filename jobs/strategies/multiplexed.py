@@ -23,7 +23,7 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
-from .registry import ModelShape, StrategyError, StrategyParams, register_strategy
+from .registry import ModelShape, StrategyError, StrategyParams, depth_divisible, register_strategy
 from .vit import blocks, qualified_name, shape_of
 
 ATTENTION_TYPE = qualified_name(Attention)
@@ -58,12 +58,7 @@ class MultiplexedParams(StrategyParams):
         return "none" if value is None else value
 
     def check_model(self, shape: ModelShape) -> list[str]:
-        errors = []
-        if shape.depth % self.share_every:
-            errors.append(
-                f"strategy multiplexed: depth {shape.depth} of {shape.name} is not divisible by share_every "
-                f"{self.share_every}; choose a share_every that divides {shape.depth}"
-            )
+        errors = depth_divisible("multiplexed", "share_every", self.share_every, shape)
         if self.attn_mix != "none" and shape.attn_type and shape.attn_type != ATTENTION_TYPE:
             errors.append(
                 f"strategy multiplexed: attn_mix={self.attn_mix} rewrites timm's {ATTENTION_TYPE}, but {shape.name} "

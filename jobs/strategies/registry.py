@@ -42,6 +42,14 @@ class StrategyParams(BaseModel):
         return shape
 
 
+def depth_divisible(strategy: str, field: str, size: int, shape: "ModelShape") -> list[str]:
+    """The problem of grouping `shape.depth` blocks into groups of `size` consecutive blocks, if any."""
+    if shape.depth % size == 0:
+        return []
+    return [f"strategy {strategy}: depth {shape.depth} of {shape.name} is not divisible by {field} {size}; "
+            f"choose a {field} that divides {shape.depth}"]
+
+
 class StrategySpec(BaseModel):
     """One entry of a run's `strategies` list."""
 
