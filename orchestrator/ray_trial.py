@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from rundir import read_metrics, run_state
+from rundir import METRICS_FILE, MetricsError, read_metrics, run_state
 
 PROBE_ENV = "VITREDUCE_DRIVER_PROBE"
 HEAVY_MODULES = ("torch", "timm", "ffcv", "jobs.train", "jobs.spec", "jobs.models")
+FORWARD_EVERY_S = 2.0
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -55,8 +57,7 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
     write_probe(probe, "trial", job["run_id"])
     if run_state(job["run_dir"], job["epochs"]).finished:
         rows = read_metrics(job["run_dir"]).to_pylist()
-        last = max(rows, key=lambda r: r["epoch"]) if rows else {}
-        tune.report({k: v for k, v in last.items() if isinstance(v, (int, float, str)) or v is None})
+        tune.report(tune_row(max(rows, key=lambda r: r["epoch"]) if rows else {}))
         return
     if job["in_trial"]:
         from orchestrator.ray_in_trial import train_in_trial
@@ -64,14 +65,63 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
         train_in_trial(job)
         write_probe(probe, "in-trial", job["run_id"])  # a trial that trained: torch is expected here
         return
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from orchestrator.ray_engine import build_trainer
 
-    callbacks = [TuneReportCallback()] + ([_probe_callback(probe, job["run_id"])] if probe else [])
+    callbacks = [_probe_callback(probe, job["run_id"])] if probe else []
     trainer = build_trainer(job, storage_path=storage_path, max_failures=max_failures, callbacks=callbacks)
-    trainer.fit()
+    forwarder = RowForwarder(job["run_dir"])
+    forwarder.start()
+    try:
+        trainer.fit()
+    finally:
+        forwarder.stop()
     write_probe(probe, "trial", job["run_id"])  # again after the run: nothing heavy was loaded meanwhile
+
+
+def tune_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float, str)) or v is None}
+
+
+class RowForwarder(threading.Thread):
+    """Reports to Tune each metrics row that a TorchTrainer run's loop appends to its folder (one per epoch).
+
+    Ray's TuneReportCallback would carry the rows from the Train controller through a queue actor, one more
+    process per concurrent run (~0.06 GB of PSS, BENCHMARKS.md "Control plane at scale"); the run folder holds
+    them already. Reporting from a thread of the trial is what Ray's own callback path does (the session is
+    per process)."""
+
+    def __init__(self, run_dir: str | Path, every_s: float = FORWARD_EVERY_S):
+        super().__init__(daemon=True, name="row-forwarder")
+        self.path = Path(run_dir) / METRICS_FILE
+        self.every_s = every_s
+        self.last_epoch = 0
+        self._seen: tuple[int, int] | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every_s):
+            self.forward()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self.forward()  # the rows of the last seconds
+
+    def forward(self) -> None:
+        from ray import tune
+
+        try:
+            stat = self.path.stat()
+            if (stat.st_mtime_ns, stat.st_size) == self._seen:
+                return
+            rows = read_metrics(self.path.parent).to_pylist()
+        except (OSError, MetricsError):
+            return  # not written yet, or replaced while read: the next look sees it
+        self._seen = (stat.st_mtime_ns, stat.st_size)
+        for row in sorted(rows, key=lambda r: r["epoch"]):
+            if row["epoch"] > self.last_epoch:
+                tune.report(tune_row(row))
+                self.last_epoch = row["epoch"]
 
 
 class TrialResources:

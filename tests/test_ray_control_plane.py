@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.test_ray_run import REPO, SMALL, cli, env, events, status, write_study
+from tests.test_ray_run import REPO, SMALL, cli, env, events, rows, status, write_study
 
 pytestmark = pytest.mark.skipif(subprocess.run(["unshare", "-fp", "--mount-proc", "true"]).returncode != 0,
                                 reason="needs `unshare -fp --mount-proc` (root or user namespaces) to isolate Ray")
@@ -39,6 +39,10 @@ def test_trial_drivers_and_controllers_do_not_import_torch_and_one_worker_runs_n
     assert (study_dir / ".ray" / "train" / "two-s0").is_dir()
     assert not (study_dir / ".ray" / "train" / "one-s0").exists()
     assert "2 worker(s)" in events(study_dir / "two-s0", "start")[0]
+    # Tune got each run's rows (a TorchTrainer run's through the trial reading its folder, not a queue actor).
+    for run_id in ("one-s0", "two-s0"):
+        results = [json.loads(line) for line in (study_dir / ".ray" / "tune" / run_id / "result.json").read_text().splitlines()]
+        assert [(r["epoch"], r["top1"]) for r in results] == [(x["epoch"], x["top1"]) for x in rows(study_dir / run_id)]
     assert "1 worker(s)" in events(study_dir / "one-s0", "start")[0]
 
 

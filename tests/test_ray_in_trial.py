@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.test_ray_run import REPO, SMALL, cli, env, events, pytestmark, rows, status, write_study  # noqa: F401
 
