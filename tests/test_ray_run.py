@@ -196,10 +196,16 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
             except OSError:
                 assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
                 time.sleep(1)
-        proc = subprocess.run(
-            ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--",
-             "python", "-m", "orchestrator", "sweep", str(path), *SMALL, "train.epochs=1"],
-            cwd=REPO, env=env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=400)
+        while True:
+            proc = subprocess.run(
+                ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--",
+                 "python", "-m", "orchestrator", "sweep", str(path), *SMALL, "train.epochs=1"],
+                cwd=REPO, env=env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=400)
+            # The dashboard answers before the head's job agent has registered; until then the server
+            # refuses the job (nothing is created) and asks to try again.
+            if "No available agent to submit job" not in proc.stderr or time.time() > deadline + 120:
+                break
+            time.sleep(1)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         assert "succeeded" in proc.stdout + proc.stderr
         run_dir = tmp_path / "runs" / "st" / "baseline-s0"
