@@ -100,6 +100,12 @@ def _row(summary: pd.DataFrame, strategy: str) -> pd.Series:
     return summary[summary["strategy"] == strategy].iloc[0]
 
 
+def assert_contains(text: str, *parts: str) -> None:
+    """Every part occurs in `text`; a failure lists each one that does not."""
+    missing = [part for part in parts if part not in text]
+    assert not missing, f"not in the text: {missing}"
+
+
 def test_per_condition_statistics(paper_report):
     s = paper_report.summary
     assert list(s["name"]) == ["Baseline", "GroupedMLP", "ShallowMLP"]
@@ -162,13 +168,16 @@ def test_table_cells(paper_report):
     md = (paper_report.out_dir / "table.md").read_text()
     assert ("| Model | Params | Top-1 Acc (%) | Top-5 Acc (%) | Peak Epoch | Δ(P→F) (%) | Throughput (img/s) |"
             in md)
-    assert "| Baseline | 86.6M | 40.50±0.71 | 70.50±0.71 | 4±1 | 2.50±0.71 | 100±0 (train) |" in md
-    assert "| GroupedMLP | 58.2M | 43.25±1.77 | 73.25±1.77 | 6±1 | 0.00±0.00 | 100±0 (train) |" in md
-    assert "| ShallowMLP | 58.2M | 41.75±1.06 | 71.75±1.06 | 5±0 | 1.00±1.41 | 140±0 (train) |" in md
-    assert "| Model | Params | MLP Params | Unique MLPs | GFLOPs | Expansion Ratio |" in md
-    assert "| Baseline | 86.6M | 56.7M | 12 | 16.9 | 4.0 |" in md
-    assert "| GroupedMLP | 58.2M | 28.3M | 6 | 16.9 | 4.0 |" in md
-    assert "| ShallowMLP | 58.2M | 28.3M | 12 | 11.3 | 2.0 |" in md
+    assert_contains(
+        md,
+        "| Baseline | 86.6M | 40.50±0.71 | 70.50±0.71 | 4±1 | 2.50±0.71 | 100±0 (train) |",
+        "| GroupedMLP | 58.2M | 43.25±1.77 | 73.25±1.77 | 6±1 | 0.00±0.00 | 100±0 (train) |",
+        "| ShallowMLP | 58.2M | 41.75±1.06 | 71.75±1.06 | 5±0 | 1.00±1.41 | 140±0 (train) |",
+        "| Model | Params | MLP Params | Unique MLPs | GFLOPs | Expansion Ratio |",
+        "| Baseline | 86.6M | 56.7M | 12 | 16.9 | 4.0 |",
+        "| GroupedMLP | 58.2M | 28.3M | 6 | 16.9 | 4.0 |",
+        "| ShallowMLP | 58.2M | 28.3M | 12 | 11.3 | 2.0 |",
+    )
     tex = (paper_report.out_dir / "table.tex").read_text()
     assert r"Baseline & 86.6M & 40.50$\pm$0.71 & 70.50$\pm$0.71 & 4$\pm$1 & 2.50$\pm$0.71 & 100$\pm$0 (train) \\" \
         in tex
@@ -178,13 +187,16 @@ def test_table_cells(paper_report):
 
 def test_report_lists_problems_and_paper_comparison(paper_report):
     text = paper_report.report_md.read_text()
-    assert "`grouped-s2`: metrics.parquet is not readable parquet" in text
-    assert "`shallow-s2`: 3/6 epochs, state unfinished" in text
-    assert "## This study vs the paper" in text
-    assert "| Baseline | 86.6M / 86.6M | 81.05±0.11 | 40.50±0.71 |" in text
-    assert "GroupedMLP** vs Baseline: top-1 higher by 2.75 points" in text
-    assert "| GroupedMLP Δ(P→F) below Baseline | 0.06 vs 0.47 | 0.00 vs 2.50 | yes |" in text
-    assert "| ShallowMLP throughput above Baseline | 1,411 vs 1,020 | 140 vs 100 (train) | yes |" in text
+    assert_contains(
+        text,
+        "`grouped-s2`: metrics.parquet is not readable parquet",
+        "`shallow-s2`: 3/6 epochs, state unfinished",
+        "## This study vs the paper",
+        "| Baseline | 86.6M / 86.6M | 81.05±0.11 | 40.50±0.71 |",
+        "GroupedMLP** vs Baseline: top-1 higher by 2.75 points",
+        "| GroupedMLP Δ(P→F) below Baseline | 0.06 vs 0.47 | 0.00 vs 2.50 | yes |",
+        "| ShallowMLP throughput above Baseline | 1,411 vs 1,020 | 140 vs 100 (train) | yes |",
+    )
     p = sps.ttest_rel([42.0, 44.5], [40.0, 41.0]).pvalue
     assert f"p = {p:.3g}" in text
     for png in ("top1_curves.png", "params_vs_top1.png", "throughput.png"):

@@ -13,15 +13,11 @@ from timm.data import Mixup
 from data.config import DataConfig
 from data.loaders import build_train_loader
 from jobs import checkpoint as ckpt
-from jobs.local import LocalContext
-from jobs.spec import load_spec
-from jobs.train import Hooks, train_loop
-from rundir import CHECKPOINT_DIR, read_metrics
+from jobs.train import Hooks
+from rundir import CHECKPOINT_DIR
+from tests.tiny import run_local, stable_rows, tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
 
 
 def _cfg(demo, **kw) -> DataConfig:
@@ -85,22 +81,11 @@ def test_after_mixup_erases_the_mixed_batch_with_keyed_boxes(demo_data):
 
 
 def _spec(demo_data, out: Path, order: str):
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={out}", "run_id=erase",
-        "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "data.num_workers=1", "data.reprob=1.0", "data.remode=const", f"data.erase_order={order}",
+    return tiny_spec(
+        demo_data, out, "model.depth=1", "data.reprob=1.0", "data.remode=const", f"data.erase_order={order}",
         "train.epochs=2", "train.batch_size=256", "train.grad_accum=2", "train.mixup=0.8", "train.cutmix=1.0",
-        "train.warmup_epochs=0", "checkpoint.every_steps=2", "checkpoint.keep_last=2",
-    ])
-
-
-def _run(spec, hooks: Hooks | None = None) -> None:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        train_loop(spec, ctx, hooks)
-
-
-def _stable(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(run_dir).to_pylist()]
+        "train.warmup_epochs=0", "checkpoint.every_steps=2", "checkpoint.keep_last=2", run_id="erase",
+    )
 
 
 class _Killed(Exception):
@@ -112,7 +97,7 @@ def test_train_step_erases_after_mixup_and_resumes_exactly(demo_data, tmp_path):
     killed mid-epoch resumes to the same metrics as an uninterrupted one."""
     reference = _spec(demo_data, tmp_path / "a", "after_mixup")
     seen: list[list] = []
-    _run(reference, Hooks(after_step=lambda s: seen.append(_zero_boxes(s.images.float()))))
+    run_local(reference, Hooks(after_step=lambda s: seen.append(_zero_boxes(s.images.float()))))
     assert seen and all(b is not None for boxes in seen for b in boxes)
 
     spec = _spec(demo_data, tmp_path / "b", "after_mixup")
@@ -122,7 +107,7 @@ def test_train_step_erases_after_mixup_and_resumes_exactly(demo_data, tmp_path):
             raise _Killed
 
     with pytest.raises(_Killed):
-        _run(spec, Hooks(after_step=kill))
+        run_local(spec, Hooks(after_step=kill))
     assert ckpt.read_manifest(ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR))["epoch"] == 1
-    _run(spec)
-    assert _stable(spec.run_dir) == _stable(reference.run_dir)
+    run_local(spec)
+    assert stable_rows(spec.run_dir) == stable_rows(reference.run_dir)

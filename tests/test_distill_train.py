@@ -15,14 +15,11 @@ from data.convert import convert
 from data.demo import DEMO_OPTIONS
 from data.labels import label_map_path, read_label_map
 from jobs import checkpoint as ckpt
-from jobs.local import LocalContext
 from jobs.loop_state import Hooks
-from jobs.spec import SpecError, load_spec
-from jobs.train import train_loop
+from jobs.spec import SpecError
 from rundir import CHECKPOINT_DIR
+from tests.tiny import VOLATILE, run_local, stable_rows, tiny_spec
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from", "run_id"}
 PRUNE = "strategies=[{name: shallow, params: {keep_ratio: 0.5, select: diversity}}]"
 
 
@@ -31,29 +28,23 @@ class Killed(Exception):
 
 
 def spec_for(demo_data, study: Path, run_id: str, condition: str, *extra: str):
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={study.parent}", f"study={study.name}", f"run_id={run_id}",
-        f"condition={condition}", "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "data.num_workers=1", "train.epochs=2", "train.batch_size=256", "train.grad_accum=1", "train.lr=5e-3",
-        "train.warmup_epochs=1", "train.mixup=0.8", "train.cutmix=1.0", "train.ema_decay=0.9",
-        "checkpoint.every_steps=2", *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
+    return tiny_spec(
+        demo_data, study.parent, f"study={study.name}", f"condition={condition}", "train.epochs=2",
+        "train.batch_size=256", "train.grad_accum=1", "train.lr=5e-3", "train.warmup_epochs=1", "train.mixup=0.8",
+        "train.cutmix=1.0", "train.ema_decay=0.9", "checkpoint.every_steps=2", *extra, run_id=run_id,
+    )
 
 
 def stable(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics.read_metrics(run_dir).to_pylist()]
+    """The metrics rows that must match between two runs; here the compared runs have other run_ids."""
+    return stable_rows(run_dir, VOLATILE | {"run_id"})
 
 
 @pytest.fixture(scope="module")
 def study(demo_data, tmp_path_factory):
     """Stage 1: the baseline (the teacher and the starting point of the later stage)."""
     study = tmp_path_factory.mktemp("studies") / "distill"
-    run(spec_for(demo_data, study, "baseline-s0", "baseline", "train.epochs=3"))
+    run_local(spec_for(demo_data, study, "baseline-s0", "baseline", "train.epochs=3"))
     return study
 
 
@@ -65,7 +56,7 @@ def soft_student(demo_data, study, run_id, *extra):
 def test_pruned_student_taught_by_its_stage_resumes_exactly(study, demo_data, tmp_path):
     teacher_file = study / "baseline-s0" / CHECKPOINT_DIR / "best" / "model.pt"
     reference = soft_student(demo_data, study, "ref-s0")
-    run(reference)
+    run_local(reference)
     expected = stable(reference.run_dir)
     assert [r["epoch"] for r in expected] == [1, 2] and expected[0]["mlp_hidden"] == 64
     latest = ckpt.latest_valid(reference.run_dir / CHECKPOINT_DIR)
@@ -83,7 +74,7 @@ def test_pruned_student_taught_by_its_stage_resumes_exactly(study, demo_data, tm
             raise Killed
 
     with pytest.raises(Killed):
-        run(spec, Hooks(after_step=kill_mid_epoch))
+        run_local(spec, Hooks(after_step=kill_mid_epoch))
     before = {p: p.read_bytes() for p in spec.run_dir.rglob("*") if p.is_file()}
 
     # Another teacher (same architecture, other weights) is refused before anything is touched.
@@ -92,12 +83,12 @@ def test_pruned_student_taught_by_its_stage_resumes_exactly(study, demo_data, tm
     torch.save({k: v + 0.01 for k, v in state.items()}, other)
     changed = soft_student(demo_data, study, "killed-s0", f"distill.teacher={other}")
     with pytest.raises(SpecError) as info:
-        run(changed)
+        run_local(changed)
     (line,) = info.value.errors
     assert line.startswith("distill.teacher: the run was trained with teacher run:baseline") and "another run_id" in line
     assert {p: p.read_bytes() for p in spec.run_dir.rglob("*") if p.is_file()} == before
 
-    run(spec)
+    run_local(spec)
     assert stable(spec.run_dir) == expected
 
 
@@ -117,8 +108,8 @@ def test_label_free_recovery_never_reads_labels(study, demo_data, tmp_path):
                   "distill={teacher: self, loss: feature_mse, alpha: 1.0, labels: false}")
     right_spec = spec_for(demo_data, study, "free-s0", "free", *label_free)
     wrong_spec = spec_for(demo_data, study, "free-wrong-s0", "free", *label_free, f"data.train_path={wrong}")
-    run(right_spec)
-    run(wrong_spec)
+    run_local(right_spec)
+    run_local(wrong_spec)
     right, wrong_rows = stable(right_spec.run_dir), stable(wrong_spec.run_dir)
     assert right == wrong_rows
     assert right[1]["train_loss"] < right[0]["train_loss"]  # the pruned model moves toward its teacher
@@ -127,15 +118,15 @@ def test_label_free_recovery_never_reads_labels(study, demo_data, tmp_path):
                    "distill={teacher: self, loss: feature_mse, alpha: 0.5}")
     a = spec_for(demo_data, study, "lab-s0", "lab", *with_labels)
     b = spec_for(demo_data, study, "lab-wrong-s0", "lab", *with_labels, f"data.train_path={wrong}")
-    run(a)
-    run(b)
+    run_local(a)
+    run_local(b)
     assert stable(a.run_dir)[0]["train_loss"] != stable(b.run_dir)[0]["train_loss"]
 
 
 def test_a_run_whose_stage_is_not_finished_fails_with_one_line(study, demo_data):
     spec = spec_for(demo_data, study, "early-s1", "early", "seed=1", "model.init=run:baseline")
     with pytest.raises(SpecError) as info:
-        run(spec)
+        run_local(spec)
     (line,) = info.value.errors
     assert line.startswith("model.init: run:baseline (seed 1, grid {}) has not started")
     assert metrics.read_status(spec.run_dir)["state"] == "failed"

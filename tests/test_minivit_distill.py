@@ -16,11 +16,9 @@ from jobs.distill.runtime import make_distiller
 from jobs.local import LocalContext
 from jobs.loop_state import Hooks, build_start, build_state
 from jobs.spec import SpecError, load_spec
-from jobs.train import train_loop
+from tests.tiny import run_local, stable_rows, tiny_spec
 
-REPO = Path(__file__).resolve().parents[1]
-MINIVIT = REPO / "configs" / "minivit"
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
+MINIVIT = Path(__file__).resolve().parents[1] / "configs" / "minivit"
 MUX = "strategies=[{name: multiplexed, params: {share_every: 2, attn_mix: linear, mlp_transform: dwconv}}]"
 RELATIONS = ("distill={teacher: self, loss: softce, alpha: 1.0, tau: 1.0, relations: {hidden_relation: "
              "{weight: 0.5}, layers: {student: [1, 0], teacher: [1, 0]}}}")
@@ -32,21 +30,11 @@ class Killed(Exception):
 
 def spec_for(demo_data, out: Path, *extra: str):
     """The demo's prefix-free tiny ViT, multiplexed with every option on, taught by its unreduced self."""
-    return load_spec(REPO / "configs" / "demo.yaml", [
-        f"data_root={demo_data.root}", f"output_root={out}", "run_id=mux", "model.depth=2", "model.embed_dim=32",
-        "model.num_heads=2", "model.patch_size=8", "model.drop_path_rate=0.1", "data.num_workers=1", MUX,
-        "train.epochs=2", "train.batch_size=256", "train.grad_accum=2", "train.lr=5e-3", "train.warmup_epochs=1",
-        "train.ema=true", "train.ema_decay=0.9", "checkpoint.every_steps=2", *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
-
-
-def stable(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rundir.read_metrics(run_dir).to_pylist()]
+    return tiny_spec(
+        demo_data, out, "model.drop_path_rate=0.1", MUX, "train.epochs=2", "train.batch_size=256",
+        "train.grad_accum=2", "train.lr=5e-3", "train.warmup_epochs=1", "train.ema=true", "train.ema_decay=0.9",
+        "checkpoint.every_steps=2", *extra, run_id="mux",
+    )
 
 
 def grads_and_loss(spec) -> tuple[dict[str, torch.Tensor], float, dict[str, float]]:
@@ -89,12 +77,12 @@ def test_distiller_hooks_stay_off_the_ema_copy(demo_data, tmp_path):
 
 def test_multiplexed_run_with_relations_resumes_exactly(demo_data, tmp_path):
     reference = spec_for(demo_data, tmp_path / "reference", RELATIONS)
-    run(reference)
-    expected = stable(reference.run_dir)
+    run_local(reference)
+    expected = stable_rows(reference.run_dir)
     assert [r["epoch"] for r in expected] == [1, 2] and expected[0]["unique_mlps"] == 1
     plain = spec_for(demo_data, tmp_path / "plain", "distill={teacher: self, loss: softce, alpha: 1.0}")
-    run(plain)
-    assert stable(plain.run_dir)[0]["train_loss"] != expected[0]["train_loss"]  # relations change the training
+    run_local(plain)
+    assert stable_rows(plain.run_dir)[0]["train_loss"] != expected[0]["train_loss"]  # relations change the training
 
     resumed = spec_for(demo_data, tmp_path / "resumed", RELATIONS)
     steps = []
@@ -105,9 +93,9 @@ def test_multiplexed_run_with_relations_resumes_exactly(demo_data, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run(resumed, Hooks(after_step=kill))
-    run(resumed)
-    assert stable(resumed.run_dir) == expected
+        run_local(resumed, Hooks(after_step=kill))
+    run_local(resumed)
+    assert stable_rows(resumed.run_dir) == expected
     rows = rundir.read_metrics(resumed.run_dir).to_pylist()
     assert rows[0]["resumed_from"] is not None or rows[1]["resumed_from"] is not None
     manifest = ckpt.read_manifest(ckpt.latest_valid(resumed.run_dir / rundir.CHECKPOINT_DIR))

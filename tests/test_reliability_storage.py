@@ -22,32 +22,15 @@ import pytest
 
 import rundir as metrics
 from jobs import checkpoint as ckpt
-from jobs.local import LocalContext
-from jobs.spec import load_spec
-from jobs.train import Hooks, train_loop
+from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR, EVENTS_FILE
+from tests.tiny import run_local, stable_rows, tiny_spec
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
-
-
-def tiny_spec(demo_data, out: Path, *extra: str):
-    # 5 batches of 256 per epoch, no EMA (one evaluation per epoch): about a few seconds an epoch on CPU.
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={out}", "study=rel", "run_id=tiny",
-        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8", "model.kwargs={}",
-        "model.drop_path_rate=0.1", "data.num_workers=1", "train.epochs=2", "train.batch_size=256", "train.grad_accum=1",
-        "train.warmup_epochs=0", "train.ema=false", "checkpoint.keep_last=3", *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
-
-
-def stable_rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics.read_metrics(run_dir).to_pylist()]
+# 5 batches of 256 per epoch, no EMA (one evaluation per epoch): about a few seconds an epoch on CPU.
+RECIPE = (
+    "study=rel", "model.kwargs={}", "model.drop_path_rate=0.1", "train.epochs=2", "train.batch_size=256",
+    "train.grad_accum=1", "train.warmup_epochs=0", "train.ema=false", "checkpoint.keep_last=3",
+)
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -58,14 +41,14 @@ def tree(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def finished(demo_data, tmp_path_factory):
     """An undamaged 2-epoch run: checkpoints ckpt-000001 (epoch 1) and ckpt-000002 (epoch 2)."""
-    spec = tiny_spec(demo_data, tmp_path_factory.mktemp("finished"))
-    run(spec)
+    spec = tiny_spec(demo_data, tmp_path_factory.mktemp("finished"), *RECIPE)
+    run_local(spec)
     assert [p.name for p in ckpt.numbered(spec.run_dir / CHECKPOINT_DIR)] == ["ckpt-000002", "ckpt-000001"]
     return spec
 
 
 def copy_run(finished, demo_data, out: Path):
-    spec = tiny_spec(demo_data, out)
+    spec = tiny_spec(demo_data, out, *RECIPE)
     shutil.copytree(finished.run_dir, spec.run_dir)
     return spec
 
@@ -101,7 +84,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished, demo
     damaged_files = tree(latest)
 
     with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint ckpt-000002"):
-        run(spec)
+        run_local(spec)
 
     events = (spec.run_dir / EVENTS_FILE).read_text()
     assert "resume: from ckpt-000001: epoch 1 batch 0" in events
@@ -125,7 +108,7 @@ def test_every_checkpoint_damaged_stops_with_a_clear_error_and_deletes_nothing(f
     rows_before = metrics.read_metrics(spec.run_dir).to_pylist()
 
     with pytest.warns(RuntimeWarning), pytest.raises(ckpt.CheckpointError) as info:
-        run(spec)
+        run_local(spec)
     message = str(info.value)
     assert "\n" not in message
     assert f"all 2 checkpoints in {ckpts} are damaged" in message
@@ -229,10 +212,10 @@ def _check_intact(spec, row1: list[dict], code: int, exc: OSError, failed_under:
 
 @pytest.mark.parametrize("leave", [0, 96 << 10], ids=["full", "no_room_for_a_checkpoint"])
 def test_disk_full_stops_the_run_and_keeps_the_last_checkpoint_and_rows(finished, demo_data, disk, leave):
-    spec = tiny_spec(demo_data, disk.path)
+    spec = tiny_spec(demo_data, disk.path, *RECIPE)
     expected = stable_rows(finished.run_dir)
     with pytest.raises(OSError) as info:
-        run(spec, Hooks(after_epoch=_after_epoch_one(lambda: disk.fill(leave))))
+        run_local(spec, Hooks(after_epoch=_after_epoch_one(lambda: disk.fill(leave))))
     _check_intact(spec, expected[:1], errno.ENOSPC, info.value,
                   failed_under=spec.run_dir / CHECKPOINT_DIR if leave else None)
     if leave:
@@ -241,13 +224,13 @@ def test_disk_full_stops_the_run_and_keeps_the_last_checkpoint_and_rows(finished
         return
 
     disk.free()
-    run(spec)  # space again: resumes from the intact checkpoint and finishes exactly
+    run_local(spec)  # space again: resumes from the intact checkpoint and finishes exactly
     assert stable_rows(spec.run_dir) == expected
     assert metrics.read_status(spec.run_dir)["state"] == "finished"
 
 
 def test_read_only_run_directory_stops_the_run_and_keeps_the_last_checkpoint_and_rows(finished, demo_data, disk):
-    spec = tiny_spec(demo_data, disk.path)
+    spec = tiny_spec(demo_data, disk.path, *RECIPE)
     with pytest.raises(OSError) as info:
-        run(spec, Hooks(after_epoch=_after_epoch_one(disk.read_only)))
+        run_local(spec, Hooks(after_epoch=_after_epoch_one(disk.read_only)))
     _check_intact(spec, stable_rows(finished.run_dir)[:1], errno.EROFS, info.value)

@@ -11,13 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.local import LocalContext
-from jobs.spec import load_spec
-from jobs.train import Hooks, train_loop
+from jobs.train import Hooks
 from rundir.names import LAYER_STATS_FILE
+from tests.tiny import DEMO, run_local, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
 
 
 class Killed(Exception):
@@ -25,19 +23,11 @@ class Killed(Exception):
 
 
 def small_spec(demo_data, out: Path, *extra: str):
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={out}", "run_id=logged",
-        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "strategies=[{name: grouped, params: {group_size: 2}}]",
-        "data.num_workers=1", "train.epochs=2", "train.batch_size=128", "train.warmup_epochs=1",
-        "logging.every_steps=2", "logging.layer_stats=true", "logging.progress_bar=false",
-        "checkpoint.every_steps=4", *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
+    return tiny_spec(
+        demo_data, out, "strategies=[{name: grouped, params: {group_size: 2}}]", "train.epochs=2",
+        "train.batch_size=128", "train.warmup_epochs=1", "logging.every_steps=2", "logging.layer_stats=true",
+        "logging.progress_bar=false", "checkpoint.every_steps=4", *extra, run_id="logged",
+    )
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -51,7 +41,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def reference(demo_data, tmp_path_factory):
     spec = small_spec(demo_data, tmp_path_factory.mktemp("logged"))
-    run(spec)
+    run_local(spec)
     return spec
 
 
@@ -80,10 +70,10 @@ def test_resumed_run_continues_the_same_curves(reference, demo_data, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run(spec, Hooks(after_step=kill))
+        run_local(spec, Hooks(after_step=kill))
     partial = scalars(spec.run_dir)
     assert max(s for s, _ in partial["train/loss"]) >= kill_at - 1
-    run(spec)
+    run_local(spec)
     got = scalars(spec.run_dir)
     for tag in ("train/loss", "train/lr", "train/grad_norm", "epoch/top1", "epoch/train_loss"):
         assert [s for s, _ in got[tag]] == [s for s, _ in expected[tag]], tag   # no step twice or missing
@@ -132,5 +122,5 @@ def test_report_gains_the_stability_section(reference, tmp_path):
 
 def test_resuming_a_finished_run_adds_no_event_file(reference):
     before = sorted(p.name for p in reference.run_dir.glob("events.out.tfevents.*"))
-    run(reference)
+    run_local(reference)
     assert sorted(p.name for p in reference.run_dir.glob("events.out.tfevents.*")) == before

@@ -16,48 +16,31 @@ from jobs.models import build_model
 from jobs.spec import load_spec
 from jobs.train import Hooks, NonFiniteLossError, Preempted, train_loop
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, METRICS_COLUMNS, SPEC_FILE
+from tests.tiny import run_local, stable_rows, tiny_spec
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-# Timing and provenance differ between runs by nature; every other column must be bitwise equal.
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
+# 6 micro-batches per epoch (the last one odd-sized), 3 updates; a step checkpoint at every 2nd
+# update lands mid-epoch. Mixup, cutmix and drop-path are on, so their generators must resume too.
+RECIPE = (
+    "model.drop_path_rate=0.1", "strategies=[{name: grouped, params: {group_size: 2}}]",
+    "train.epochs=3", "train.batch_size=256", "train.grad_accum=2", "train.lr=5e-3", "train.warmup_epochs=1",
+    "train.mixup=0.8", "train.cutmix=1.0", "train.ema=true", "train.ema_decay=0.9",
+    "checkpoint.every_steps=2", "checkpoint.keep_last=2",
+)
 
 
 class Killed(Exception):
     """Raised from a hook to stop a run the way a killed worker would."""
 
 
-def tiny_spec(demo_data, out: Path, *extra: str):
-    # 6 micro-batches per epoch (the last one odd-sized), 3 updates; a step checkpoint at every 2nd
-    # update lands mid-epoch. Mixup, cutmix and drop-path are on, so their generators must resume too.
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={out}", "run_id=tiny",
-        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "model.drop_path_rate=0.1", "strategies=[{name: grouped, params: {group_size: 2}}]",
-        "data.num_workers=1", "train.epochs=3", "train.batch_size=256", "train.grad_accum=2",
-        "train.lr=5e-3", "train.warmup_epochs=1", "train.mixup=0.8", "train.cutmix=1.0",
-        "train.ema=true", "train.ema_decay=0.9", "checkpoint.every_steps=2", "checkpoint.keep_last=2",
-        *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
-
-
 def rows(run_dir: Path) -> list[dict]:
     return metrics.read_metrics(run_dir).to_pylist()
-
-
-def stable(rows_: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows_]
 
 
 @pytest.fixture(scope="module")
 def reference(demo_data, tmp_path_factory):
     """An uninterrupted 3-epoch run."""
-    spec = tiny_spec(demo_data, tmp_path_factory.mktemp("reference"))
-    run(spec)
+    spec = tiny_spec(demo_data, tmp_path_factory.mktemp("reference"), *RECIPE)
+    run_local(spec)
     return spec
 
 
@@ -115,16 +98,16 @@ def test_checkpoint_stores_shared_mlp_once_and_best_loads_into_a_fresh_model(ref
 
 
 def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(reference, demo_data, tmp_path):
-    spec = tiny_spec(demo_data, tmp_path)
-    expected = stable(rows(reference.run_dir))
+    spec = tiny_spec(demo_data, tmp_path, *RECIPE)
+    expected = stable_rows(reference.run_dir)
 
     def kill_after_epoch(state):
         if state.row["epoch"] == 1:
             raise Killed
 
     with pytest.raises(Killed):
-        run(spec, Hooks(after_epoch=kill_after_epoch))
-    assert stable(rows(spec.run_dir)) == expected[:1]
+        run_local(spec, Hooks(after_epoch=kill_after_epoch))
+    assert stable_rows(spec.run_dir) == expected[:1]
     assert metrics.read_status(spec.run_dir)["state"] == "failed"
 
     # Update 4 wrote a step checkpoint at batch 2 of epoch 2; die one update later, mid-epoch.
@@ -133,7 +116,7 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
             raise Killed
 
     with pytest.raises(Killed):
-        run(spec, Hooks(after_step=kill_mid_epoch))
+        run_local(spec, Hooks(after_step=kill_mid_epoch))
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
     assert ckpt.read_manifest(latest)["batch"] == 2 and ckpt.read_manifest(latest)["epoch"] == 1
 
@@ -155,9 +138,9 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
     assert ckpt.read_manifest(latest)["num_updates"] == 7
     assert [r["resumed_from"] for r in rows(spec.run_dir)] == [None, 1]
 
-    run(spec)
+    run_local(spec)
     table = rows(spec.run_dir)
-    assert stable(table) == expected
+    assert stable_rows(table) == expected
     assert [r["resumed_from"] for r in table] == [None, 1, 2]
 
     # A torn latest checkpoint: skipped with a warning, the previous (mid-epoch 3) one is used, and
@@ -165,17 +148,17 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
     newest = ckpt.numbered(spec.run_dir / CHECKPOINT_DIR)[0]
     (newest / "model.pt").write_bytes((newest / "model.pt").read_bytes()[:100])
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        run(spec)
+        run_local(spec)
     table = rows(spec.run_dir)
-    assert stable(table) == expected
+    assert stable_rows(table) == expected
     assert [r["resumed_from"] for r in table] == [None, 1, 2]
     events = (spec.run_dir / EVENTS_FILE).read_text()
     assert "moved to corrupt-" in events and events.count("resume:") == 4
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_path):
-    spec = tiny_spec(demo_data, tmp_path, "train.epochs=1", "train.grad_accum=1", "checkpoint.every_steps=1",
-                     "train.ema=false")
+    spec = tiny_spec(demo_data, tmp_path, *RECIPE, "train.epochs=1", "train.grad_accum=1",
+                     "checkpoint.every_steps=1", "train.ema=false")
 
     def poison(state):
         if state.num_updates == 1:  # after the step-1 checkpoint: the next forward pass gives NaN
@@ -183,7 +166,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_
                 state.model.head.weight.fill_(math.nan)
 
     with pytest.raises(NonFiniteLossError, match="non-finite training loss at epoch 1 batch 2"):
-        run(spec, Hooks(after_step=poison))
+        run_local(spec, Hooks(after_step=poison))
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
     assert ckpt.read_manifest(latest)["num_updates"] == 1
     assert torch.isfinite(ckpt.unpack_state(ckpt.load_file(latest, "model.pt"))["head.weight"]).all()
@@ -193,16 +176,16 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp_
 
 
 def test_dataset_class_count_must_match(demo_data, tmp_path):
-    spec = tiny_spec(demo_data, tmp_path)
+    spec = tiny_spec(demo_data, tmp_path, *RECIPE)
     bad = spec.model_copy(update={"model": spec.model.model_copy(update={"num_classes": 12})})
     from jobs.spec import SpecError
 
     with pytest.raises(SpecError, match="has 10 classes but the model has num_classes=12"):
-        run(bad)
+        run_local(bad)
 
 
 def test_skip_nonfinite_skips_updates_instead_of_stopping(demo_data, tmp_path):
-    spec = tiny_spec(demo_data, tmp_path, "train.epochs=1", "train.grad_accum=1", "train.ema=false",
+    spec = tiny_spec(demo_data, tmp_path, *RECIPE, "train.epochs=1", "train.grad_accum=1", "train.ema=false",
                      "train.skip_nonfinite=true")
 
     def poison(state):
@@ -210,7 +193,7 @@ def test_skip_nonfinite_skips_updates_instead_of_stopping(demo_data, tmp_path):
             with torch.no_grad():
                 state.model.head.bias.fill_(math.inf)
 
-    run(spec, Hooks(after_step=poison))
+    run_local(spec, Hooks(after_step=poison))
     events = (spec.run_dir / EVENTS_FILE).read_text()
     assert events.count("non-finite loss") == 1  # update 5 of 5 skipped
     assert "skipped update 5" in events

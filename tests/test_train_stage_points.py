@@ -10,28 +10,19 @@ import torch
 import rundir
 from jobs import checkpoint as ckpt
 from jobs import recipe
-from jobs.local import LocalContext
-from jobs.spec import TrainConfig, load_spec
-from jobs.train import Hooks, train_loop
+from jobs.spec import TrainConfig
+from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR, run_state
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+from tests.tiny import run_local, tiny_spec
 
 
 def tiny(demo_data, out: Path, *extra: str):
-    return load_spec(DEMO, [f"data_root={demo_data.root}", f"output_root={out}", "run_id=t", "model.depth=2",
-                            "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8", "data.num_workers=1",
-                            "train.batch_size=256", "train.grad_accum=1", *extra])
-
-
-def run(spec, hooks=None):
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
+    return tiny_spec(demo_data, out, "train.batch_size=256", "train.grad_accum=1", *extra, run_id="t")
 
 
 def test_zero_epochs_evaluates_once_writes_row_0_and_the_best_export(demo_data, tmp_path):
     spec = tiny(demo_data, tmp_path, "train.epochs=0", "strategies=[{name: shallow, params: {keep_ratio: 0.5}}]")
-    row = run(spec)
+    row = run_local(spec)
     rows = rundir.read_metrics(spec.run_dir).to_pylist()
     assert [r["epoch"] for r in rows] == [0]
     assert row["epoch"] == 0 and 0.0 <= rows[0]["top1"] <= 100.0 and math.isnan(rows[0]["train_loss"])
@@ -39,7 +30,7 @@ def test_zero_epochs_evaluates_once_writes_row_0_and_the_best_export(demo_data, 
     assert ckpt.verify(best) is None and ckpt.read_manifest(best)["epoch"] == 0
     assert run_state(spec.run_dir, 0).finished
     # Run again (a resume of the finished run): no second row.
-    run(spec)
+    run_local(spec)
     assert [r["epoch"] for r in rundir.read_metrics(spec.run_dir).to_pylist()] == [0]
 
 
@@ -60,7 +51,7 @@ def test_weight_decay_schedule_reaches_the_optimizer_and_spares_no_decay_groups(
     def record(state):
         seen.append([g["weight_decay"] for g in state.parts.optimizer.param_groups])
 
-    run(spec, Hooks(after_step=record))
+    run_local(spec, Hooks(after_step=record))
     total = len(seen)
     decayed = [max(groups) for groups in seen]
     assert all(min(groups) == 0.0 for groups in seen)  # norms and biases stay undecayed

@@ -5,45 +5,26 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from timm.scheduler import create_scheduler
 
-import rundir as metrics
 from jobs import checkpoint as ckpt
-from jobs.local import LocalContext
-from jobs.spec import load_spec
-from jobs.train import Hooks, train_loop
+from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR, EVENTS_FILE
+from tests.tiny import run_local, stable_rows, tiny_spec
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-VOLATILE = {"train_img_s", "epoch_s", "wall_time", "host", "resumed_from"}
+RECIPE = (
+    "model.drop_path_rate=0.1", "train.epochs=3", "train.batch_size=256", "train.grad_accum=2", "train.lr=5e-3",
+    "train.warmup_epochs=1", "train.mixup=0.8", "train.cutmix=1.0", "train.ema=true", "train.ema_decay=0.9",
+    "checkpoint.every_steps=2",
+)
 UPDATES_PER_EPOCH = 3  # 6 micro-batches (the last one odd-sized), 2 per update
 
 
 class Killed(Exception):
     """Raised from a hook to stop a run the way a killed worker would."""
-
-
-def tiny_spec(demo_data, out: Path, *extra: str):
-    return load_spec(DEMO, [
-        f"data_root={demo_data.root}", f"output_root={out}", "run_id=tiny",
-        "model.depth=2", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
-        "model.drop_path_rate=0.1", "data.num_workers=1", "train.epochs=3", "train.batch_size=256",
-        "train.grad_accum=2", "train.lr=5e-3", "train.warmup_epochs=1", "train.mixup=0.8", "train.cutmix=1.0",
-        "train.ema=true", "train.ema_decay=0.9", "checkpoint.every_steps=2", *extra,
-    ])
-
-
-def run(spec, hooks: Hooks | None = None) -> dict:
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        return train_loop(spec, ctx, hooks)
-
-
-def stable(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics.read_metrics(run_dir).to_pylist()]
 
 
 def timm_train_py_lrs(spec, epochs: int, updates_per_epoch: int) -> list[float]:
@@ -69,9 +50,9 @@ def lr_recorder(lrs: list[float]) -> Hooks:
 
 
 def test_schedule_per_epoch_is_timms_and_resumes_exactly(demo_data, tmp_path, capsys):
-    spec = tiny_spec(demo_data, tmp_path / "epoch", "train.sched_on_updates=false")
+    spec = tiny_spec(demo_data, tmp_path / "epoch", *RECIPE, "train.sched_on_updates=false")
     lrs: list[float] = []
-    run(spec, lr_recorder(lrs))
+    run_local(spec, lr_recorder(lrs))
     expected = timm_train_py_lrs(spec, 3, UPDATES_PER_EPOCH)
     assert lrs == expected
     assert lrs[:UPDATES_PER_EPOCH] == [spec.train.warmup_lr] * UPDATES_PER_EPOCH  # epoch 0 entirely at warmup_lr
@@ -82,15 +63,15 @@ def test_schedule_per_epoch_is_timms_and_resumes_exactly(demo_data, tmp_path, ca
     assert rule in capsys.readouterr().out and "stepped per epoch" in spec.train.lr_rule(1)
 
     # Per update (kept available): timm's --sched-on-updates values, the warmup inside epoch 0.
-    per_update = tiny_spec(demo_data, tmp_path / "update", "train.sched_on_updates=true", "train.epochs=1")
+    per_update = tiny_spec(demo_data, tmp_path / "update", *RECIPE, "train.sched_on_updates=true", "train.epochs=1")
     lrs_u: list[float] = []
-    run(per_update, lr_recorder(lrs_u))
+    run_local(per_update, lr_recorder(lrs_u))
     assert lrs_u == timm_train_py_lrs(per_update, 1, UPDATES_PER_EPOCH)
     assert lrs_u[0] == spec.train.warmup_lr and lrs_u[1] > lrs_u[0]
 
     # Killed mid-epoch 2 after the step checkpoint of update 4: the resumed run continues at that
     # epoch's lr and ends bitwise equal to the uninterrupted one.
-    resumed = tiny_spec(demo_data, tmp_path / "resumed", "train.sched_on_updates=false")
+    resumed = tiny_spec(demo_data, tmp_path / "resumed", *RECIPE, "train.sched_on_updates=false")
     seen: list[float] = []
 
     def kill(state):
@@ -100,12 +81,12 @@ def test_schedule_per_epoch_is_timms_and_resumes_exactly(demo_data, tmp_path, ca
     hooks = lr_recorder(seen)
     hooks.after_step = kill
     with pytest.raises(Killed):
-        run(resumed, hooks)
+        run_local(resumed, hooks)
     assert ckpt.read_manifest(ckpt.latest_valid(resumed.run_dir / CHECKPOINT_DIR))["num_updates"] == 4
     after: list[float] = []
-    run(resumed, lr_recorder(after))
+    run_local(resumed, lr_recorder(after))
     assert seen[:4] + after == expected
-    assert stable(resumed.run_dir) == stable(spec.run_dir)
+    assert stable_rows(resumed.run_dir) == stable_rows(spec.run_dir)
 
 
 def test_float16_grad_scaler_state_resumes_exactly(demo_data, tmp_path):
@@ -113,7 +94,7 @@ def test_float16_grad_scaler_state_resumes_exactly(demo_data, tmp_path):
     # a gradient at update 2 makes the scaler skip that step and halve its scale: a resume after it
     # must continue from the checkpointed scale, not a fresh one.
     extra = ("train.amp=true", "train.amp_cpu=true", "train.amp_dtype=float16", "train.sched_on_updates=false")
-    spec = tiny_spec(demo_data, tmp_path / "reference", *extra)
+    spec = tiny_spec(demo_data, tmp_path / "reference", *RECIPE, *extra)
 
     def hooks(scales: list[float], kill_at: int | None = None) -> Hooks:
         def poison(state):
@@ -129,19 +110,19 @@ def test_float16_grad_scaler_state_resumes_exactly(demo_data, tmp_path):
         return Hooks(before_update=poison, after_step=record)
 
     scales: list[float] = []
-    run(spec, hooks(scales))
+    run_local(spec, hooks(scales))
     init = torch.amp.GradScaler("cpu").get_scale()
     assert scales[0] == init and scales[1] == init / 2  # the skipped step backed the scale off
     assert len(scales) == 3 * UPDATES_PER_EPOCH
 
-    resumed = tiny_spec(demo_data, tmp_path / "resumed", *extra)
+    resumed = tiny_spec(demo_data, tmp_path / "resumed", *RECIPE, *extra)
     before: list[float] = []
     with pytest.raises(Killed):
-        run(resumed, hooks(before, kill_at=5))
+        run_local(resumed, hooks(before, kill_at=5))
     latest = ckpt.latest_valid(resumed.run_dir / CHECKPOINT_DIR)
     saved = ckpt.load_file(latest, "train_state.pt")["scaler"]
     assert saved["scale"] == scales[3] == init / 2 and "_growth_tracker" in saved
     after: list[float] = []
-    run(resumed, hooks(after))
+    run_local(resumed, hooks(after))
     assert before[:4] + after == scales
-    assert stable(resumed.run_dir) == stable(spec.run_dir)
+    assert stable_rows(resumed.run_dir) == stable_rows(spec.run_dir)
