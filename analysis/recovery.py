@@ -43,10 +43,22 @@ def source_columns(spec: dict) -> dict:
             "tau": (distill or {}).get("tau")}
 
 
+def export_top1(run: pd.Series, spec: dict) -> float:
+    """Top-1 of the weights a `run:<condition>` reference hands on: the run's best export, i.e. the peak of its
+    `checkpoint.best_metric` (auto: the EMA's top-1 when EMA is on), not its last epoch's raw top-1."""
+    checkpoint = spec.get("checkpoint") if isinstance(spec.get("checkpoint"), dict) else {}
+    train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
+    metric = checkpoint.get("best_metric", "auto")
+    if metric == "auto":
+        metric = "ema_top1" if train.get("ema") else "top1"
+    return run.get("ema_peak_top1" if metric == "ema_top1" else "peak_top1", math.nan)
+
+
 def add_source_columns(runs: pd.DataFrame, specs: dict[str, dict]) -> pd.DataFrame:
     cols = {c: [source_columns(specs.get(r, {}))[c] for r in runs["run_id"]] for c in SOURCE_COLUMNS}
     return runs.assign(**cols, strategies=[json.dumps((specs.get(r) or {}).get("strategies") or [], sort_keys=True)
-                                           for r in runs["run_id"]])
+                                           for r in runs["run_id"]],
+                       export_top1=[export_top1(row, specs.get(row["run_id"], {})) for _, row in runs.iterrows()])
 
 
 def study_graph(study_dir: Path, specs: dict[str, dict]) -> tuple[dict[str, list[str]], list[str]]:
@@ -75,8 +87,10 @@ def recovery_rows(runs: pd.DataFrame, deps: dict[str, list[str]]) -> pd.DataFram
         if str(r["init"]).startswith("run:"):
             teacher = _first(same_seed[same_seed["run_id"].isin(deps.get(r["run_id"], []))
                                        & (same_seed["condition"] == str(r["init"])[4:].strip())])
+            teacher_top1 = teacher["export_top1"] if teacher is not None else math.nan
         else:
             teacher = _first(same_seed[(same_seed["init"] == r["init"]) & (same_seed["strategies"] == "[]")])
+            teacher_top1 = teacher["final_top1"] if teacher is not None else math.nan
         if teacher is None or r["strategies"] == "[]":
             continue
         pruned = _first(same_seed[(same_seed["epochs_total"] == 0) & (same_seed["init"] == r["init"])
@@ -84,10 +98,10 @@ def recovery_rows(runs: pd.DataFrame, deps: dict[str, list[str]]) -> pd.DataFram
                                   & (same_seed["ablation"] == r["ablation"])])
         out.append({
             "condition": r["condition"], "seed": int(r["seed"]), "run_id": r["run_id"],
-            "teacher_run": teacher["run_id"], "teacher_top1": teacher["final_top1"],
+            "teacher_run": teacher["run_id"], "teacher_top1": teacher_top1,
             "pruned_top1": pruned["final_top1"] if pruned is not None else math.nan,
             "recovered_top1": r["final_top1"],
-            "kept_pct": 100.0 * r["final_top1"] / teacher["final_top1"] if teacher["final_top1"] else math.nan,
+            "kept_pct": 100.0 * r["final_top1"] / teacher_top1 if teacher_top1 else math.nan,
             "params_less_pct": _pct_less(r["params"], teacher["params"]),
             "gflops_less_pct": _pct_less(r["gflops"], teacher["gflops"]),
             "distill_loss": r["distill_loss"],
