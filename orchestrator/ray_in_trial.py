@@ -1,7 +1,7 @@
 """A one-worker run trained inside its own Tune trial, without a TorchTrainer.
 
-A TorchTrainer adds four processes per run beside its worker: the Train controller, the synchronization actor,
-the placement-group cleaner and the Train -> Tune report queue (~0.4 GB of PSS together; BENCHMARKS.md,
+A TorchTrainer adds three processes per run beside its worker and its trial driver: the Train controller, the
+synchronization actor and the placement-group cleaner (with the driver, ~0.46 GB of PSS per run; BENCHMARKS.md,
 "Control plane at scale"). A one-worker run needs none of them: it has no process group to set up and no
 barrier, its reports can go to Tune directly, and its checkpoints are the loop's own folders. So its trial
 reserves the worker's resources and runs the loop itself.
