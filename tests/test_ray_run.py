@@ -63,6 +63,19 @@ def events(run_dir: Path, kind: str) -> list[str]:
     return [ln for ln in path.read_text().splitlines() if f" {kind}:" in ln] if path.exists() else []
 
 
+def processes_matching(pattern: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+
+
+def survivors(pattern: str, timeout_s: float = 60) -> list[str]:
+    """Processes whose command line contains `pattern`, once none is left or `timeout_s` has passed: processes
+    that were killed (a PID namespace whose init died, Ray's daemons after ray.shutdown) exit a moment later."""
+    deadline = time.time() + timeout_s
+    while (left := processes_matching(pattern)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 def write_study(tmp_path: Path, demo_data, conditions: dict, seeds: list[int]) -> Path:
     study = {
         "base": str(REPO / "configs/demo.yaml"),
@@ -216,7 +229,7 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
         head.send_signal(signal.SIGKILL)
         head.wait(timeout=60)
         subprocess.run(["rm", "-rf", str(temp_dir)])
-    left = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
+    left = survivors(str(temp_dir))
     assert not left, f"processes of the test's Ray head survived: {left}"
 
 
@@ -235,23 +248,17 @@ def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_da
         if not ray_state.exists():
             driver.kill()
             pytest.fail("the trainer never started:\n" + driver.communicate()[0][-3000:])
-        time.sleep(2)
-        assert subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split()
+        assert processes_matching(str(temp_dir))
         driver.send_signal(signal.SIGTERM)
         out, _ = driver.communicate(timeout=120)
         assert driver.returncode == 130, out[-3000:]
         assert "--resume" in out
-        left: list[bytes] = []
-        for _ in range(30):  # raylet & co exit within a few seconds of ray.shutdown()
-            left = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split()
-            if not left:
-                break
-            time.sleep(1)
+        left = survivors(str(temp_dir))
         assert not left, f"Ray processes left after the driver exited: {left}"
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        for pid in subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True).stdout.split():
+        for pid in processes_matching(str(temp_dir)):
             os.kill(int(pid), signal.SIGKILL)  # only processes of the Ray this test started
         subprocess.run(["rm", "-rf", str(temp_dir)])
