@@ -48,7 +48,7 @@ def _quiet_ray_train_loggers() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Ray ships metrics through its object store: plain scalars and strings only."""
     out: dict[str, Any] = {}
     for key, value in metrics.items():
@@ -103,7 +103,7 @@ class RayContext:
                 "checkpoint": str(Path(checkpoint_dir).resolve()), "epoch": metrics.get("epoch")}))
         try:
             ray.train.report(
-                _scalar_metrics(metrics),
+                scalar_metrics(metrics),
                 checkpoint=ray.train.Checkpoint.from_directory(str(pointer_dir)) if pointer_dir else None,
                 checkpoint_dir_name=f"pointer-{Path(checkpoint_dir).name}" if checkpoint_dir is not None else None,
             )
@@ -143,11 +143,11 @@ def train_fn_per_worker(config: dict) -> None:
     from jobs.spec import RunSpec
 
     spec = RunSpec.model_validate(config["spec"])
-    loop = _resolve(config.get("entry", TRAIN_ENTRY))
+    loop = resolve_entry(config.get("entry", TRAIN_ENTRY))
     loop(spec, RayContext(spec.run_dir))
 
 
-def _resolve(entry: str):
+def resolve_entry(entry: str):
     module, _, name = entry.partition(":")
     return getattr(importlib.import_module(module), name)
 

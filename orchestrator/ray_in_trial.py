@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.local import LocalContext
-from orchestrator.ray_engine import TRAIN_ENTRY, _resolve, _scalar_metrics, maybe_fail
+from orchestrator.ray_engine import TRAIN_ENTRY, maybe_fail, resolve_entry, scalar_metrics
 
 
 class TrialContext(LocalContext):
@@ -36,7 +36,7 @@ class TrialContext(LocalContext):
         from ray import tune
 
         # The checkpoint stays the loop's own folder (latest_checkpoint finds it); Tune gets the metrics only.
-        tune.report(_scalar_metrics(metrics))
+        tune.report(scalar_metrics(metrics))
         maybe_fail(metrics.get("epoch"), self.rank, self.world_size)
 
 
@@ -49,7 +49,7 @@ def train_in_trial(job: dict[str, Any]) -> None:
     threads = spec.resources.cpus_per_worker if not spec.resources.use_gpu else None
     ctx = TrialContext(spec.run_dir, use_gpu=spec.resources.use_gpu, cpu_threads=threads)
     try:
-        _resolve(job.get("entry", TRAIN_ENTRY))(spec, ctx)
+        resolve_entry(job.get("entry", TRAIN_ENTRY))(spec, ctx)
     finally:
         ctx.close()
 

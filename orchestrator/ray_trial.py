@@ -57,7 +57,9 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
     write_probe(probe, "trial", job["run_id"])
     if run_state(job["run_dir"], job["epochs"]).finished:
         rows = read_metrics(job["run_dir"]).to_pylist()
-        tune.report(tune_row(max(rows, key=lambda r: r["epoch"]) if rows else {}))
+        from orchestrator.ray_engine import scalar_metrics
+
+        tune.report(scalar_metrics(max(rows, key=lambda r: r["epoch"]) if rows else {}))
         return
     if job["in_trial"]:
         from orchestrator.ray_in_trial import train_in_trial
@@ -76,10 +78,6 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
     finally:
         forwarder.stop()
     write_probe(probe, "trial", job["run_id"])  # again after the run: nothing heavy was loaded meanwhile
-
-
-def tune_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if isinstance(v, (int, float, str)) or v is None}
 
 
 class RowForwarder(threading.Thread):
@@ -110,6 +108,8 @@ class RowForwarder(threading.Thread):
     def forward(self) -> None:
         from ray import tune
 
+        from orchestrator.ray_engine import scalar_metrics
+
         try:
             stat = self.path.stat()
             if (stat.st_mtime_ns, stat.st_size) == self._seen:
@@ -120,7 +120,7 @@ class RowForwarder(threading.Thread):
         self._seen = (stat.st_mtime_ns, stat.st_size)
         for row in sorted(rows, key=lambda r: r["epoch"]):
             if row["epoch"] > self.last_epoch:
-                tune.report(tune_row(row))
+                tune.report(scalar_metrics(row))
                 self.last_epoch = row["epoch"]
 
 

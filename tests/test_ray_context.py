@@ -9,7 +9,7 @@ import pytest
 import ray.train
 
 from jobs import checkpoint as ckpt
-from orchestrator.ray_engine import POINTER_FILE, RayContext, _scalar_metrics
+from orchestrator.ray_engine import POINTER_FILE, RayContext, scalar_metrics
 
 
 def make_ctx(run_dir: Path) -> RayContext:
@@ -62,5 +62,5 @@ def test_fresh_run_has_no_checkpoint(tmp_path, monkeypatch):
 
 def test_metrics_for_ray_are_plain_scalars():
     torch = pytest.importorskip("torch")
-    got = _scalar_metrics({"a": torch.tensor(1.5), "b": None, "c": "x", "d": [1, 2], "e": 3})
+    got = scalar_metrics({"a": torch.tensor(1.5), "b": None, "c": "x", "d": [1, 2], "e": 3})
     assert got == {"a": 1.5, "b": None, "c": "x", "e": 3}
