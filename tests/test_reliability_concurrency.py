@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import socket
 import subprocess
@@ -88,7 +87,16 @@ def test_second_sweep_on_a_locked_study_is_refused_before_ray_starts(tmp_path, d
     assert not (study_dir / LOCK_FILE).exists(), "the holder releases its lock on exit"
 
 
-def _contender(study_dir: str, start, results, release) -> None:
+# Runs in a fresh interpreter: forking the pytest process itself is unsafe once earlier tests have left
+# threads in it (gRPC's fork handlers from the Ray tests can hang a forked child). A one-thread parent forks
+# cheaply and safely, so the contenders start within microseconds of each other.
+RACE = """
+import json, multiprocessing, os, socket, subprocess, sys, time
+from pathlib import Path
+from orchestrator.lock import StudyLocked, study_lock
+from rundir import LOCK_FILE
+
+def contender(study_dir, start, results, release):
     start.wait()
     try:
         with study_lock(study_dir):
@@ -96,40 +104,53 @@ def _contender(study_dir: str, start, results, release) -> None:
             release.wait(30)  # hold it until every contender has tried
     except StudyLocked as exc:
         results.put(("refused", str(exc)))
-    except BaseException as exc:  # noqa: BLE001 - report anything else to the test
+    except BaseException as exc:  # report anything else to the test
         results.put(("crashed", repr(exc)))
+
+study_dir, stale, n, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ctx = multiprocessing.get_context("fork")
+for _ in range(rounds):
+    study_dir.mkdir(exist_ok=True)
+    if stale == "dead_pid":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid = dead.pid
+    else:  # recycled: the pid is alive (this process) but started at another time than recorded
+        pid = os.getpid()
+    (study_dir / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "start": "1",
+                                                   "since": time.time() - 60}))
+    start_all, release, results = ctx.Barrier(n), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=contender, args=(str(study_dir), start_all, results, release)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in range(n)]
+    finally:
+        release.set()
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    print(json.dumps({"outcomes": outcomes, "lock_left": (study_dir / LOCK_FILE).exists()}), flush=True)
+"""
 
 
 @pytest.mark.parametrize("stale", ["dead_pid", "recycled_pid"])
 def test_racing_drivers_take_over_a_stale_lock_exactly_once(tmp_path, stale):
-    study_dir = tmp_path / "st"
-    ctx = multiprocessing.get_context("fork")  # this process has the imports already: no 7 s per child
-    n = 4
-    for round_ in range(25):  # the race is rare per round; many cheap rounds make a regression show
-        study_dir.mkdir(exist_ok=True)
-        # recycled: the pid is alive (this test process) but started at another time than recorded
-        pid, start = (_dead_pid(), "1") if stale == "dead_pid" else (os.getpid(), "1")
-        (study_dir / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "start": start,
-                                                       "since": time.time() - 60}))
-        start_all, release, results = ctx.Barrier(n), ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_contender, args=(str(study_dir), start_all, results, release)) for _ in range(n)]
-        for p in procs:
-            p.start()
-        try:
-            outcomes = [results.get(timeout=60) for _ in range(n)]
-        finally:
-            release.set()
-            for p in procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+    n, rounds = 4, 25  # the race is rare per round; many cheap rounds make a regression show
+    proc = subprocess.run([sys.executable, "-c", RACE, str(tmp_path / "st"), stale, str(n), str(rounds)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == rounds, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for round_, result in enumerate(results):
+        outcomes = result["outcomes"]
         kinds = sorted(kind for kind, _ in outcomes)
         assert kinds == ["refused"] * (n - 1) + ["won"], f"round {round_}: {outcomes}"
         winner = next(v for k, v in outcomes if k == "won")
         assert all(f"in use by pid {winner}" in v or "could not take the lock" in v for k, v in outcomes if k == "refused"), \
             outcomes
-        assert not (study_dir / LOCK_FILE).exists()
+        assert not result["lock_left"], f"round {round_}: the winner did not release its lock"
 
 
 def test_lock_held_from_another_host_is_refused_not_taken_over(tmp_path):
