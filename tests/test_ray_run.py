@@ -131,7 +131,9 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     study_dir = tmp_path / "runs" / "st"
     run_ids = ["baseline-s0", "baseline-s1", "shallow-s0", "shallow-s1"]
     log = (tmp_path / "sweep1.log").open("w")
-    driver = subprocess.Popen(cli("sweep", str(path), *SMALL), cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    temp_dir = Path(f"/tmp/rs{os.getpid()}")  # every process of this driver's Ray has it in its command line
+    driver = subprocess.Popen(cli("sweep", str(path), *SMALL), cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)), stdout=log,
+                              stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None:
@@ -143,8 +145,10 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
         driver.wait(timeout=60)
         log.close()
     # unshare is gone; the namespace's processes get their SIGKILL a moment later (runs of the same size
-    # finish together, so a second one may have been writing its last files): let them die first.
-    time.sleep(3)
+    # finish together, so a second one may have been writing its last files): wait until they are gone.
+    left = survivors(str(temp_dir))
+    subprocess.run(["rm", "-rf", str(temp_dir)])
+    assert not left, f"processes of the killed driver's Ray survived: {left}"
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "sweep1.log").read_text()[-3000:]
     finished = {r for r in run_ids if status(study_dir / r).get("state") == "finished"}
     assert finished and finished != set(run_ids)
