@@ -142,6 +142,13 @@ def _trial_name(trial) -> str:
     return trial.config["run_id"]
 
 
+def _stage_graph(plan: Plan | Path) -> tuple[Path, dict, dict, list[str]]:
+    """Study dir, dependencies, stage numbers and already finished runs; a bare study dir (benchmarks) has no stages."""
+    if isinstance(plan, Plan):
+        return plan.study_dir, plan.deps, plan.stages, [p.run_id for p in plan.runs if p.state.finished]
+    return Path(plan), {}, {}, []
+
+
 def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None,
               trial=None) -> None:
     """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
@@ -156,16 +163,14 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     from orchestrator.ray_stages import StageSearcher
     from orchestrator.ray_trial import PROBE_ENV, TrialResources, trial_driver
 
-    study_dir = plan.study_dir if isinstance(plan, Plan) else Path(plan)
-    deps = plan.deps if isinstance(plan, Plan) else {}
-    stages = plan.stages if isinstance(plan, Plan) else {}
+    study_dir, deps, stages, finished = _stage_graph(plan)
     root = ray_root(study_dir, options.storage_path)
     run_specs = {r.run_id: r for r in todo}
     specs = {r.run_id: trainer_job(r, entry or TRAIN_ENTRY,
                                    in_trial=options.one_worker_in_trial and r.resources.num_workers == 1) for r in todo}
     searcher = StageSearcher(
         sorted(specs, key=lambda r: stages.get(r, 0)), deps,
-        finished=[p.run_id for p in plan.runs if p.state.finished] if isinstance(plan, Plan) else [],
+        finished=finished,
         is_finished=lambda r: run_state(run_specs[r].run_dir, run_specs[r].train.epochs).finished)
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
