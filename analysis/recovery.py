@@ -17,7 +17,15 @@ import yaml
 from matplotlib.figure import Figure
 
 from analysis import tables
-from rundir import SPEC_FILE, dependencies, index_nodes, node_from_spec, read_index, stage_lines
+from rundir import (
+    SPEC_FILE,
+    best_metric_column,
+    dependencies,
+    index_nodes,
+    node_from_spec,
+    read_index,
+    stage_lines,
+)
 
 SOURCE_COLUMNS = ("init", "teacher", "distill_loss", "alpha", "tau")
 RECOVERY_HEADER = ["Condition", "Seed", "Teacher", "Teacher top-1", "Pruned, epoch 0", "Recovered", "Kept of teacher",
@@ -48,9 +56,7 @@ def export_top1(run: pd.Series, spec: dict) -> float:
     `checkpoint.best_metric` (auto: the EMA's top-1 when EMA is on), not its last epoch's raw top-1."""
     checkpoint = spec.get("checkpoint") if isinstance(spec.get("checkpoint"), dict) else {}
     train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
-    metric = checkpoint.get("best_metric", "auto")
-    if metric == "auto":
-        metric = "ema_top1" if train.get("ema") else "top1"
+    metric = best_metric_column(checkpoint.get("best_metric", "auto"), bool(train.get("ema")))
     return run.get("ema_peak_top1" if metric == "ema_top1" else "peak_top1", math.nan)
 
 

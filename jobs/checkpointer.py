@@ -30,7 +30,7 @@ from jobs import checkpoint as ckpt
 from jobs.context import EngineContext
 from jobs.distributed import barrier, broadcast, gather
 from jobs.rng import rng_state, seed_everything, set_rng_state
-from rundir import CHECKPOINT_DIR
+from rundir import CHECKPOINT_DIR, best_metric_column
 
 
 class CheckpointConfig(BaseModel):
@@ -43,9 +43,7 @@ class CheckpointConfig(BaseModel):
     best_metric: Literal["auto", "ema_top1", "top1"] = Field("auto", description="auto = ema_top1 when EMA is on")
 
     def resolved_best_metric(self, ema: bool) -> str:
-        if self.best_metric == "auto":
-            return "ema_top1" if ema else "top1"
-        return self.best_metric
+        return best_metric_column(self.best_metric, ema)
 
 
 @dataclass

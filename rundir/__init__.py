@@ -30,7 +30,7 @@ from rundir.names import (
     SPEC_FILE,
     STATUS_FILE,
 )
-from rundir.schema import METRICS_COLUMNS, METRICS_SCHEMA
+from rundir.schema import METRICS_COLUMNS, METRICS_SCHEMA, best_metric_column
 from rundir.stages import (
     Node,
     blocker,
@@ -48,7 +48,7 @@ __all__ = [
     "BENCH_FILE", "CHECKPOINT_DIR", "EVENTS_FILE", "EXIT_BAD_INPUT", "EXIT_LOCKED", "LOCK_FILE", "METRICS_COLUMNS",
     "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS", "SPEC_FILE", "STATUS_FILE",
     "EventLog", "MetricsError", "Node", "RunState", "State", "append_row", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "blocker", "check_metrics", "check_row", "check_status", "classify", "condition_graph", "dependencies", "epochs_done", "error_line",
+    "atomic_write_text", "best_metric_column", "blocker", "check_metrics", "check_row", "check_status", "classify", "condition_graph", "dependencies", "epochs_done", "error_line",
     "exception_line", "index_nodes", "node_from_spec", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_timed_events", "read_metrics",
     "read_status", "run_state", "split_expression", "stage_lines", "stage_of", "truncate_after", "write_index", "write_status",
 ]

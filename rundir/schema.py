@@ -43,3 +43,11 @@ METRICS_SCHEMA = pa.schema(
 )
 
 METRICS_COLUMNS = tuple(METRICS_SCHEMA.names)
+
+
+def best_metric_column(best_metric: str, ema: bool) -> str:
+    """The metrics column that `checkpoint.best_metric` ranks epochs by (auto: ema_top1 when EMA is on), i.e. the
+    column whose peak the run's best export holds; the checkpointer and the analysis both read this rule."""
+    if best_metric == "auto":
+        return "ema_top1" if ema else "top1"
+    return best_metric
