@@ -88,8 +88,9 @@ def test_second_sweep_on_a_locked_study_is_refused_before_ray_starts(tmp_path, d
 
 
 # Runs in a fresh interpreter: forking the pytest process itself is unsafe once earlier tests have left
-# threads in it (gRPC's fork handlers from the Ray tests can hang a forked child). A one-thread parent forks
-# cheaply and safely, so the contenders start within microseconds of each other.
+# threads in it (FFCV's numba code starts numba's TBB thread pool, which numba's fork handler then fails to
+# shut down: "Unable to join threads to shut down before fork()", and a forked child can hang). A one-thread
+# parent forks cheaply and safely, so the contenders start within microseconds of each other.
 RACE = """
 import json, multiprocessing, os, socket, subprocess, sys, time
 from pathlib import Path
