@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -67,13 +68,18 @@ def processes_matching(pattern: str) -> list[str]:
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
-def survivors(pattern: str, timeout_s: float = 60) -> list[str]:
-    """Processes whose command line contains `pattern`, once none is left or `timeout_s` has passed: processes
-    that were killed (a PID namespace whose init died, Ray's daemons after ray.shutdown) exit a moment later."""
+def remaining(find: Callable[[], list], timeout_s: float = 60) -> list:
+    """What `find` still returns once it returns nothing or `timeout_s` has passed: processes that were killed
+    (a PID namespace whose init died, Ray's daemons after ray.shutdown) exit a moment later."""
     deadline = time.time() + timeout_s
-    while (left := processes_matching(pattern)) and time.time() < deadline:
+    while (left := find()) and time.time() < deadline:
         time.sleep(0.5)
     return left
+
+
+def survivors(pattern: str, timeout_s: float = 60) -> list[str]:
+    """Processes whose command line contains `pattern`, once none is left or `timeout_s` has passed."""
+    return remaining(lambda: processes_matching(pattern), timeout_s)
 
 
 def write_study(tmp_path: Path, demo_data, conditions: dict, seeds: list[int]) -> Path:

@@ -16,14 +16,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from rundir import EVENTS_FILE, METRICS_FILE, STATUS_FILE
-from tests.test_ray_run import processes_matching, survivors
+from tests.test_ray_run import processes_matching, remaining, survivors
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("ray_nodes.py")
@@ -81,11 +80,8 @@ def test_run_survives_the_loss_of_a_worker_node(tmp_path, demo_data):
         ns = report.get("pid_namespace")
         left = survivors(str(temp_dir))
         assert not left, f"processes of the test's Ray survived: {left}"
-        if ns:
-            deadline = time.time() + 60  # killed with the namespace's init; the kernel reaps them a moment later
-            while _namespace_members(ns) and time.time() < deadline:
-                time.sleep(0.5)
-            assert not _namespace_members(ns), "processes of the harness's PID namespace survived"
+        if ns:  # killed with the namespace's init; the kernel reaps them a moment later
+            assert not remaining(lambda: _namespace_members(ns)), "processes of the harness's PID namespace survived"
     finally:
         for pid in processes_matching(str(temp_dir)):
             os.kill(int(pid), 9)  # only processes of the Ray this test started
