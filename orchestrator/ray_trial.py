@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# ray_engine imports only the standard library at its top (Ray and torch load inside its functions).
+from orchestrator.ray_engine import build_trainer, scalar_metrics
 from rundir import METRICS_FILE, MetricsError, read_metrics, run_state
 
 PROBE_ENV = "VITREDUCE_DRIVER_PROBE"
@@ -57,8 +59,6 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
     write_probe(probe, "trial", job["run_id"])
     if run_state(job["run_dir"], job["epochs"]).finished:
         rows = read_metrics(job["run_dir"]).to_pylist()
-        from orchestrator.ray_engine import scalar_metrics
-
         tune.report(scalar_metrics(max(rows, key=lambda r: r["epoch"]) if rows else {}))
         return
     if job["in_trial"]:
@@ -67,8 +67,6 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
         train_in_trial(job)
         write_probe(probe, "in-trial", job["run_id"])  # a trial that trained: torch is expected here
         return
-    from orchestrator.ray_engine import build_trainer
-
     callbacks = [_probe_callback(probe, job["run_id"])] if probe else []
     trainer = build_trainer(job, storage_path=storage_path, max_failures=max_failures, callbacks=callbacks)
     forwarder = RowForwarder(job["run_dir"])
@@ -107,8 +105,6 @@ class RowForwarder(threading.Thread):
 
     def forward(self) -> None:
         from ray import tune
-
-        from orchestrator.ray_engine import scalar_metrics
 
         try:
             stat = self.path.stat()
