@@ -73,7 +73,7 @@ def stand_in_loop(spec, ctx) -> None:
         f.write(repr(time.time()))
 
 
-def stand_in_trial(config: dict, jobs: dict, storage_path: str, max_failures: int, probe: str | None = None) -> None:
+def stand_in_trial(config: dict, jobs: dict, storage_path: str, max_failures: int) -> None:
     """ENGINE STAND-IN (benchmark only) for a whole Tune trial, in place of orchestrator.ray_trial.trial_driver
     (no Train controller, no workers): reports `epochs` rows, one every VITREDUCE_BENCH_STEP_S seconds, and
     writes its first and last step, with sub-second times, to the run's events.log."""

@@ -41,7 +41,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if errors:
         return print_errors("bad options", errors)
     return run_config(args.config, args.overrides, "run", address=args.address, resume=args.resume,
-                      options=options, dashboard=not args.no_dashboard)[0]
+                      options=options, dashboard=not args.no_dashboard, entry=args.entry)[0]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         return print_resolved(args.config, args.overrides, "study")
     return run_config(args.config, args.overrides, "study", address=args.address, resume=args.resume,
-                      dashboard=not args.no_dashboard)[0]
+                      dashboard=not args.no_dashboard, entry=args.entry)[0]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -74,7 +74,9 @@ def _config_keys(argv: list[str]) -> int:
                      "study and run-spec")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, entry: str | None = None) -> int:
+    """`entry` (module:function, called with the spec and the engine context in every run's training process):
+    the training loop (jobs.train) unless a caller substitutes its own, as the tests do to inject faults."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Slurm is its own CLI; imported only when asked for, so Ray users never need submitit.
     if argv and argv[0] == "slurm":
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")
     sub.add_parser("slurm-status", help="Slurm state of a study's runs (python -m orchestrator slurm-status -h)")
     sub.add_parser("config-keys", help="every study and run-spec key with its type, default and doc")
+    parser.set_defaults(entry=entry)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

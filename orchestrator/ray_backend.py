@@ -1,122 +1,90 @@
-"""Ray Train's torch process-group backend, reachable without importing torch in the Train controller.
+"""Torch's process group on Ray Train's workers, through Ray Train's documented extension points only.
 
-`ray.train.torch.TorchConfig` lives in a module that imports torch at its top, and the Train controller
-unpickles the backend config and runs the backend's hooks in its own process: with the stock config every
-controller (one per concurrent run) loads torch (~0.2-0.3 GB of private memory) only to ship a few functions
-to the workers. Here the controller-side hooks only name module-level functions of this module; each
-imports Ray's torch helpers on the worker, where torch is loaded anyway. What the workers end up with is
-what TorchConfig sets up: MASTER_ADDR/PORT, RANK/LOCAL_RANK/WORLD_SIZE..., one process group (nccl with
-GPUs, gloo without), the CUDA device set per worker, the process group torn down at the end.
-TPU setup is not carried over (this project trains on GPUs or CPUs).
+Ray Train's "Developer APIs" (DataParallelTrainer, Backend, BackendConfig) build a trainer for any framework.
+TorchTrainer is one such trainer, but it imports torch in the process that builds it (the Tune trial driver)
+and its TorchConfig imports torch in the Train controller that unpickles it: ~0.2-0.3 GB of private memory
+each, per concurrent run, only to start a process group on the workers (BENCHMARKS.md, "Control plane at
+scale"). So this module, torch-free at import, names the worker-side setup instead; it runs on each worker
+around the train function (BackendConfig.train_func_context), where torch is loaded anyway, with public calls
+only: `ray.train.get_context()` for the ranks, `ray.train.torch.get_device()` for the device,
+`ray.train.collective.broadcast_from_rank_zero` to hand rank 0's TCPStore address to the others, and
+`torch.distributed`. What the workers end up with is what TorchTrainer sets up: RANK/LOCAL_RANK/WORLD_SIZE...,
+MASTER_ADDR/PORT, the CUDA device set per worker (every GPU of the run on a node visible to its workers, for
+NCCL's peer-to-peer paths), one process group (nccl with GPUs, gloo without), left at the end.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
-import ray
-from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
-from ray.train.v2._internal.callbacks import DatasetsCallback
-from ray.train.v2._internal.util import TrainingFramework
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 # Same default as Ray's TorchConfig: a rank that never answers fails the run after this long.
 PROCESS_GROUP_TIMEOUT_S = 1800
-SHUTDOWN_TIMEOUT_S = 30.0
 
 
-def _set_master(addr: str, port: int) -> None:
-    os.environ["MASTER_ADDR"] = addr
-    os.environ["MASTER_PORT"] = str(port)
+class TorchProcessGroup:
+    """On each worker, around its train function: torchrun's environment, the worker's device, and (with more
+    than one worker) one process group, destroyed when the function returns. A failed function leaves the
+    group as it is: a peer may be gone, and Ray tears the worker processes down."""
 
-
-def _set_rank_env() -> None:
-    from ray.train.torch.config import _set_torch_distributed_env_vars
-
-    _set_torch_distributed_env_vars()
-
-
-def _init_process_group(**kwargs) -> None:
-    from ray.train.torch.config import _setup_torch_process_group
-
-    _setup_torch_process_group(**kwargs)
-
-
-def _shutdown(destroy_process_group: bool) -> None:
-    from ray.train.torch.config import _shutdown_torch
-
-    _shutdown_torch(destroy_process_group=destroy_process_group)
-
-
-class _CudaDevice:
-    """Around the worker's train function: the worker's CUDA device is the current one (as TorchConfig does)."""
-
-    def __enter__(self):
+    def __enter__(self) -> TorchProcessGroup:
+        import ray.train
+        import ray.train.torch
         import torch
+        import torch.distributed as dist
 
-        if torch.cuda.is_available():
-            import ray.train.torch
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+                          LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()))
+        device = ray.train.torch.get_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if world > 1:
+            self._join(dist, rank, world, "nccl" if device.type == "cuda" else "gloo")
+        return self
 
-            device = ray.train.torch.get_device()
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
+    def _join(self, dist, rank: int, world: int, backend: str) -> None:
+        import ray.util
+        from ray.train.collective import broadcast_from_rank_zero
 
-    def __exit__(self, *exc) -> bool:
+        timeout = timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+        store = None
+        if rank == 0:
+            # Port 0: the store takes a free port itself (no window in which another process could take it).
+            addr = ray.util.get_node_ip_address()
+            store = dist.TCPStore(addr, 0, world_size=world, is_master=True, wait_for_workers=False, timeout=timeout)
+        addr, port = broadcast_from_rank_zero((addr, store.port) if rank == 0 else None)
+        if store is None:
+            store = dist.TCPStore(addr, port, world_size=world, is_master=False, timeout=timeout)
+        os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+    def __exit__(self, exc_type, *exc) -> bool:
+        import torch.distributed as dist
+
+        if exc_type is None and dist.is_initialized():
+            dist.destroy_process_group()
         return False
 
 
-class _LazyTorchBackend(Backend):
+class _SharedGpus(Backend):
+    """Nothing to do on the controller side; the workers of a run on one node see all of its GPUs on that node
+    (Backend's documented switch, as TorchTrainer's backend sets it)."""
+
     share_cuda_visible_devices: bool = True
-
-    def on_start(self, worker_group, backend_config: LazyTorchConfig) -> None:
-        gpus = worker_group.get_resources_per_worker().get("GPU", 0)
-        backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
-        addr, port = worker_group.execute_single(0, get_address_and_port)
-        worker_group.execute(_set_master, addr=addr, port=port)
-        worker_group.execute(_set_rank_env)
-        world = len(worker_group)
-        ray.get([worker_group.execute_single_async(i, _init_process_group, backend=backend, world_rank=i,
-                                                   world_size=world, init_method="env://",
-                                                   timeout_s=backend_config.timeout_s)
-                 for i in range(world)])
-
-    def on_shutdown(self, worker_group, backend_config) -> None:
-        futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
-        try:
-            ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError:
-            pass  # the workers are being torn down anyway; a hung destroy must not hold the run
 
 
 @dataclass
 class LazyTorchConfig(BackendConfig):
     """TorchConfig's process-group setup, with torch imported only on the workers."""
 
-    backend: str | None = None  # None: nccl with GPUs, gloo without
-    timeout_s: int = PROCESS_GROUP_TIMEOUT_S
-
     @property
     def backend_cls(self):
-        return _LazyTorchBackend
+        return _SharedGpus
 
     @property
     def train_func_context(self):
-        return _CudaDevice
-
-    @property
-    def framework(self):
-        return TrainingFramework.TORCH
-
-
-class NoDatasetsTrainer(DataParallelTrainer):
-    """A DataParallelTrainer without Ray Data's per-run DatasetManager actor when the run has no Ray datasets
-    (ours read FFCV files): Ray creates that actor for every run regardless, one more Python process
-    (~0.1 GB) next to each Train controller that would never be asked for a shard. Workers then get no
-    shard provider, which only `ray.train.get_dataset_shard` (never called here) would need."""
-
-    def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+        return TorchProcessGroup

@@ -6,19 +6,13 @@ checkpoint manager, failure handling and `get_checkpoint()` work as designed wit
 gigabytes per epoch, and without Ray ever deleting or referencing the loop's own pruned folders.
 On restart the newer of Ray's pointer and the newest valid folder on disk wins: the last checkpoint
 written may not have been registered with Ray's controller before a crash.
-
-Fault injection for tests (and for rehearsing on a real cluster): with VITREDUCE_FAIL_AT_EPOCH=k and
-VITREDUCE_FAIL_MARKER=path in the driver's environment, one worker kills itself right after epoch k
-is reported, once (the marker file records that it happened).
 """
 from __future__ import annotations
 
 import importlib
 import json
 import logging
-import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,11 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 POINTER_FILE = "pointer.json"
-FAIL_EPOCH_ENV = "VITREDUCE_FAIL_AT_EPOCH"
-FAIL_MARKER_ENV = "VITREDUCE_FAIL_MARKER"
-FAIL_RANK_ENV = "VITREDUCE_FAIL_RANK"
 TRAIN_ENTRY = "jobs.train:train_loop"
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 # Environment every Ray worker gets: quiet logs, no print patching (the loop's own logging is enough).
 WORKER_ENV = {
@@ -57,22 +47,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         if value is None or isinstance(value, (bool, int, float, str)):
             out[key] = value
     return out
-
-
-def maybe_fail(epoch: Any, rank: int, world_size: int) -> None:
-    """Fault injection (see the module docstring): this process SIGKILLs itself after epoch k, once."""
-    fail_epoch = int(os.environ.get(FAIL_EPOCH_ENV, "0") or 0)
-    marker = os.environ.get(FAIL_MARKER_ENV)
-    fail_rank = int(os.environ.get(FAIL_RANK_ENV, str(world_size - 1)))
-    if not (fail_epoch and marker and epoch == fail_epoch and rank == fail_rank):
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, f"rank {rank} pid {os.getpid()} killed itself after epoch {epoch}\n".encode())
-    os.close(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RayContext:
@@ -110,7 +84,6 @@ class RayContext:
         finally:
             if pointer_dir is not None:
                 shutil.rmtree(pointer_dir, ignore_errors=True)
-        maybe_fail(metrics.get("epoch"), self.rank, self.world_size)
 
     # -- resuming ----------------------------------------------------------------------------
 
@@ -171,26 +144,19 @@ def worker_env(spec=None) -> dict[str, str]:
     if spec is not None and not spec.resources.use_gpu:
         # CPU training: intra-op threads = the CPUs reserved for the worker (as a bare run pinned alike).
         env["OMP_NUM_THREADS"] = str(spec.resources.cpus_per_worker)
-    for key in (FAIL_EPOCH_ENV, FAIL_MARKER_ENV, FAIL_RANK_ENV):
-        if key in os.environ:
-            env[key] = os.environ[key]
     return env
 
 
-def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int, callbacks: list | None = None):
-    """A data-parallel trainer with torch's process group (LazyTorchConfig: torch stays out of the Train
-    controller) running `job` (see trainer_job), named by its run_id so a restart with the same storage path
-    reloads Ray's checkpoint-manager snapshot of the same run (no timestamps in the name)."""
+def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int):
+    """A data-parallel trainer with torch's process group (LazyTorchConfig: torch stays out of the trial driver
+    and the Train controller) running `job` (see trainer_job), named by its run_id so a restart with the same
+    storage path reloads Ray's checkpoint-manager snapshot of the same run (no timestamps in the name)."""
     import ray.train
 
-    from orchestrator.ray_backend import LazyTorchConfig, NoDatasetsTrainer
+    from orchestrator.ray_backend import LazyTorchConfig
+    from orchestrator.ray_private import trainer_class
 
-    # Ray Train's PreemptionWatcher (one more actor process per run, ~0.11 GB) only hands workers a notice of a
-    # node drain for the train function to read; the loop does not read it, and a preempted worker's failure is
-    # classified from Ray core's actor error without it. Ray copies this variable to the Train controller.
-    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
-
-    return NoDatasetsTrainer(
+    return trainer_class()(
         train_fn_per_worker,
         train_loop_config={"spec": job["spec"], "entry": job["entry"]},
         backend_config=LazyTorchConfig(),
@@ -202,7 +168,6 @@ def build_trainer(job: dict[str, Any], *, storage_path: str, max_failures: int, 
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # Ray's folders hold only pointers; the loop prunes its own checkpoint folders.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks or None,
             worker_runtime_env={"env_vars": job["env"]},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),

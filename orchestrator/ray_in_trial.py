@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.local import LocalContext
-from orchestrator.ray_engine import TRAIN_ENTRY, maybe_fail, resolve_entry, scalar_metrics
+from orchestrator.ray_engine import TRAIN_ENTRY, resolve_entry, scalar_metrics
 
 
 class TrialContext(LocalContext):
@@ -37,7 +37,6 @@ class TrialContext(LocalContext):
 
         # The checkpoint stays the loop's own folder (latest_checkpoint finds it); Tune gets the metrics only.
         tune.report(scalar_metrics(metrics))
-        maybe_fail(metrics.get("epoch"), self.rank, self.world_size)
 
 
 def train_in_trial(job: dict[str, Any]) -> None:

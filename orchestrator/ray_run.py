@@ -9,7 +9,6 @@ elsewhere (e.g. a cloud URI).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,8 +65,10 @@ def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | 
 
 
 def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
-               options: SweepOptions | None = None, dashboard: bool = True) -> tuple[int, Path | None]:
-    """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan.
+               options: SweepOptions | None = None, dashboard: bool = True,
+               entry: str | None = None) -> tuple[int, Path | None]:
+    """Validate, lock the study, plan, then (only then) start or join Ray and submit the plan. `entry`: the
+    function the runs' processes train with (module:function), jobs.train's loop unless a test substitutes one.
     Returns (exit code, study dir or None when nothing was planned)."""
     embedded = resolve_address(address) is None
     what = "run spec" if kind == "run" else "study"
@@ -91,13 +92,13 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
                 errors = [] if embedded else check_fits(runs, session.shape)
                 if errors:
                     return print_errors(f"{config} does not fit the cluster", errors), study_dir
-                return submit_plan(plan, session, options), study_dir
+                return submit_plan(plan, session, options, entry), study_dir
     except StudyLocked as exc:
         print_error(str(exc))
         return EXIT_LOCKED, study_dir
 
 
-def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
+def submit_plan(plan: Plan, session, options: SweepOptions, entry: str | None = None) -> int:
     """Train what the plan says (the caller holds the study lock); 0 when every run is finished."""
     quiet_env()
     plan.write_index()
@@ -108,16 +109,16 @@ def submit_plan(plan: Plan, session, options: SweepOptions) -> int:
     todo = plan.to_submit
     if todo:
         if plan.kind == "run":
-            _fit_one(todo[0], plan.study_dir, options)
+            _fit_one(todo[0], plan.study_dir, options, entry)
         else:
-            _fit_grid(todo, plan, session, options)
+            _fit_grid(todo, plan, session, options, entry)
     return _summary(plan)
 
 
-def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions) -> None:
-    from orchestrator.ray_engine import build_trainer, trainer_job
+def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions, entry: str | None = None) -> None:
+    from orchestrator.ray_engine import TRAIN_ENTRY, build_trainer, trainer_job
 
-    trainer = build_trainer(trainer_job(spec), storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
+    trainer = build_trainer(trainer_job(spec, entry or TRAIN_ENTRY), storage_path=f"{ray_root(study_dir, options.storage_path)}/train",
                             max_failures=options.max_failures)
     t0 = time.time()
     try:
@@ -155,13 +156,13 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
     runs added to the study since are included. `plan`: the plan (its stage graph), or just the study dir when the
     runs need no other run. `entry` (module:function run on the workers) is the training loop and `trial` (the
-    function of each Tune trial) is `trial_driver`, unless a benchmark substitutes its stand-in."""
+    function of each Tune trial) is `trial_driver`, unless a test or a benchmark substitutes its own."""
     from ray import tune
 
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
     from orchestrator.ray_progress import StudyReporter
     from orchestrator.ray_stages import StageSearcher
-    from orchestrator.ray_trial import PROBE_ENV, TrialResources, trial_driver
+    from orchestrator.ray_trial import TrialResources, trial_driver
 
     study_dir, deps, stages, finished = _stage_graph(plan)
     root = ray_root(study_dir, options.storage_path)
@@ -176,8 +177,8 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial or trial_driver, jobs=specs, storage_path=f"{root}/train", max_failures=options.max_failures,
-                             probe=os.environ.get(PROBE_ENV)),
+        tune.with_parameters(trial or trial_driver, jobs=specs, storage_path=f"{root}/train",
+                             max_failures=options.max_failures),
         TrialResources(specs, session.driver_resources()),
     )
     reporter = StudyReporter({r.run_id: r.condition_label for r in todo}, metric_columns=TABLE_COLUMNS,

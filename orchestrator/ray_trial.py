@@ -3,17 +3,11 @@
 It is control plane only, so it must stay small: this module imports neither torch, timm, FFCV nor the
 training code (nor jobs.spec, whose strategies import torch), and it receives its run as plain data
 (orchestrator.ray_engine.trainer_job). Tune pickles `trial_driver` by reference, so whatever this module
-imports at its top every trial driver imports too.
-
-With VITREDUCE_DRIVER_PROBE=<folder> in the sweep driver's environment, each trial driver and each Train
-controller write `<folder>/<kind>-<run_id>.json` naming the heavy modules loaded in their process (used by
-the tests and the control-plane benchmark to keep this promise checked).
+imports at its top every trial driver imports too. tests/test_ray_control_plane.py checks it from outside, on
+the processes of a real sweep.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,41 +16,15 @@ from typing import Any
 from orchestrator.ray_engine import build_trainer, scalar_metrics
 from rundir import METRICS_FILE, MetricsError, read_metrics, run_state
 
-PROBE_ENV = "VITREDUCE_DRIVER_PROBE"
-HEAVY_MODULES = ("torch", "timm", "ffcv", "jobs.train", "jobs.spec", "jobs.models")
 FORWARD_EVERY_S = 2.0
 
 
-def heavy_modules_loaded() -> list[str]:
-    return [m for m in HEAVY_MODULES if m in sys.modules]
-
-
-def write_probe(folder: str | None, kind: str, run_id: str) -> None:
-    if not folder:
-        return
-    path = Path(folder) / f"{kind}-{run_id}.json"
-    path.write_text(json.dumps({"kind": kind, "run_id": run_id, "pid": os.getpid(), "heavy": heavy_modules_loaded()}))
-
-
-def _probe_callback(folder: str, run_id: str):
-    """A Train callback (it runs in the controller process) that records the controller's heavy modules."""
-    from ray.train import UserCallback
-
-    class ControllerProbe(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            write_probe(folder, "controller", run_id)
-
-    return ControllerProbe()
-
-
-def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: str, max_failures: int,
-                 probe: str | None = None) -> None:
+def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: str, max_failures: int) -> None:
     """One Tune trial: the run's trainer (or, for a one-worker run, the run itself: orchestrator.ray_in_trial);
     a retried trial whose run meanwhile finished reports its last row."""
     from ray import tune
 
     job = jobs[config["run_id"]]
-    write_probe(probe, "trial", job["run_id"])
     if run_state(job["run_dir"], job["epochs"]).finished:
         rows = read_metrics(job["run_dir"]).to_pylist()
         tune.report(scalar_metrics(max(rows, key=lambda r: r["epoch"]) if rows else {}))
@@ -65,17 +33,14 @@ def trial_driver(config: dict, jobs: dict[str, dict[str, Any]], storage_path: st
         from orchestrator.ray_in_trial import train_in_trial
 
         train_in_trial(job)
-        write_probe(probe, "in-trial", job["run_id"])  # a trial that trained: torch is expected here
         return
-    callbacks = [_probe_callback(probe, job["run_id"])] if probe else []
-    trainer = build_trainer(job, storage_path=storage_path, max_failures=max_failures, callbacks=callbacks)
+    trainer = build_trainer(job, storage_path=storage_path, max_failures=max_failures)
     forwarder = RowForwarder(job["run_dir"])
     forwarder.start()
     try:
         trainer.fit()
     finally:
         forwarder.stop()
-    write_probe(probe, "trial", job["run_id"])  # again after the run: nothing heavy was loaded meanwhile
 
 
 class RowForwarder(threading.Thread):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.test_ray_run import REPO, SMALL, cli, env, events, pytestmark, rows, status, write_study  # noqa: F401
+from tests import ray_faults
+from tests.test_ray_run import REPO, SMALL, env, events, isolated, pytestmark, rows, status, write_study  # noqa: F401
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -17,9 +18,9 @@ import worker_kill  # noqa: E402
 def test_one_worker_run_killed_in_its_trial_resumes_exactly(tmp_path, demo_data):
     marker = tmp_path / "killed"
     path = write_study(tmp_path, demo_data, seeds=[0], conditions={"a": {}, "b": {}})
-    proc = subprocess.run(cli("sweep", str(path), *SMALL, "checkpoint.every_epochs=1"), cwd=REPO,
-                          env=env(VITREDUCE_FAIL_AT_EPOCH="1", VITREDUCE_FAIL_MARKER=str(marker), VITREDUCE_FAIL_RANK="0"),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(isolated(ray_faults.cli("sweep", str(path), *SMALL, "checkpoint.every_epochs=1",
+                                                  fail_at_epoch=1, marker=marker, rank=0)),
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert marker.read_text().startswith("rank 0 pid"), proc.stdout[-3000:]  # the failure really happened
     study_dir = tmp_path / "runs" / "st"

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE
+from tests import ray_faults
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -103,10 +104,10 @@ def test_two_worker_run_survives_a_worker_death(tmp_path, demo_data):
     marker = tmp_path / "killed"
     run_dir = tmp_path / "demo" / "two"
     proc = subprocess.Popen(
-        cli("run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}", f"output_root={tmp_path}",
-            "run_id=two", *SMALL, "resources.num_workers=2", "train.batch_size=64", "--max-failures=1"),
-        cwd=REPO, env=env(VITREDUCE_FAIL_AT_EPOCH="1", VITREDUCE_FAIL_MARKER=str(marker)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        isolated(ray_faults.cli("run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}",
+                                f"output_root={tmp_path}", "run_id=two", *SMALL, "resources.num_workers=2",
+                                "train.batch_size=64", "--max-failures=1", fail_at_epoch=1, marker=marker)),
+        cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=480)
     except subprocess.TimeoutExpired:

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from rundir import read_timed_events, run_state
-from tests.test_ray_run import SMALL, cli, env, pytestmark  # noqa: F401  (the same isolation and skip rule)
+from tests import ray_faults
+from tests.test_ray_run import SMALL, cli, env, isolated, pytestmark  # noqa: F401  (the same isolation and skip rule)
 
 REPO = Path(__file__).resolve().parents[1]
 SHALLOW = [{"name": "shallow", "params": {"keep_ratio": 0.5, "select": "diversity"}}]
@@ -46,8 +47,8 @@ def test_stages_wait_for_dependencies_block_on_failure_and_resume(tmp_path, demo
     config = write_stage_study(tmp_path, demo_data)
     small = [o for o in SMALL if not o.startswith("train.epochs")] + ["train.epochs=1"]
     marker = tmp_path / "killed"
-    out = subprocess.run(cli("sweep", str(config), *small), env=env(VITREDUCE_FAIL_AT_EPOCH="1",
-                         VITREDUCE_FAIL_MARKER=str(marker)), capture_output=True, text=True, timeout=900, cwd=REPO)
+    out = subprocess.run(isolated(ray_faults.cli("sweep", str(config), *small, fail_at_epoch=1, marker=marker)),
+                         env=env(), capture_output=True, text=True, timeout=900, cwd=REPO)
     assert marker.exists(), out.stdout[-3000:] + out.stderr[-3000:]
     assert out.returncode == 1
     study_dir = tmp_path / "runs" / "st"
