@@ -215,7 +215,7 @@ def test_a_model_timm_cannot_express_is_exported_for_jobs_load_and_says_so(demo_
 def test_export_errors_are_one_line_and_name_the_fix(trained, exported, tmp_path, capsys):
     out, _ = exported
     assert jobs_main(["export", str(tmp_path), str(tmp_path / "x")]) == 2
-    assert "spec.yaml is missing" in capsys.readouterr().err
+    assert "spec.json is missing" in capsys.readouterr().err
     assert jobs_main(["export", str(trained.run_dir), str(out / "best")]) == 2
     err = capsys.readouterr().err
     assert "exists and is not empty" in err and "--force" in err

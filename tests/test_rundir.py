@@ -53,7 +53,7 @@ def test_run_states(tmp_path):
     assert run_state(run, 5).state is State.UNFINISHED          # epochs raised since
     assert run_state(run).state is State.FINISHED               # no spec given: the run's own record
     (run / "status.json").unlink()
-    assert run_state(run).state is State.UNFINISHED             # no record of the total at all
+    assert run_state(run).state is State.FINISHED               # no status.json: the rows' epochs_total
     assert run_state(run, 3).state is State.FINISHED            # a folder whose status.json was not copied
     write_status(run, "failed", 3, 3, "OSError: disk full")
     assert run_state(run, 3).describe() == "failed at 3/3 epochs: OSError: disk full"
