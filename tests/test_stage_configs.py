@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
 from rundir import stage_lines
-from rundir.stages import node_from_spec
+from rundir import node_from_spec
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B = "vit_base_patch16_224"
