@@ -60,7 +60,7 @@ from rundir.stages import (
     stage_lines,
     stage_of,
 )
-from rundir.state import RunState, State, classify, run_state
+from rundir.state import RunState, State, run_state
 from rundir.status import RECORDED_STATES, check_status, read_status, write_status
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
     "RUN_PREFIX", "SPEC_FILE", "SPEC_JSON", "STATUS_FILE",
     "Architecture", "EventLog", "MetricsError", "Node", "RecordedSpec", "RunRecord", "RunState", "State",
     "append_row", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "best_metric_column", "blocker",
-    "check_dependencies", "check_metrics", "check_row", "check_spec", "check_status", "classify", "condition_graph",
+    "check_dependencies", "check_metrics", "check_row", "check_spec", "check_status", "condition_graph",
     "dependencies", "epochs_done", "error_line", "exception_line", "find_runs", "index_nodes", "named_conditions",
     "needed_conditions", "node_from_spec", "parse_scalar", "part_of", "print_error", "print_errors", "read_events",
     "read_index", "read_metrics", "read_status", "read_timed_events", "run_condition", "run_source", "run_state",
