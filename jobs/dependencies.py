@@ -28,7 +28,8 @@ def resolve_run_export(study_dir: Path, condition: str, seed: int, ablation: Map
     record = find_run(study_dir, condition, seed, ablation)
     where = f"{run_source(condition)} (seed {seed}, grid {json.dumps(dict(ablation), sort_keys=True, default=str)})"
     if record is None:
-        return f"{where} has not started in {study_dir}; run that condition first"
+        return (f"{where} has not started in {study_dir} (no run folder with a matching spec.json); run that "
+                "condition first, or resume it once if it ran before runs recorded spec.json")
     status = record.status or {}
     if status.get("state") != "finished":
         return (f"{where} is {status.get('state', 'not started')} in {record.run_dir}, not finished; "
