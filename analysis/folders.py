@@ -1,15 +1,13 @@
-"""Which folders of a study directory are runs, and what a run's spec.yaml says about it.
+"""Which folders of a study directory are runs, and what a run's recorded spec says about it.
 
-Light on purpose (the standard library, yaml and rundir): `analysis status` lists a 500-run study with these
-and never imports pandas.
+Light on purpose (the standard library and rundir): `analysis status` lists a 500-run study with these and
+never imports pandas.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from rundir import METRICS_FILE, RUN_MARKERS, SPEC_FILE, STATUS_FILE
+from rundir import METRICS_FILE, RUN_MARKERS, SPEC_FILE, SPEC_JSON, STATUS_FILE, RunRecord
 
 
 def find_run_dirs(study_dir: Path) -> list[Path]:
@@ -18,7 +16,7 @@ def find_run_dirs(study_dir: Path) -> list[Path]:
     Other subfolders (a report written inside the study, Ray's experiment state) hold none of the run
     files and are not runs.
     """
-    if any((study_dir / m).exists() for m in (METRICS_FILE, SPEC_FILE, STATUS_FILE)):
+    if any((study_dir / m).exists() for m in (METRICS_FILE, SPEC_JSON, SPEC_FILE, STATUS_FILE)):
         return [study_dir]
     return sorted(
         p for p in study_dir.iterdir()
@@ -26,19 +24,12 @@ def find_run_dirs(study_dir: Path) -> list[Path]:
     )
 
 
-def read_spec_info(run_dir: Path) -> dict:
-    """Condition, seed, model and epochs of a run from its spec.yaml (for runs without metrics)."""
-    try:
-        spec = yaml.safe_load((run_dir / SPEC_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(spec, dict):
-        return {}
-    names = [s.get("name", "?") for s in spec.get("strategies") or [] if isinstance(s, dict)]
-    model = spec.get("model")
-    return {
-        "condition": spec.get("condition") or "+".join(names) or "baseline",
-        "seed": spec.get("seed"),
-        "model": model.get("name") if isinstance(model, dict) else model,
-        "epochs_total": (spec.get("train") or {}).get("epochs") if isinstance(spec.get("train"), dict) else None,
-    }
+def run_info(record: RunRecord) -> dict:
+    """Condition, seed, ablation, model and epochs of a run: its recorded spec's, else its entry in runs.json."""
+    info = dict(record.planned)
+    spec = record.spec
+    if spec is not None:
+        recorded = {"condition": spec.condition, "seed": spec.seed, "ablation": spec.ablation or None,
+                    "model": spec.model, "epochs_total": spec.epochs}
+        info.update({k: v for k, v in recorded.items() if v is not None})
+    return info

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.folders import find_run_dirs, read_spec_info
+from analysis.folders import find_run_dirs, run_info
 from rundir import (
     BENCH_FILE,
     METRICS_FILE,
     METRICS_SCHEMA,
     RUNS_FILE,
+    RunRecord,
     State,
     check_metrics,
-    check_status,
-    classify,
     exception_line,
     read_index,
 )
@@ -43,12 +42,12 @@ class RunProblem:
 class RunFolder:
     run_id: str
     path: Path
+    record: RunRecord | None = None  # what the folder holds (rundir.record); None for a planned run without one
     status: dict | None = None      # parsed status.json, None when absent or unreadable
     has_metrics: bool = False       # metrics.parquet exists
     usable: bool = False            # its rows made it into Study.metrics
-    planned_only: bool = False      # listed in the study's runs.json, no folder yet
     state: str = State.UNFINISHED.value  # rundir's run state; "pending" for a planned run without a folder
-    info: dict = field(default_factory=dict)  # condition/seed/model/epochs_total from spec.yaml or runs.json
+    info: dict = field(default_factory=dict)  # condition/seed/model/epochs_total from spec.json or runs.json
 
 
 @dataclass
@@ -182,13 +181,13 @@ def read_study(study_dir: str | Path) -> Study:
     if index_problem:
         problems.append(RunProblem("(study)", index_problem, excluded=False))
     for run_dir in find_run_dirs(root):
-        run = RunFolder(run_id=run_dir.name, path=run_dir)
+        record = RunRecord.read(run_dir, index.get(run_dir.name))
+        run = RunFolder(run_id=run_dir.name, path=run_dir, record=record, status=record.status,
+                        info=run_info(record), state=record.state().state.value)
         runs.append(run)
-        run.info = {**index.get(run.run_id, {}), **read_spec_info(run_dir)}
-        run.status, status_problem = check_status(run_dir)
-        if status_problem:
-            problems.append(RunProblem(run.run_id, status_problem, excluded=False))
-        run.state = State.BLOCKED.value if status_problem else classify(run.status, 0, None).value
+        for problem in (record.status_problem, record.spec_problem):
+            if problem:
+                problems.append(RunProblem(run.run_id, problem, excluded=False))
         run.has_metrics = (run_dir / METRICS_FILE).exists()
         if not run.has_metrics:
             state = (run.status or {}).get("state")
@@ -200,11 +199,8 @@ def read_study(study_dir: str | Path) -> Study:
         problems += [RunProblem(run.run_id, w, excluded=False) for w in warnings]
         if errors:
             problems += [RunProblem(run.run_id, e, excluded=True) for e in errors]
-            run.state = State.BLOCKED.value
+            run.state = record.state().unreadable(errors[0]).state.value
             continue
-        if not status_problem:
-            total = (run.status or {}).get("epochs_total") or int(df["epochs_total"].max())
-            run.state = classify(run.status, int(df["epoch"].max()), total).value
         recorded = df["run_id"].dropna().unique().tolist()
         if recorded and recorded != [run.run_id]:
             problems.append(RunProblem(
@@ -214,8 +210,7 @@ def read_study(study_dir: str | Path) -> Study:
         frames.append(df)
     found = {r.run_id for r in runs}
     for run_id in sorted(set(index) - found):
-        runs.append(RunFolder(run_id=run_id, path=root / run_id, planned_only=True, info=dict(index[run_id]),
-                              state="pending"))
+        runs.append(RunFolder(run_id=run_id, path=root / run_id, info=dict(index[run_id]), state="pending"))
         problems.append(RunProblem(run_id, f"not started (planned in {RUNS_FILE}, no run folder yet)",
                                    excluded=True))
     metrics = (pd.concat(frames, ignore_index=True) if frames

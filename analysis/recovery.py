@@ -13,64 +13,43 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 from analysis import tables
-from rundir import (
-    SPEC_FILE,
-    best_metric_column,
-    dependencies,
-    index_nodes,
-    node_from_spec,
-    read_index,
-    stage_lines,
-)
+from rundir import RecordedSpec, dependencies, index_nodes, read_index, run_condition, stage_lines
 
 SOURCE_COLUMNS = ("init", "teacher", "distill_loss", "alpha", "tau")
 RECOVERY_HEADER = ["Condition", "Seed", "Teacher", "Teacher top-1", "Pruned, epoch 0", "Recovered", "Kept of teacher",
                    "Params −", "GFLOPs −"]
 
 
-def spec_of(run_dir: Path) -> dict:
-    try:
-        raw = yaml.safe_load((Path(run_dir) / SPEC_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
+def source_columns(spec: RecordedSpec | None) -> dict:
+    """init source, teacher source, distillation loss, alpha, tau of one recorded run spec (None where absent)."""
+    if spec is None:
+        return {"init": "random", "teacher": None, "distill_loss": None, "alpha": None, "tau": None}
+    distill = spec.distill or {}
+    return {"init": spec.init, "teacher": spec.teacher, "distill_loss": distill.get("loss"),
+            "alpha": distill.get("alpha"), "tau": distill.get("tau")}
 
 
-def source_columns(spec: dict) -> dict:
-    """init source, teacher source, distillation loss, alpha, tau of one run spec (None where absent)."""
-    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    distill = spec.get("distill") if isinstance(spec.get("distill"), dict) else None
-    teacher = (distill or {}).get("teacher")
-    teacher = teacher.get("init") if isinstance(teacher, dict) else teacher
-    return {"init": model.get("init", "random"), "teacher": teacher,
-            "distill_loss": (distill or {}).get("loss"), "alpha": (distill or {}).get("alpha"),
-            "tau": (distill or {}).get("tau")}
-
-
-def export_top1(run: pd.Series, spec: dict) -> float:
+def export_top1(run: pd.Series, spec: RecordedSpec | None) -> float:
     """Top-1 of the weights a `run:<condition>` reference hands on: the run's best export, i.e. the peak of its
     `checkpoint.best_metric` (auto: the EMA's top-1 when EMA is on), not its last epoch's raw top-1."""
-    checkpoint = spec.get("checkpoint") if isinstance(spec.get("checkpoint"), dict) else {}
-    train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
-    metric = best_metric_column(checkpoint.get("best_metric", "auto"), bool(train.get("ema")))
+    metric = spec.best_metric if spec is not None else "top1"
     return run.get("ema_peak_top1" if metric == "ema_top1" else "peak_top1", math.nan)
 
 
-def add_source_columns(runs: pd.DataFrame, specs: dict[str, dict]) -> pd.DataFrame:
-    cols = {c: [source_columns(specs.get(r, {}))[c] for r in runs["run_id"]] for c in SOURCE_COLUMNS}
-    return runs.assign(**cols, strategies=[json.dumps((specs.get(r) or {}).get("strategies") or [], sort_keys=True)
-                                           for r in runs["run_id"]],
-                       export_top1=[export_top1(row, specs.get(row["run_id"], {})) for _, row in runs.iterrows()])
+def add_source_columns(runs: pd.DataFrame, specs: dict[str, RecordedSpec]) -> pd.DataFrame:
+    cols = {c: [source_columns(specs.get(r))[c] for r in runs["run_id"]] for c in SOURCE_COLUMNS}
+    strategies = [json.dumps(specs[r].strategies if r in specs else [], sort_keys=True) for r in runs["run_id"]]
+    return runs.assign(**cols, strategies=strategies,
+                       export_top1=[export_top1(row, specs.get(row["run_id"])) for _, row in runs.iterrows()])
 
 
-def study_graph(study_dir: Path, specs: dict[str, dict]) -> tuple[dict[str, list[str]], list[str]]:
-    """(run -> runs it needs, the stage graph as text lines) from runs.json, else from the runs' spec.yaml."""
+def study_graph(study_dir: Path, specs: dict[str, RecordedSpec]) -> tuple[dict[str, list[str]], list[str]]:
+    """(run -> runs it needs, the stage graph as text lines) from runs.json, else from the runs' recorded specs."""
     index, _ = read_index(study_dir)
-    nodes = index_nodes(index) if index else [node_from_spec(r, s) for r, s in specs.items()]
+    nodes = index_nodes(index) if index else [s.node(r) for r, s in specs.items()]
     return dependencies(nodes), stage_lines(nodes)
 
 
@@ -90,9 +69,10 @@ def recovery_rows(runs: pd.DataFrame, deps: dict[str, list[str]]) -> pd.DataFram
         if not (r["epochs_total"] and r["epochs_total"] > 0) or r["init"] in (None, "random"):
             continue
         same_seed = usable[usable["seed"] == r["seed"]]
-        if str(r["init"]).startswith("run:"):
+        named = run_condition(r["init"])
+        if named is not None:
             teacher = _first(same_seed[same_seed["run_id"].isin(deps.get(r["run_id"], []))
-                                       & (same_seed["condition"] == str(r["init"])[4:].strip())])
+                                       & (same_seed["condition"] == named)])
             teacher_top1 = teacher["export_top1"] if teacher is not None else math.nan
         else:
             teacher = _first(same_seed[(same_seed["init"] == r["init"]) & (same_seed["strategies"] == "[]")])

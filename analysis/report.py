@@ -169,7 +169,7 @@ def build_report(study_dir: str | Path, out_dir: str | Path, include_incomplete:
     runs, summary = summarize(study, include_incomplete)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = {run.run_id: recovery.spec_of(run.path) for run in study.runs}
+    specs = {run.run_id: run.record.spec for run in study.runs if run.record and run.record.spec}
     runs = recovery.add_source_columns(runs, specs)
     deps, stages = recovery.study_graph(Path(study_dir), specs)
     rep = Report(out_dir=out, study=study, runs=runs, summary=summary, stages=stages,

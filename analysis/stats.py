@@ -39,21 +39,6 @@ PRETTY_NAMES = {
 ALPHA = 0.05
 
 
-def embed_dim(mlp_params: float, unique_mlps: float, hidden: float) -> float:
-    """Width D from the MLP count: each unique MLP holds D*H + H (fc1) + H*D + D (fc2) parameters.
-
-    The metrics carry no embedding width, and this is exact for timm's Mlp (with or without biases);
-    NaN when the numbers fit neither.
-    """
-    if not all(np.isfinite([mlp_params, unique_mlps, hidden])) or unique_mlps <= 0 or hidden <= 0:
-        return math.nan
-    per_mlp = mlp_params / unique_mlps
-    for d in ((per_mlp - hidden) / (2 * hidden + 1), per_mlp / (2 * hidden)):
-        if d >= 1 and abs(d - round(d)) < 1e-6:
-            return float(round(d))
-    return math.nan
-
-
 def _peak(epochs: pd.Series, values: pd.Series) -> tuple[float, float]:
     """Highest value and the first epoch reaching it (NaN, NaN when the column is empty)."""
     if values.notna().sum() == 0:
@@ -79,6 +64,7 @@ def run_table(study: Study) -> pd.DataFrame:
             "epochs_total": status.get("epochs_total", info.get("epochs_total")), "epochs_done": status.get("epoch"),
         }
         df = by_run.get(run.run_id)
+        arch = run.record.spec.architecture if run.record is not None and run.record.spec is not None else None
         if df is not None:
             df = df.sort_values("epoch").reset_index(drop=True)
             last = df.iloc[-1]
@@ -99,16 +85,14 @@ def run_table(study: Study) -> pd.DataFrame:
                 "ema_delta_pf": ema_peak - last["ema_top1"],
                 "params": last["params"], "mlp_params": last["mlp_params"], "unique_mlps": last["unique_mlps"],
                 "mlp_hidden": last["mlp_hidden"], "gflops": last["gflops"], "gmacs": last["gmacs"],
-                "expansion_ratio": math.nan,
+                # The architecture the run recorded (spec.json), not one worked out from parameter counts.
+                "expansion_ratio": arch.expansion_ratio if arch is not None else math.nan,
                 # The median skips the first epoch's warm-up (compilation, cache fill) and stragglers.
                 "train_img_s": df["train_img_s"].median(),
                 "wall_hours": df["epoch_s"].sum() / 3600.0 if df["epoch_s"].notna().any() else math.nan,
                 "resumed": bool(df["resumed_from"].notna().any()),
                 "host": last["host"],
             })
-            d = embed_dim(*(float(x) if pd.notna(x) else math.nan
-                            for x in (last["mlp_params"], last["unique_mlps"], last["mlp_hidden"])))
-            row["expansion_ratio"] = float(last["mlp_hidden"]) / d if np.isfinite(d) else math.nan
         else:
             complete = False
         row["complete"] = complete

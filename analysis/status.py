@@ -1,10 +1,9 @@
 """`python -m analysis status STUDY_DIR`: one line per run for watching a sweep, and a count by state.
 
-Fast on a study of hundreds of runs: per run it reads status.json and six columns of metrics.parquet (epoch,
-epochs_total, top1, wall_time, condition, seed), and the state is rundir's `classify`, as for `--resume`.
-It never imports pandas. It checks what those columns need (readable parquet, required columns present,
-types); the full validation of every column (JSON parameters, one seed per file, ...) is the report's
-(`analysis.load.read_study`), which lists every problem.
+Fast on a study of hundreds of runs: per run it reads its record (rundir.record: spec.json, status.json) and
+six columns of metrics.parquet (epoch, epochs_total, top1, wall_time, condition, seed); the state is rundir's
+`run_state`, as for `--resume` and the report. It never imports pandas. The full validation of every column
+(JSON parameters, one seed per file, ...) is the report's (`analysis.load.read_study`), which lists every problem.
 """
 from __future__ import annotations
 
@@ -13,27 +12,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import yaml
-
-from analysis.folders import find_run_dirs, read_spec_info
+from analysis.folders import find_run_dirs, run_info
 from rundir import (
     METRICS_FILE,
-    METRICS_SCHEMA,
     RUNS_FILE,
-    SPEC_FILE,
+    RunRecord,
     State,
     blocker,
-    check_status,
-    classify,
     dependencies,
-    exception_line,
     index_nodes,
-    node_from_spec,
     read_index,
 )
-from rundir.metrics import REQUIRED_COLUMNS
 
 COLUMNS = ("run", "condition", "seed", "state", "epochs", "last top-1", "best top-1", "updated", "note")
 # What the status line shows; the other metrics columns are never read here.
@@ -54,30 +43,16 @@ class Peek:
         return max(self.top1_by_epoch, default=0)
 
 
-def peek_metrics(run_dir: Path) -> tuple[Peek | None, str | None]:
+def peek_metrics(record: RunRecord) -> tuple[Peek | None, str | None]:
     """(peek, problem) from PEEK_COLUMNS of the run's metrics.parquet; (None, None) when there is no file."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
+    if not (record.run_dir / METRICS_FILE).exists():
         return None, None
-    try:
-        pf = pq.ParquetFile(path)
-        names = set(pf.schema_arrow.names)
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if missing:
-            return None, f"{METRICS_FILE} lacks required columns {', '.join(missing)}"
-        table = pf.read(columns=[c for c in PEEK_COLUMNS if c in names])
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        return None, f"{METRICS_FILE} is not readable parquet ({exception_line(exc, path)})"
+    table, errors, _ = record.metrics(PEEK_COLUMNS)
+    if errors:
+        return None, errors[0]
     if table.num_rows == 0:
         return None, f"{METRICS_FILE} has no rows"
-    cols = {}
-    for name in table.column_names:
-        want = METRICS_SCHEMA.field(name).type
-        try:
-            cols[name] = table.column(name).cast(want).to_pylist()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            return None, (f"{METRICS_FILE} column {name} has type {table.column(name).type}, expected {want} "
-                          f"({exception_line(exc)})")
+    cols = {name: table.column(name).to_pylist() for name in table.column_names}
     if any(e is None for e in cols["epoch"]):
         return None, f"{METRICS_FILE} has empty epoch values"
     peek = Peek()
@@ -86,9 +61,7 @@ def peek_metrics(run_dir: Path) -> tuple[Peek | None, str | None]:
     last = max(range(table.num_rows), key=lambda i: (cols["epoch"][i], i))
     totals = [t for t in cols["epochs_total"] if t is not None]
     peek.epochs_total = max(totals) if totals else None
-    peek.wall_time = cols.get("wall_time", [None] * table.num_rows)[last]
-    peek.condition = cols.get("condition", [None] * table.num_rows)[last]
-    peek.seed = cols["seed"][last]
+    peek.wall_time, peek.condition, peek.seed = cols["wall_time"][last], cols["condition"][last], cols["seed"][last]
     return peek, None
 
 
@@ -104,37 +77,28 @@ def _pick(*values):
     return next((v for v in values if v is not None), None)
 
 
-def run_row(run_dir: Path, planned: dict, now: float) -> dict[str, str]:
-    """The status line of one run folder; `planned` is its entry of the study index (or {})."""
-    status, status_problem = check_status(run_dir)
-    status = status or {}
-    peek, metrics_problem = peek_metrics(run_dir)
-    if status_problem or metrics_problem:
-        state = State.BLOCKED.value
-    elif peek is None:
-        state = classify(status, 0, None).value if status.get("state") else "no metrics"
-    else:
-        total = status.get("epochs_total") or peek.epochs_total
-        state = classify(status, peek.done, total).value
-    spec = {} if peek is not None and peek.condition is not None and peek.seed is not None \
-        else read_spec_info(run_dir)
-    condition = _pick(peek and peek.condition, spec.get("condition"), planned.get("condition"))
-    seed = _pick(peek and peek.seed, spec.get("seed"), planned.get("seed"))
-    done = max(peek.done if peek else 0, int(status.get("epoch") or 0))
-    total = _pick(status.get("epochs_total"), peek and peek.epochs_total, spec.get("epochs_total"))
+def run_row(record: RunRecord, now: float) -> dict[str, str]:
+    """The status line of one run folder."""
+    status = record.status or {}
+    peek, metrics_problem = peek_metrics(record)
+    state = record.state().unreadable(metrics_problem)
+    info = run_info(record)
+    condition = _pick(peek and peek.condition, info.get("condition"))
+    seed = _pick(peek and peek.seed, info.get("seed"))
+    total = _pick(state.epochs_total, info.get("epochs_total"))
     top1 = [v for v in (peek.top1_by_epoch.values() if peek else ()) if v is not None]
     last = peek.top1_by_epoch.get(peek.done) if peek else None
     updated = _pick(status.get("updated"), peek and peek.wall_time)
-    note = status.get("error") if status.get("state") == "failed" else None
-    if peek is None and not metrics_problem and not status_problem:
+    note = state.reason if state.state in (State.FAILED, State.BLOCKED) else None
+    if peek is None and state.state is not State.BLOCKED:
         note = note or {"running": "running, no epoch finished yet"}.get(status.get("state"), f"no {METRICS_FILE}")
-    note = note or status_problem or metrics_problem or ""
+    note = note or record.spec_problem or ""
     return {
-        "run": run_dir.name,
+        "run": record.run_id,
         "condition": str(condition) if condition is not None else "?",
         "seed": str(int(seed)) if isinstance(seed, (int, float)) else "?",
-        "state": state,
-        "epochs": f"{done}/{total if total is not None else '?'}",
+        "state": state.state.value,
+        "epochs": f"{state.epochs_done}/{total if total is not None else '?'}",
         "last top-1": f"{last:.2f}" if last is not None else "–",
         "best top-1": f"{max(top1):.2f}" if top1 else "–",
         "updated": _age(now - float(updated)) if updated is not None else "–",
@@ -148,7 +112,8 @@ def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[st
     now = time.time() if now is None else now
     index, _ = read_index(root)  # an unreadable index: the report says so; status lists the folders
     dirs = find_run_dirs(root)
-    rows = [run_row(d, index.get(d.name, {}), now) for d in dirs]
+    records = [RunRecord.read(d, index.get(d.name)) for d in dirs]
+    rows = [run_row(r, now) for r in records]
     found = {d.name for d in dirs}
     for run_id in sorted(set(index) - found):
         planned = index[run_id]
@@ -157,7 +122,7 @@ def status_rows(study_dir: str | Path, now: float | None = None) -> list[dict[st
                      "seed": str(int(seed)) if isinstance(seed, (int, float)) else "?", "state": "pending",
                      "epochs": "0/?", "last top-1": "–", "best top-1": "–", "updated": "–",
                      "note": f"not started (planned in {RUNS_FILE}, no run folder yet)"})
-    _note_blockers(rows, study_dependencies(root, dirs, index))
+    _note_blockers(rows, study_dependencies(records, index))
     return rows
 
 
@@ -171,19 +136,11 @@ def _note_blockers(rows: list[dict[str, str]], deps: dict[str, list[str]]) -> No
                 row["note"] = f"blocked by {by}"
 
 
-def study_dependencies(root: Path, dirs: list[Path], index: dict) -> dict[str, list[str]]:
-    """run_id -> the runs it needs: from runs.json (every planned run), else from the runs' spec.yaml files."""
+def study_dependencies(records: list[RunRecord], index: dict) -> dict[str, list[str]]:
+    """run_id -> the runs it needs: from runs.json (every planned run), else from the runs' recorded specs."""
     if index:
         return dependencies(index_nodes(index))
-    nodes = []
-    for run_dir in dirs:
-        try:
-            raw = yaml.safe_load((run_dir / SPEC_FILE).read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(raw, dict):
-            nodes.append(node_from_spec(run_dir.name, raw))
-    return dependencies(nodes)
+    return dependencies(r.spec.node(r.run_id) for r in records if r.spec is not None)
 
 
 def format_status(rows: list[dict[str, str]], study_dir: str | Path) -> str:

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +46,9 @@ def _isolated(cmd: list[str]) -> list[str]:
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return sorted(pq.read_table(run_dir / "metrics.parquet").to_pylist(), key=lambda r: r["epoch"])
+    from rundir import read_metrics
+
+    return sorted(read_metrics(run_dir).to_pylist(), key=lambda r: r["epoch"])
 
 
 def _common(data_root: Path, out: Path, epochs: int, threads: int) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from rundir import SPEC_FILE, read_timed_events
+from rundir import find_runs, read_timed_events
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,17 +57,16 @@ def first(run_dir: Path, kind: str | None = None) -> float:
 
 
 def latencies(study_dir: Path) -> dict:
-    specs = {p.name: yaml.safe_load((p / SPEC_FILE).read_text()) for p in study_dir.iterdir() if (p / SPEC_FILE).exists()}
+    specs = {r.run_id: r.spec for r in find_runs(study_dir) if r.spec is not None}
     tune = study_dir / ".ray" / "tune"
     created = {run: _created(tune / run) for run in specs if (tune / run).is_dir()}
     created = {run: t for run, t in created.items() if t is not None}
     starts = {run: first(study_dir / run, "start") - created[run] for run in specs if run in created}
     waits = {}
     for run, spec in specs.items():
-        init = str((spec.get("model") or {}).get("init", ""))
-        if not init.startswith("run:"):
+        if not spec.needs:
             continue
-        dep = next(r for r, s in specs.items() if s["condition"] == init[4:] and s["seed"] == spec["seed"])
+        dep = next(r for r, s in specs.items() if s.condition == spec.needs[0] and s.seed == spec.seed)
         finished = max(t for t, _, _ in read_timed_events(study_dir / dep, "finish"))
         waits[run] = {"after": dep, "first_step_after_finish_s": first(study_dir / run, "start") - finished,
                       "trial_created_after_finish_s": created.get(run, float("nan")) - finished}

@@ -4,7 +4,7 @@
     python bench/study_status.py --runs 50 --epochs 5                       # smoke test
 
 A study of N finished runs (5 conditions x N/5 seeds) is fabricated with rundir's own writers (one
-`append_row` per epoch, `write_status`, the run spec as spec.yaml, the study index), then timed:
+`append_row` per epoch, `write_status`, the recorded run spec spec.json, the study index), then timed:
 - `status_cli_s`: `python -m analysis status STUDY` as a user runs it (process start and imports included);
 - `run_state_all_s`: rundir.run_state for every run (what `--resume` plans from, after a driver kill): a
   finished run is known from status.json and the metrics file's footer;
@@ -23,12 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rundir import METRICS_COLUMNS, SPEC_FILE, append_row, check_status, run_state, write_index, write_status  # noqa: E402
+from rundir import (  # noqa: E402
+    METRICS_COLUMNS,
+    append_row,
+    check_status,
+    run_state,
+    write_index,
+    write_spec_record,
+    write_status,
+)
 from rundir.metrics import check_metrics  # noqa: E402
 
 CONDITIONS = ("baseline", "grouped", "shallow", "thin", "multiplexed")
@@ -42,9 +48,9 @@ def fabricate(study_dir: Path, runs: int, epochs: int) -> list[str]:
             run_id = f"{cond}-s{seed}"
             d = study_dir / run_id
             d.mkdir(parents=True)
-            (d / SPEC_FILE).write_text(yaml.safe_dump({"run_id": run_id, "study": study_dir.name, "condition": cond,
-                                                       "seed": seed, "model": {"name": "vit_base_patch16_224"},
-                                                       "train": {"epochs": epochs}}))
+            write_spec_record(d, {"run_id": run_id, "study": study_dir.name, "condition": cond, "seed": seed,
+                                  "model": {"name": "vit_base_patch16_224"}, "train": {"epochs": epochs}},
+                              {"depth": 12, "embed_dim": 768, "num_heads": 12, "mlp_hidden": 3072})
             for epoch in range(1, epochs + 1):
                 row = {c: None for c in METRICS_COLUMNS}
                 row.update(study=study_dir.name, run_id=run_id, condition=cond, strategy=cond, strategy_params="[]",

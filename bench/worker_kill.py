@@ -83,10 +83,9 @@ def _env() -> dict[str, str]:
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+    from rundir import read_metrics
 
-    path = run_dir / "metrics.parquet"
-    return sorted(pq.read_table(path).to_pylist(), key=lambda r: r["epoch"]) if path.exists() else []
+    return sorted(read_metrics(run_dir).to_pylist(), key=lambda r: r["epoch"])
 
 
 def _events(run_dir: Path) -> list[str]:

@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from rundir.names import BEST_DIR, BEST_WEIGHTS
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-BEST_DIR = "best"
-BEST_WEIGHTS = "model.pt"
-BEST_META = "meta.json"
 _NAME = re.compile(r"^ckpt-(\d{6,})$")
 _CHUNK = 1 << 22
 

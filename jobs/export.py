@@ -32,8 +32,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from jobs import checkpoint as ckpt
-from jobs.spec import RunSpec, SpecError, format_validation_error, read_yaml
-from rundir import CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, read_metrics
+from jobs.spec import RunSpec, format_validation_error
+from rundir import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    SPEC_JSON,
+    Architecture,
+    RecordedSpec,
+    check_spec,
+    read_metrics,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -61,15 +69,18 @@ class Weights:
     top1: float | None           # the run's own top-1 of these weights, when it evaluated them
 
 
-def read_run_spec(run_dir: Path) -> RunSpec:
-    """The run's stored spec, schema-checked only: the dataset need not exist where the export runs."""
-    path = Path(run_dir) / SPEC_FILE
-    if not path.is_file():
-        raise ExportError(f"{path} is missing: {run_dir} is not a run directory (expected output_root/study/run_id)")
+def read_run_spec(run_dir: Path) -> tuple[RunSpec, RecordedSpec]:
+    """The run's recorded spec (rundir.record), typed again as a RunSpec, schema-checked only: the dataset need
+    not exist where the export runs."""
+    path = Path(run_dir) / SPEC_JSON
+    recorded, problem = check_spec(run_dir)
+    if problem:
+        raise ExportError(f"{Path(run_dir)}: {problem}")
+    if recorded is None:
+        raise ExportError(f"{path} is missing: {run_dir} is not a run directory (expected output_root/study/run_id), "
+                          "or it was written before runs recorded spec.json (resume it once to record it)")
     try:
-        return RunSpec.model_validate(read_yaml(path))
-    except SpecError as exc:
-        raise ExportError(f"{path}: {'; '.join(exc.errors)}") from None
+        return RunSpec.model_validate(dict(recorded.raw)), recorded
     except ValidationError as exc:
         raise ExportError(f"{path} is not a valid run spec: {'; '.join(format_validation_error(exc))}") from None
 
@@ -138,15 +149,13 @@ def _plain_timm(name: str, args: dict[str, Any], device: str = "meta") -> nn.Mod
         return timm.create_model(name, **args)
 
 
-def timm_model_args(name: str, create_kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """create_kwargs plus the `mlp_ratio` a reduced MLP width needs (one width for every block)."""
+def timm_model_args(name: str, create_kwargs: dict[str, Any], architecture: Architecture) -> dict[str, Any]:
+    """create_kwargs plus the `mlp_ratio` the run's MLP width needs, from the architecture the run recorded."""
+    from jobs.models import model_shape
+
     args = dict(create_kwargs)
-    widths = {v.shape[0]: v.shape[1] for k, v in state.items() if k.startswith("blocks.") and k.endswith(".mlp.fc1.weight")}
-    if len(widths) == 1:
-        (hidden, dim), = widths.items()
-        plain = _plain_timm(name, args).state_dict().get("blocks.0.mlp.fc1.weight")
-        if plain is not None and plain.shape[0] != hidden:
-            args["mlp_ratio"] = _mlp_ratio_for(hidden, dim)
+    if model_shape(name, **args).mlp_hidden != architecture.mlp_hidden:
+        args["mlp_ratio"] = _mlp_ratio_for(architecture.mlp_hidden, architecture.embed_dim)
     return args
 
 
@@ -267,11 +276,15 @@ def _write_dir(out_dir: Path, config: dict[str, Any], tensors: dict[str, torch.T
 
 
 def export_model(model: nn.Module, spec: RunSpec, out_dir: Path, *, weights: Weights | None = None,
-                 force: bool = False) -> ExportResult:
-    """Write `model` (built from `spec`, strategies applied, weights loaded) in timm's layout."""
+                 force: bool = False, architecture: Architecture | None = None) -> ExportResult:
+    """Write `model` (built from `spec`, strategies applied, weights loaded) in timm's layout; `architecture`:
+    what the run recorded (default: what `spec` builds, jobs.models.architecture)."""
+    from jobs.models import architecture as built
+
     tensors, aliases = untied(model.state_dict())
     name = spec.model.name
-    args = timm_model_args(name, spec.create_kwargs(), tensors)
+    architecture = architecture or Architecture(**built(name, spec.strategies, **spec.create_kwargs()))
+    args = timm_model_args(name, spec.create_kwargs(), architecture)
     problems = timm_problems(name, args, tensors)
     diff = None
     if not problems:
@@ -314,15 +327,15 @@ def export_run(run_dir: Path, out_dir: Path, weights: str = "best", force: bool 
 
     if weights not in WEIGHT_SOURCES:
         raise ExportError(f"--weights {weights!r}: valid choices are {', '.join(WEIGHT_SOURCES)}")
-    spec = read_run_spec(run_dir)
+    spec, recorded = read_run_spec(run_dir)
     found = WEIGHT_SOURCES[weights](Path(run_dir))
     model = build_model(spec.model.name, spec.strategies, **spec.create_kwargs())
     try:
         ckpt.load_model_state(model, ckpt.pack_state(found.state))
     except RuntimeError as exc:
-        raise ExportError(f"{found.source} does not fit the model of {Path(run_dir) / SPEC_FILE}: "
+        raise ExportError(f"{found.source} does not fit the model of {Path(run_dir) / SPEC_JSON}: "
                           f"{str(exc).splitlines()[0]}") from None
-    return export_model(model, spec, out_dir, weights=found, force=force)
+    return export_model(model, spec, out_dir, weights=found, force=force, architecture=recorded.architecture)
 
 
 # ---- load -------------------------------------------------------------------------------------

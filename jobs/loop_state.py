@@ -106,10 +106,6 @@ def build_start(spec: RunSpec) -> weights.Start:
                                weights.Place.of(spec), keep_unreduced=keep)
 
 
-def build_initial_model(spec: RunSpec) -> nn.Module:
-    return build_start(spec).model
-
-
 def _static_columns(spec: RunSpec, model: nn.Module) -> dict:
     stats = model_stats(model, spec.img_size)
     return {

@@ -57,6 +57,22 @@ def _build_shape_or_error(model: str, create_kwargs: dict[str, Any]) -> ModelSha
         return f"model {model} cannot be created with {create_kwargs}: {str(exc).splitlines()[0]}"
 
 
+def architecture(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any
+                 ) -> dict[str, int]:
+    """Depth, width, heads and MLP hidden width of the model a run builds (strategies applied), from a meta-device
+    instance: what the run records in spec.json (rundir.record.Architecture), so no reader works them out."""
+    parsed = [(get_strategy(s.name), s.params) for s in as_specs(strategies)]
+    for strategy, params in parsed:
+        if strategy.stage == "create":
+            create_kwargs = strategy.apply(create_kwargs, params)
+    shape = model_shape(model, **create_kwargs)
+    for strategy, params in parsed:
+        if strategy.stage == "post":
+            shape = params.shape_after(shape)
+    return {"depth": shape.depth, "embed_dim": shape.embed_dim, "num_heads": shape.num_heads,
+            "mlp_hidden": shape.mlp_hidden}
+
+
 def check(model: str, strategies: Iterable[StrategySpec | dict | str] = (), **create_kwargs: Any) -> list[str]:
     """Every problem with this model + strategies combination, one line each ([] when fine)."""
     errors: list[str] = []

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from rundir import RUN_PREFIX, run_condition, run_source
+
 SourceKind = Literal["random", "pretrained", "file", "local-dir", "run"]
 FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -21,7 +23,7 @@ class Source:
 
     def __str__(self) -> str:
         return {"random": "random", "pretrained": "pretrained", "local-dir": f"local-dir:{self.value}",
-                "run": f"run:{self.value}"}.get(self.kind, self.value)
+                "run": run_source(self.value)}.get(self.kind, self.value)
 
 
 def parse_source(text: str, field: str = "model.init") -> Source:
@@ -29,10 +31,10 @@ def parse_source(text: str, field: str = "model.init") -> Source:
     text = str(text).strip()
     if text in ("random", "pretrained"):
         return Source(text)  # type: ignore[arg-type]
-    if text.startswith("run:"):
-        cond = text[4:].strip()
+    cond = run_condition(text)
+    if cond is not None:
         if not cond:
-            raise WeightsError(f"{field}: 'run:' needs a condition name, e.g. run:baseline")
+            raise WeightsError(f"{field}: '{RUN_PREFIX}' needs a condition name, e.g. {run_source('baseline')}")
         return Source("run", cond)
     if text.startswith("local-dir:"):
         return Source("local-dir", text[len("local-dir:"):].strip())

@@ -32,6 +32,7 @@ from jobs.overrides import apply_overrides, submodel
 from jobs.run_logger import LoggingConfig
 from jobs.sources import WeightsError, absolute, parse_source
 from jobs.strategies import StrategySpec
+from rundir import SPEC_FILE, atomic_write_text, write_spec_record
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\-]*$")
 
@@ -215,6 +216,15 @@ class RunSpec(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def record(self, run_dir: Path) -> None:
+        """Record the spec a run starts with: spec.yaml for people, spec.json (with the architecture it builds)
+        for the code (rundir.record reads it)."""
+        from jobs.models import architecture  # imports timm, like semantic_errors below
+
+        atomic_write_text(Path(run_dir) / SPEC_FILE, self.to_yaml())
+        write_spec_record(run_dir, self.model_dump(mode="json"),
+                          architecture(self.model.name, self.strategies, **self.create_kwargs()))
 
 
 def resolve_data_paths(data: DataConfig, root: Path) -> DataConfig:

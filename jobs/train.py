@@ -37,7 +37,6 @@ from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, rng_isolated, seed_everything
 from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError
-from rundir import SPEC_FILE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -313,7 +312,7 @@ def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) ->
         if data_errors:
             raise SpecError(data_errors)
         if rank0:
-            (run_dir / SPEC_FILE).write_text(spec.to_yaml())
+            spec.record(run_dir)
             run_files.write_status(run_dir, "running", 0, epochs)
         with _weights_errors():
             state = build_state(spec, ctx, hooks or Hooks(), log)

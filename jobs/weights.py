@@ -274,13 +274,13 @@ def check_init(init: str, model_name: str, create_kwargs: dict[str, Any], place:
 
 
 def create_initial(model_name: str, create_kwargs: dict[str, Any], init: str, place: Place | None,
-                   field: str = "model.init") -> tuple[nn.Module, Path | None]:
-    """The model before strategies, with its starting weights; and the file they came from."""
+                   field: str = "model.init") -> nn.Module:
+    """The model before strategies, with its starting weights."""
     source = parse_source(init, field)
     path = weights_path(source, model_name, place, field)
     if path is None:
-        return timm.create_model(model_name, **create_kwargs), None
-    return create_with_weights(model_name, create_kwargs, source, path, field), path
+        return timm.create_model(model_name, **create_kwargs)
+    return create_with_weights(model_name, create_kwargs, source, path, field)
 
 
 @dataclass
@@ -289,7 +289,6 @@ class Start:
 
     model: nn.Module
     unreduced: nn.Module | None   # a copy taken after loading, before strategies (kept on request)
-    init_path: Path | None        # the file the starting weights came from; None for random
 
 
 def build_start(model_name: str, strategies: list, create_kwargs: dict[str, Any], init: str = "random",
@@ -299,13 +298,13 @@ def build_start(model_name: str, strategies: list, create_kwargs: dict[str, Any]
 
     from jobs.models import build_model
 
-    kept: dict[str, Any] = {"unreduced": None, "path": None}
+    kept: dict[str, Any] = {"unreduced": None}
 
     def create(name: str, **kwargs: Any) -> nn.Module:
-        net, kept["path"] = create_initial(name, kwargs, init, place)
+        net = create_initial(name, kwargs, init, place)
         if keep_unreduced:
             kept["unreduced"] = copy.deepcopy(net)
         return net
 
     model = build_model(model_name, strategies, create_fn=create, **create_kwargs)
-    return Start(model, kept["unreduced"], kept["path"])
+    return Start(model, kept["unreduced"])

@@ -59,7 +59,7 @@ def tune_loggers() -> list:
     return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
-def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
+def plan_without_queue(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
     """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
     return make_plan(kind, config, runs, study, resume=resume)
 
@@ -84,7 +84,7 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
     study_dir = Path(runs[0].run_dir).parent
     try:
         with study_lock(study_dir):
-            plan = plan_runs(kind, config, runs, study, resume=resume)
+            plan = plan_without_queue(kind, config, runs, study, resume=resume)
             if plan.errors:
                 return print_errors(f"{config} cannot start", plan.errors), study_dir
             print(f"live curves: tensorboard --logdir {study_dir.resolve()}", flush=True)

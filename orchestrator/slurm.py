@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan_runs(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, opts: SlurmOptions,
-              record: dict) -> Plan:
+def plan_against_queue(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *,
+                       opts: SlurmOptions, record: dict) -> Plan:
     """The shared plan, with the runs whose job is still in the queue left to it (a study submitted before is
     existing output too: without --resume it is refused like a run folder with output)."""
     plan = make_plan(kind, config, runs, study, resume=opts.resume,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with study_lock(study_dir):
             record = read_jobs(study_dir)
-            plan = plan_runs(kind, args.config, runs, study, opts=opts, record=record)
+            plan = plan_against_queue(kind, args.config, runs, study, opts=opts, record=record)
             if plan.errors:
                 return print_errors(f"cannot submit {args.config}", plan.errors)
             return _submit_plan(plan, record, opts)

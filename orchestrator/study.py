@@ -30,12 +30,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from jobs.dependencies import check_study, run_sources
+from jobs.dependencies import run_sources
 from jobs.overrides import apply_overrides, field_path_error, parse_value, set_dotted
 from jobs.spec import ResourcesConfig, RunSpec, SpecError, format_validation_error, read_yaml, validate_spec
 from orchestrator.resources import ClusterShape, check_fits
 from rundir import write_index
-from rundir.stages import needed_conditions
+from rundir.stages import check_dependencies, needed_conditions
 
 STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
@@ -104,10 +104,6 @@ class StudySpec(BaseModel):
     def sweep(self) -> SweepOptions:
         return self.axes.sweep
 
-    def expand(self) -> list[RunSpec]:
-        """One RunSpec per run (condition x grid point x seed), run_ids unique and stable."""
-        return list(self.runs)
-
     def write_index(self) -> Path:
         """runs.json in the study dir: what each run folder is (condition, ablation, seed)."""
         # `needs`: the conditions a run starts from or learns from, so a copied folder still has its stage graph.
@@ -167,7 +163,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         axes = _without_bad_axes(axes)
     runs, run_errors, invalid = _expand(axes, base)
     errors.extend(run_errors)
-    errors.extend(check_study(runs, run_sources))  # run:<condition> names, cycles, grids
+    errors.extend(check_dependencies(runs, run_sources))  # run:<condition> names, cycles, grids
     judged = runs + invalid
     if cluster is not None and judged:
         errors.extend(check_fits(judged, cluster))

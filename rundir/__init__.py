@@ -1,6 +1,7 @@
 """The run-directory contract, at the bottom of every layer: what a study folder and its run folders hold.
 
-File names (`names`), the metrics schema (`schema`) and its file (`metrics`), status.json (`status`), the one
+A run folder as one typed record (`record`: the recorded spec.json, status, state, metrics, best export), file
+names (`names`), the metrics schema (`schema`) and its file (`metrics`), status.json (`status`), the one
 definition of a run's state (`state`), events.log (`events`), the study index runs.json (`index`), strategy
 expressions (`expression`), atomic writes (`atomic`) and the one-line error printer (`errors`).
 Only the standard library and pyarrow: `jobs`, `orchestrator` and `analysis` all import it, it imports none.
@@ -21,6 +22,8 @@ from rundir.metrics import (
 )
 from rundir.names import (
     BENCH_FILE,
+    BEST_DIR,
+    BEST_WEIGHTS,
     CHECKPOINT_DIR,
     EVENTS_FILE,
     LOCK_FILE,
@@ -28,27 +31,48 @@ from rundir.names import (
     RUN_MARKERS,
     RUNS_FILE,
     SPEC_FILE,
+    SPEC_JSON,
     STATUS_FILE,
+)
+from rundir.record import (
+    Architecture,
+    RecordedSpec,
+    RunRecord,
+    check_spec,
+    find_runs,
+    node_from_spec,
+    write_spec_record,
 )
 from rundir.schema import METRICS_COLUMNS, METRICS_SCHEMA, best_metric_column
 from rundir.stages import (
+    RUN_PREFIX,
     Node,
     blocker,
+    check_dependencies,
     condition_graph,
     dependencies,
     index_nodes,
-    node_from_spec,
+    named_conditions,
+    needed_conditions,
+    part_of,
+    run_condition,
+    run_source,
     stage_lines,
     stage_of,
 )
-from rundir.state import RunState, State, classify, run_state
+from rundir.state import RunState, State, run_state
 from rundir.status import RECORDED_STATES, check_status, read_status, write_status
 
 __all__ = [
-    "BENCH_FILE", "CHECKPOINT_DIR", "EVENTS_FILE", "EXIT_BAD_INPUT", "EXIT_LOCKED", "LOCK_FILE", "METRICS_COLUMNS",
-    "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS", "SPEC_FILE", "STATUS_FILE",
-    "EventLog", "MetricsError", "Node", "RunState", "State", "append_row", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "best_metric_column", "blocker", "check_metrics", "check_row", "check_status", "classify", "condition_graph", "dependencies", "epochs_done", "error_line",
-    "exception_line", "index_nodes", "node_from_spec", "parse_scalar", "print_error", "print_errors", "read_events", "read_index", "read_timed_events", "read_metrics",
-    "read_status", "run_state", "split_expression", "stage_lines", "stage_of", "truncate_after", "write_index", "write_status",
+    "BENCH_FILE", "BEST_DIR", "BEST_WEIGHTS", "CHECKPOINT_DIR", "EVENTS_FILE", "EXIT_BAD_INPUT", "EXIT_LOCKED",
+    "LOCK_FILE", "METRICS_COLUMNS", "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS",
+    "RUN_PREFIX", "SPEC_FILE", "SPEC_JSON", "STATUS_FILE",
+    "Architecture", "EventLog", "MetricsError", "Node", "RecordedSpec", "RunRecord", "RunState", "State",
+    "append_row", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "best_metric_column", "blocker",
+    "check_dependencies", "check_metrics", "check_row", "check_spec", "check_status", "condition_graph",
+    "dependencies", "epochs_done", "error_line", "exception_line", "find_runs", "index_nodes", "named_conditions",
+    "needed_conditions", "node_from_spec", "parse_scalar", "part_of", "print_error", "print_errors", "read_events",
+    "read_index", "read_metrics", "read_status", "read_timed_events", "run_condition", "run_source", "run_state",
+    "split_expression", "stage_lines", "stage_of", "truncate_after", "write_index", "write_spec_record",
+    "write_status",
 ]

@@ -1,14 +1,17 @@
 """The stage graph of a study: which run needs which, and which runs a failed dependency blocks.
 
-A run that names `run:<condition>` (in `model.init` or `distill.teacher.init`) needs the run of that condition
-with the same seed whose grid point is part of its own. The engines build the graph from their run specs, the
-analysis from the `spec.yaml` files of a copied study folder; both go through `Node`, so the graph is
-defined once. Only the standard library: rundir sits below every other package.
+A run of condition A with seed s at grid point g that names `run:B` (in `model.init` or
+`distill.teacher.init`) needs B's run with seed s whose grid point is part of g: every grid axis of B's run
+has the same value in A's run (A may sweep more axes, e.g. `strategy.shallow.keep_ratio`, that B does not
+use). These rules live here once: the engines build the graph from their run specs, the analysis from the
+recorded specs of a copied study folder (rundir.record), the starting job finds its teacher run with
+`part_of`, and `check_dependencies` reports every problem of a study before anything runs. Only the standard
+library: rundir sits below every other package.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,37 +28,35 @@ class Node:
     needs: tuple[str, ...] = ()  # conditions named by run:<condition>
 
 
-def _get(raw: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
+def run_condition(source: Any) -> str | None:
+    """The condition a `run:<condition>` source string names ("" when the name is missing), None for any other
+    source."""
+    if not isinstance(source, str) or not source.strip().startswith(RUN_PREFIX):
+        return None
+    return source.strip()[len(RUN_PREFIX):].strip()
+
+
+def run_source(condition: str) -> str:
+    """The source string that names the run of `condition`: `run:<condition>`."""
+    return f"{RUN_PREFIX}{condition}"
+
+
+def named_conditions(sources: Mapping[str, Any]) -> dict[str, str]:
+    """{field: condition} for every `run:<condition>` among {field: source string} (others ignored)."""
+    return {f: c for f, s in sources.items() if (c := run_condition(s))}
 
 
 def needed_conditions(sources: Iterable[Any]) -> tuple[str, ...]:
-    """The condition names of every `run:<condition>` among source strings (others ignored)."""
-    out = []
-    for s in sources:
-        if isinstance(s, str) and s.strip().startswith(RUN_PREFIX):
-            name = s.strip()[len(RUN_PREFIX):].strip()
-            if name not in out:
-                out.append(name)
-    return tuple(out)
-
-
-def node_from_spec(run_id: str, raw: Mapping[str, Any]) -> Node:
-    """A node from a run spec as a plain mapping (spec.yaml, or a RunSpec's model_dump)."""
-    return Node(run_id, str(raw.get("condition") or ""), raw.get("seed"), dict(raw.get("ablation") or {}),
-                needed_conditions(_get(raw, f) for f in SOURCE_FIELDS))
+    """The condition names of every `run:<condition>` among source strings, each once, in order."""
+    return tuple(dict.fromkeys(c for s in sources if (c := run_condition(s))))
 
 
 def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _part_of(dependency: Mapping[str, Any], dependent: Mapping[str, Any]) -> bool:
+def part_of(dependency: Mapping[str, Any], dependent: Mapping[str, Any]) -> bool:
+    """True when every grid axis of the `dependency` run's grid point has the same value in `dependent`'s."""
     return all(k in dependent and _same(dependent[k], v) for k, v in dependency.items())
 
 
@@ -66,7 +67,7 @@ def dependencies(nodes: Iterable[Node]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for n in nodes:
         out[n.run_id] = [d.run_id for cond in n.needs for d in nodes
-                         if d.condition == cond and d.seed == n.seed and _part_of(d.ablation, n.ablation)]
+                         if d.condition == cond and d.seed == n.seed and part_of(d.ablation, n.ablation)]
     return out
 
 
@@ -123,3 +124,59 @@ def stage_lines(nodes: Iterable[Node]) -> list[str]:
     stages = stage_of({c: [d for d in needs if d in graph] for c, needs in graph.items()})
     return [f"stage {stages[c]}: {c}" + (f" <- {', '.join(graph[c])}" if graph[c] else "")
             for c in sorted(graph, key=lambda c: (stages[c], c))]
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Each cycle of the condition graph once, as a path that returns to its start."""
+    found, seen_sets = [], set()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                key = frozenset(cycle)
+                if key not in seen_sets:
+                    seen_sets.add(key)
+                    found.append(cycle)
+            elif state.get(nxt) is None:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if state.get(node) is None:
+            visit(node, [node])
+    return found
+
+
+def check_dependencies(runs: Iterable[Any], sources_of: Callable[[Any], Mapping[str, Any]]) -> list[str]:
+    """Every dependency problem of a study's expanded runs, one line each: unknown names, grids that do not
+    line up, cycles. `runs` have `.run_id`, `.condition`, `.seed`, `.ablation`; `sources_of(run)` gives its
+    {field: source string} (e.g. {"model.init": "run:baseline"})."""
+    runs = list(runs)
+    conditions = {r.condition for r in runs}
+    errors: list[str] = []
+    edges: dict[str, set[str]] = {}
+    reported: set[tuple] = set()
+    for run in runs:
+        for source_field, cond in named_conditions(sources_of(run)).items():
+            edges.setdefault(run.condition, set()).add(cond)
+            if cond not in conditions:
+                if (run.condition, source_field, cond) not in reported:
+                    reported.add((run.condition, source_field, cond))
+                    errors.append(f"condition {run.condition}: {source_field} names {run_source(cond)}, which is not "
+                                  f"a condition of this study (conditions: {', '.join(sorted(conditions))}); fix the name")
+                continue
+            matches = [d for d in runs if d.condition == cond and d.seed == run.seed and part_of(d.ablation, run.ablation)]
+            if len(matches) != 1:
+                what = "no run" if not matches else f"{len(matches)} runs"
+                errors.append(
+                    f"run {run.run_id}: {source_field} {run_source(cond)} has {what} with seed {run.seed} and a grid "
+                    f"point within {json.dumps(run.ablation, sort_keys=True, default=str)}; give {cond} the same "
+                    f"seeds and only grid axes that {run.condition} also sweeps"
+                )
+    for cycle in _cycles(edges):
+        errors.append(f"conditions {' -> '.join(cycle)} form a cycle through {RUN_PREFIX}; a condition cannot need "
+                      "itself")
+    return errors

@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 from rundir.metrics import check_metrics, epochs_done, footer_rows
-from rundir.names import CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, STATUS_FILE
+from rundir.names import CHECKPOINT_DIR, METRICS_FILE, SPEC_FILE, SPEC_JSON, STATUS_FILE
 from rundir.status import check_status
 
 
@@ -32,14 +32,15 @@ class State(str, Enum):
 class RunState:
     state: State
     epochs_done: int          # highest epoch in metrics.parquet or status.json
-    epochs_total: int | None  # what the spec asks for now (or what the run recorded, when no spec is given)
+    epochs_total: int | None  # what the spec asks for now (else what status.json, else the metrics recorded)
     started: bool             # the folder holds any of the run's files
     reason: str | None = None  # the recorded error of a failed run, the problem of a blocked one
     blocked_by: str | None = None  # the failed or blocked run of an earlier stage this run needs
 
-    def stuck(self) -> bool:
-        """Cannot finish without the user: failed, blocked, or blocked by a dependency."""
-        return self.state in (State.FAILED, State.BLOCKED) or self.blocked_by is not None
+    def unreadable(self, problem: str | None) -> "RunState":
+        """This state, or blocked by `problem` when a reader found the folder's files unusable (e.g. a metrics
+        column of the wrong type that the footer alone does not show)."""
+        return self if problem is None else replace(self, state=State.BLOCKED, reason=problem)
 
     def waiting_for(self, run_id: str | None) -> "RunState":
         """This state, blocked by `run_id` (a finished run is never blocked)."""
@@ -90,22 +91,24 @@ def run_state(run_dir: Path | str, epochs_wanted: int | None = None) -> RunState
     """Where the run in `run_dir` stands; `epochs_wanted` is the spec's train.epochs today (None: the run's
     own record decides, as for a study folder copied off the cluster)."""
     run_dir = Path(run_dir)
-    started = any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_DIR, SPEC_FILE))
+    started = any((run_dir / name).exists() for name in (STATUS_FILE, METRICS_FILE, CHECKPOINT_DIR, SPEC_JSON, SPEC_FILE))
     status, problem = check_status(run_dir)
     if not problem and _finished_per_footer(run_dir, status, epochs_wanted):
         # A large study's --resume or status: a finished run is known from status.json and the metrics file's
         # footer (one row per epoch) without reading its rows.
         return RunState(State.FINISHED, int(status["epoch"]), epochs_wanted or status.get("epochs_total"), True)
     table, errors, _ = check_metrics(run_dir)
-    recorded_total = (status or {}).get("epochs_total")
-    total = epochs_wanted if epochs_wanted is not None else recorded_total
+    total = epochs_wanted if epochs_wanted is not None else (status or {}).get("epochs_total")
+    if total is None and table is not None and table.num_rows:
+        # No spec and no status.json (a folder whose status file was not copied): the rows say what was planned.
+        total = max((t for t in table.column("epochs_total").to_pylist() if t is not None), default=None)
     if problem or errors:
         return RunState(State.BLOCKED, int((status or {}).get("epoch") or 0), total, True,
                         problem or errors[0])
     # status.json is written after the epoch's row, so the metrics normally hold at least its epoch; a status
     # written around a requeue may know a checkpoint's epoch before any row of this job exists.
     done = max(epochs_done(table), int((status or {}).get("epoch") or 0))
-    state = classify(status, done, epochs_wanted)
+    state = classify(status, done, total)
     if state is State.FINISHED and (table is None or table.num_rows == 0) and not done:
         # `train.epochs: 0` is done by its one row at epoch 0; an empty folder has done nothing.
         state = State.UNFINISHED

@@ -10,9 +10,9 @@ import timm
 import torch
 
 from jobs import checkpoint as ckpt
-from jobs.dependencies import check_study, resolve_run_export
+from jobs.dependencies import resolve_run_export
 from jobs.spec import SpecError, load_spec
-from rundir import CHECKPOINT_DIR, SPEC_FILE, write_status
+from rundir import CHECKPOINT_DIR, check_dependencies, write_status
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 KW = dict(num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
@@ -32,14 +32,14 @@ def test_study_checks_report_every_problem_at_once():
         _run("b-s0", "b", 0, teacher="run:a"),
         _run("typo-s0", "typo", 0, init="run:baseline2"),
     ]
-    errors = check_study(runs, lambda r: r.sources)
+    errors = check_dependencies(runs, lambda r: r.sources)
     assert all("\n" not in e for e in errors)
     assert any("run:baseline2, which is not a condition" in e for e in errors)
     assert any("conditions a -> b -> a form a cycle" in e for e in errors)
     # pruned sweeps keep_ratio; recovered does not: its run:pruned has no run within its grid point
     assert any(e.startswith("run recovered-s0: model.init run:pruned has no run with seed 0") for e in errors)
     assert len(errors) == 3
-    ok = check_study(runs[:2], lambda r: r.sources)
+    ok = check_dependencies(runs[:2], lambda r: r.sources)
     assert ok == []
 
 
@@ -48,7 +48,7 @@ def _write_baseline(study_dir: Path, demo_data, state: str = "finished", best: b
                             f"study={study_dir.name}", "run_id=baseline-s0", "condition=baseline", "seed=0"])
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True)
-    (run_dir / SPEC_FILE).write_text(spec.to_yaml())
+    spec.record(run_dir)
     write_status(run_dir, state, 5 if state == "finished" else 2, 5)
     if best:
         model = timm.create_model("vit_tiny_patch16_224", **KW)

@@ -22,10 +22,10 @@ from jobs import checkpoint as ckpt
 from jobs.__main__ import main as jobs_main
 from jobs.export import CONFIG_FILE, OURS, WEIGHTS_FILE, ExportError, export_model
 from jobs.local import LocalContext
-from jobs.models import build_model
+from jobs.models import architecture, build_model
 from jobs.spec import load_spec
 from jobs.train import train_loop
-from rundir import CHECKPOINT_DIR, read_metrics
+from rundir import CHECKPOINT_DIR, RunRecord, read_metrics
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 OUR_PACKAGES = ("jobs", "data", "orchestrator", "analysis")
@@ -215,9 +215,28 @@ def test_a_model_timm_cannot_express_is_exported_for_jobs_load_and_says_so(demo_
 def test_export_errors_are_one_line_and_name_the_fix(trained, exported, tmp_path, capsys):
     out, _ = exported
     assert jobs_main(["export", str(tmp_path), str(tmp_path / "x")]) == 2
-    assert "spec.yaml is missing" in capsys.readouterr().err
+    assert "spec.json is missing" in capsys.readouterr().err
     assert jobs_main(["export", str(trained.run_dir), str(out / "best")]) == 2
     err = capsys.readouterr().err
     assert "exists and is not empty" in err and "--force" in err
     with pytest.raises(ExportError, match="not an export"):
         jobs.load(tmp_path)
+
+
+@pytest.mark.parametrize("strategies", [[], [{"name": "shallow", "params": {"keep_ratio": 0.3}}],
+                                        [{"name": "grouped", "params": {"group_size": 2}}]])
+def test_the_recorded_architecture_is_the_built_models(strategies):
+    """What spec.json records (and export rebuilds timm's mlp_ratio from) is what build_model builds."""
+    kw = dict(num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=40, num_heads=2)
+    with torch.device("meta"):
+        net = build_model("vit_tiny_patch16_224", strategies, **kw)
+    built = {"depth": len(net.blocks), "embed_dim": net.embed_dim, "num_heads": net.blocks[0].attn.num_heads,
+             "mlp_hidden": net.blocks[0].mlp.fc1.out_features}
+    assert architecture("vit_tiny_patch16_224", strategies, **kw) == built
+
+
+def test_the_trained_run_recorded_its_spec_and_architecture(trained):
+    spec = RunRecord.read(trained.run_dir).spec
+    assert spec.run_id == trained.run_id and spec.epochs == trained.train.epochs
+    arch = spec.architecture  # the demo ViT: width 64, 4 blocks, MLP 256 wide before shallow's 0.5
+    assert (arch.depth, arch.embed_dim, arch.mlp_hidden) == (4, 64, 128)

@@ -14,7 +14,7 @@ import torch
 from jobs import recipe
 from jobs.accounting import model_stats
 from jobs.local import LocalContext
-from jobs.loop_state import Hooks, build_initial_model
+from jobs.loop_state import Hooks, build_start
 from jobs.models import build_model
 from jobs.spec import load_spec
 from jobs.train import evaluate, train_loop
@@ -101,7 +101,7 @@ def test_bf16_autocast_end_to_end_through_train_loop(synth_betons, tmp_path):
 def test_channels_last_gives_the_same_forward_and_gradients(amp, synth_betons, tmp_path):
     # no drop-path: its random draws would differ between the two forward passes
     spec = _spec(synth_betons, tmp_path, f"train.amp_cpu={str(amp).lower()}", "model.drop_path_rate=0.0")
-    model = build_initial_model(spec)
+    model = build_start(spec).model
     other = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     xl = x.contiguous(memory_format=torch.channels_last)
@@ -122,7 +122,7 @@ def test_compiled_training_step_and_evaluation_match_eager_on_cpu_inductor(synth
     # no drop-path: inductor draws its own random numbers, so eager and compiled would drop different paths
     spec = _spec(synth_betons, tmp_path, "train.mixup=0.8", "train.cutmix=1.0", "model.drop_path_rate=0.0")
     device = torch.device("cpu")
-    eager = build_initial_model(spec)
+    eager = build_start(spec).model
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, backend="inductor")
     mixup = recipe.build_mixup(spec.train, spec.model.num_classes)

@@ -49,14 +49,14 @@ def errors_of(path: Path, overrides=(), **kw) -> list[str]:
 def test_expansion_ids_conditions_and_ablation(tmp_path, demo_data):
     path = write_study(tmp_path, demo_data, grid={"strategy.shallow.keep_ratio": [0.25, 0.5], "train.lr": [0.001]})
     study = load_study(path)
-    ids = [r.run_id for r in study.expand()]
+    ids = [r.run_id for r in study.runs]
     assert ids == [
         "baseline-lr=0.001-s0", "baseline-lr=0.001-s1",
         "grouped-lr=0.001-s0", "grouped-lr=0.001-s1",
         "shallow-keep_ratio=0.25-lr=0.001-s0", "shallow-keep_ratio=0.25-lr=0.001-s1",
         "shallow-keep_ratio=0.5-lr=0.001-s0", "shallow-keep_ratio=0.5-lr=0.001-s1",
     ]
-    assert ids == [r.run_id for r in load_study(path).expand()]  # deterministic
+    assert ids == [r.run_id for r in load_study(path).runs]  # deterministic
     by_id = {r.run_id: r for r in study.runs}
     r = by_id["shallow-keep_ratio=0.25-lr=0.001-s1"]
     assert r.seed == 1 and r.condition == "shallow" and r.train.lr == 0.001
@@ -72,7 +72,7 @@ def test_model_axis_and_condition_overrides(tmp_path, demo_data):
     path = write_study(tmp_path, demo_data, seeds=[3], grid={"model": ["vit_tiny_patch16_224", "vit_small_patch16_224"]},
                        conditions={"thin": {"strategies": [{"name": "thin", "params": {"mlp_ratio": 2.0}}],
                                             "overrides": {"train.epochs": 7}}})
-    runs = load_study(path).expand()
+    runs = load_study(path).runs
     assert [r.run_id for r in runs] == ["thin-model=vit_tiny_patch16_224-s3", "thin-model=vit_small_patch16_224-s3"]
     assert [r.model.name for r in runs] == ["vit_tiny_patch16_224", "vit_small_patch16_224"]
     assert all(r.train.epochs == 7 for r in runs)
@@ -128,7 +128,7 @@ def test_missing_data_and_cluster_too_small(tmp_path, demo_data):
 def test_check_fits_counts_gpus_per_cluster(tmp_path, demo_data):
     path = write_study(tmp_path, demo_data, resources={"num_workers": 4, "use_gpu": True, "cpus_per_worker": 1,
                                                        "gpus_per_worker": 1})
-    runs = load_study(path).expand()
+    runs = load_study(path).runs
     assert check_fits(runs, ClusterShape(cpus=64, gpus=8, node_cpus=32, node_gpus=4)) == []
     (err,) = check_fits(runs, ClusterShape(cpus=64, gpus=2, node_cpus=32, node_gpus=2))
     assert "4 workers x 1 GPUs > 2 GPUs" in err

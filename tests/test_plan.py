@@ -25,8 +25,8 @@ def plan_for(engine: str, config: Path, overrides: list[str], *, resume: bool):
     """What `sweep`/`run` (ray) or `slurm` would do with this config now."""
     kind, runs, study = load_config(config, overrides)
     if engine == "ray":
-        return ray_run.plan_runs(kind, config, runs, study, resume=resume)
-    return slurm.plan_runs(kind, config, runs, study, opts=SlurmOptions(resume=resume),
+        return ray_run.plan_without_queue(kind, config, runs, study, resume=resume)
+    return slurm.plan_against_queue(kind, config, runs, study, opts=SlurmOptions(resume=resume),
                            record=read_jobs(runs[0].run_dir.parent))
 
 
@@ -111,7 +111,7 @@ def test_slurm_leaves_a_queued_run_to_its_job(study):
     assert queued.action is Action.QUEUED and "still queued as job 77 (RUNNING)" in queued.line()
     assert "baseline-s1" not in [s.run_id for s in plan.to_submit]
     assert record["runs"]  # a recorded study without --resume is refused by slurm's planner
-    refused = slurm.plan_runs("study", study, runs, st, opts=SlurmOptions(), record=record)
+    refused = slurm.plan_against_queue("study", study, runs, st, opts=SlurmOptions(), record=record)
     assert any("already submitted" in e for e in refused.errors)
 
 

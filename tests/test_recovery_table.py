@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from analysis.recovery import add_source_columns, recovery_rows
+from rundir import RecordedSpec
 
 SHALLOW = [{"name": "shallow", "params": {"keep_ratio": 0.5}}]
 
@@ -26,9 +27,9 @@ def _runs() -> pd.DataFrame:
     ({"train": {"ema": True}, "checkpoint": {"best_metric": "top1"}}, 55.0),   # chosen explicitly
 ])
 def test_teacher_top1_is_its_best_export(teacher_spec, expected):
-    specs = {"baseline-s0": teacher_spec,
-             "recovered-s0": {"model": {"init": "run:baseline"}, "strategies": SHALLOW,
-                              "distill": {"teacher": "run:baseline", "loss": "soft"}}}
+    specs = {"baseline-s0": RecordedSpec(teacher_spec),
+             "recovered-s0": RecordedSpec({"model": {"init": "run:baseline"}, "strategies": SHALLOW,
+                                           "distill": {"teacher": "run:baseline", "loss": "soft"}})}
     rows = recovery_rows(add_source_columns(_runs(), specs), {"recovered-s0": ["baseline-s0"]})
     (row,) = rows.to_dict("records")
     assert row["teacher_run"] == "baseline-s0" and row["teacher_top1"] == expected

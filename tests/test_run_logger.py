@@ -20,7 +20,7 @@ from jobs.models import build_model
 from jobs.run_logger import RunLogger, mlflow_tracking_uri, wandb_run_id
 from jobs.spec import RunSpec, SpecError, validate_spec
 from jobs.strategies import StrategySpec
-from rundir.names import LAYER_STATS_FILE, SPEC_FILE
+from rundir.names import LAYER_STATS_FILE
 
 STEPS_PER_EPOCH = 10
 
@@ -196,7 +196,7 @@ def test_stability_table_and_figure_by_condition(tmp_path):
         spec = make_spec(tmp_path, layer_stats=True, every_steps=1).model_copy(
             update={"run_id": f"{condition}-s0", "condition": condition})
         train_steps(spec, 1, 8, grouped=grouped)
-        (spec.run_dir / SPEC_FILE).write_text(spec.to_yaml())  # what makes a folder a run folder
+        spec.record(spec.run_dir)  # what makes a folder a run folder
     text, files = layer_stats.report_section(tmp_path / "s", tmp_path)
     assert files["layer_stats_figure"].stat().st_size > 10_000
     assert layer_stats.TITLE in text and "| grouped | mlp |" in text

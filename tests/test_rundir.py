@@ -1,4 +1,5 @@
-"""rundir: the one run state, the strategy-expression parser without YAML, the study index."""
+"""rundir: the one run state, the run record (spec.json), the strategy-expression parser without YAML, the study
+index."""
 from __future__ import annotations
 
 import pytest
@@ -8,13 +9,19 @@ from rundir import (
     METRICS_COLUMNS,
     METRICS_FILE,
     RUNS_FILE,
+    SPEC_JSON,
+    RunRecord,
     State,
     append_row,
+    check_metrics,
+    named_conditions,
     parse_scalar,
     read_index,
+    run_condition,
     run_state,
     split_expression,
     write_index,
+    write_spec_record,
     write_status,
 )
 
@@ -53,7 +60,7 @@ def test_run_states(tmp_path):
     assert run_state(run, 5).state is State.UNFINISHED          # epochs raised since
     assert run_state(run).state is State.FINISHED               # no spec given: the run's own record
     (run / "status.json").unlink()
-    assert run_state(run).state is State.UNFINISHED             # no record of the total at all
+    assert run_state(run).state is State.FINISHED               # no status.json: the rows' epochs_total
     assert run_state(run, 3).state is State.FINISHED            # a folder whose status.json was not copied
     write_status(run, "failed", 3, 3, "OSError: disk full")
     assert run_state(run, 3).describe() == "failed at 3/3 epochs: OSError: disk full"
@@ -68,3 +75,37 @@ def test_index_round_trip(tmp_path):
     (tmp_path / RUNS_FILE).write_text("[1, 2]")
     index, problem = read_index(tmp_path)
     assert index == {} and "runs.json unreadable" in problem
+
+
+ARCH = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_hidden": 64}
+
+
+def test_run_record_reads_the_recorded_spec_typed(tmp_path):
+    spec = {"study": "s", "run_id": "pruned-s1", "condition": "", "seed": 1, "ablation": {"x": 2},
+            "strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}],
+            "model": {"name": "vit_tiny_patch16_224", "init": "run:baseline"}, "train": {"epochs": 3, "ema": True},
+            "checkpoint": {"best_metric": "auto"}, "distill": {"teacher": {"init": "run: teacher "}, "loss": "soft"}}
+    write_spec_record(tmp_path, spec, ARCH)
+    record = RunRecord.read(tmp_path)
+    got = record.spec
+    assert (got.condition, got.strategy, got.seed, got.ablation, got.model, got.epochs) == \
+        ("shallow", "shallow", 1, {"x": 2}, "vit_tiny_patch16_224", 3)  # no condition: the strategy label
+    assert got.needs == ("baseline", "teacher") and got.teacher == "run: teacher " and got.best_metric == "ema_top1"
+    assert got.architecture.expansion_ratio == 2.0
+    assert got.node().run_id == "pruned-s1" and record.best_export is None
+    assert record.state().describe() == "unfinished (0/? epochs)"
+    (tmp_path / SPEC_JSON).write_text("{not json")
+    broken = RunRecord.read(tmp_path)
+    assert broken.spec is None and broken.spec_problem.startswith(f"{SPEC_JSON} unreadable")
+
+
+def test_the_run_prefix_is_parsed_in_one_place():
+    assert run_condition(" run: baseline ") == "baseline" and run_condition("run:") == ""
+    assert run_condition("pretrained") is None and run_condition(None) is None
+    assert named_conditions({"model.init": "run:a", "distill.teacher.init": "x.pt"}) == {"model.init": "a"}
+
+
+def test_metrics_can_be_read_by_column(tmp_path):
+    _rows(tmp_path, 2, 2)
+    table, errors, _ = check_metrics(tmp_path, ("epoch", "top1"))
+    assert not errors and table.column_names == ["epoch", "top1"] and table.column("epoch").to_pylist() == [1, 2]

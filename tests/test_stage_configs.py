@@ -11,8 +11,7 @@ import yaml
 from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
-from rundir import stage_lines
-from rundir.stages import node_from_spec
+from rundir import node_from_spec, stage_lines
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_B = "vit_base_patch16_224"

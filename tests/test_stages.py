@@ -48,7 +48,7 @@ def test_blocker_looks_upstream_and_describe_says_blocked_by():
         blocker("rec-r0.5-s0", deps, {"base-s0": "failed"}) == "base-s0"
     assert blocker("rec-r0.5-s0", deps, {"base-s1": "failed"}) is None
     state = RunState(State.UNFINISHED, 0, 3, False).waiting_for("base-s0")
-    assert state.describe() == "blocked by base-s0" and state.stuck()
+    assert state.describe() == "blocked by base-s0" and state.blocked_by == "base-s0"
     assert RunState(State.FINISHED, 3, 3, True).waiting_for("base-s0").blocked_by is None
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.sources import WeightsError, absolute, parse_source
+from rundir import run_condition
 
 from .losses import LOSSES
 from .relations import RelationConfig
@@ -55,7 +56,7 @@ class TeacherSpec(_Strict):
 
     @property
     def is_run(self) -> bool:
-        return self.init.startswith("run:")
+        return run_condition(self.init) is not None
 
 
 class FeatureLossConfig(_Strict):

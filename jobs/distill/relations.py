@@ -182,7 +182,7 @@ class LayerCapture:
         qkvs = [getattr(getattr(b, "attn", None), "qkv", None) for b in blocks]
         if qkv and not all(isinstance(q, nn.Linear) for q in qkvs):
             raise ValueError(f"{type(model).__name__}: attention relations read `attn.qkv` (a Linear) in every block")
-        self.layers, self.want_qkv, self.want_hidden = list(layers), qkv, hidden
+        self.layers, self.want_hidden = list(layers), hidden
         self.prefix = getattr(model, "num_prefix_tokens", 0) if drop_prefix else 0
         self._wanted = set(self.layers)
         self._use, self._inside = -1, False
