@@ -163,7 +163,9 @@ def test_dgmr_epochs_follow_the_kept_width():
                        ("recovered_first", 0.25): 10, ("recovered_first_long", 0.5): 20}
 
 
-TIMM_TRAIN = dict(rrc_scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25)
+# every upstream evaluates Resize(bicubic) + CenterCrop
+TIMM_TRAIN = dict(rrc_scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25,
+                  val_interpolation="bicubic")
 TRANSFORMS = {
     # seed: timm train.py with vit_base_patch16_224's pretrained cfg (interpolation bicubic, crop 0.9, mean/std
     # 0.5) and timm's default --train-interpolation random; erasing after mixup (its prefetcher); RA x3
@@ -178,7 +180,7 @@ TRANSFORMS = {
                                  std=(0.229, 0.224, 0.225), erase_order="per_image", aug_repeats=3),
     # EVA-CLIP transform.py image_transform(is_train): RandomResizedCrop(scale (0.9, 1), bicubic), nothing else
     "configs/dgmr": dict(rrc_scale=(0.9, 1.0), hflip=0.0, auto_augment=None, reprob=0.0, p_bicubic=1.0,
-                         aug_repeats=1),
+                         aug_repeats=1, val_interpolation="bicubic"),
 }
 
 
@@ -188,7 +190,7 @@ def test_train_and_eval_transforms_follow_upstream(key):
     want = next(v for k, v in TRANSFORMS.items() if key.startswith(k))
     got = dict(rrc_scale=d.rrc_scale, hflip=d.hflip, auto_augment=d.auto_augment, reprob=d.reprob,
                p_bicubic=BICUBIC_PROBABILITY[d.train_interpolation], crop_pct=d.crop_pct, mean=d.mean, std=d.std,
-               erase_order=d.erase_order, aug_repeats=d.aug_repeats)
+               erase_order=d.erase_order, aug_repeats=d.aug_repeats, val_interpolation=d.val_interpolation)
     assert {k: got[k] for k in want} == want
     assert d.rrc_ratio == pytest.approx((3 / 4, 4 / 3))  # every upstream: torchvision/timm's default ratio
 
