@@ -227,3 +227,11 @@ def test_ema_of_a_shared_weight(mode):
     torch.testing.assert_close(ema_params["blocks.0.attn.qkv.weight"],
                                decay * start["blocks.0.attn.qkv.weight"] + (1 - decay) * alone.detach())
     assert ema.module.blocks[1].mlp.fc1.weight is ema.module.blocks[0].mlp.fc1.weight
+
+
+def test_switch_errors_and_the_logged_rule():
+    with pytest.raises(ValueError, match="warmup_prefix: epochs 2 must exceed warmup_epochs 2"):
+        TrainConfig(warmup_prefix=True, epochs=2, warmup_epochs=2)
+    TrainConfig(warmup_prefix=True, epochs=0, warmup_epochs=2)  # evaluation only: no schedule
+    swin = RUNS["configs/minivit/mini_swin_style_deit_small.yaml"].train
+    assert swin.lr_rule(8).endswith("stepped per update, warmup_lr 1e-06 and min_lr 1e-05 scaled alike")
