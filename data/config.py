@@ -55,6 +55,12 @@ class DataConfig(BaseModel):
     crop_pct: float = Field(0.9, gt=0, le=1,
                             description="Validation center crop: crop side / shorter image side (timm; 0.9 is "
                                         "vit_base_patch16_224's, 0.875 timm's generic default).")
+    val_interpolation: Literal["area", "bicubic"] = Field(
+        "area",
+        description="Resize of the validation crop: area = FFCV's center-crop decoder (OpenCV INTER_AREA); "
+                    "bicubic = PIL's antialiased bicubic of the full-resolution crop (timm's, DeiT's, Swin's eval "
+                    "resize, up to where the filter reads at the crop's border).",
+    )
     # normalisation
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean of [0, 1] pixels.")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std of [0, 1] pixels.")

@@ -23,7 +23,7 @@ from numba import njit
 
 from . import jpegcrop
 from .resample import bicubic_resize
-from .rng import batch_key, bicubic_draw, flip_draw, rrc_params, sample_key
+from .rng import batch_key, bicubic_draw, center_crop_params, flip_draw, rrc_params, sample_key
 
 
 @njit(cache=True, nogil=True)
@@ -109,12 +109,15 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
     anti-aliasing needed) and ffcv's INTER_AREA (OpenCV) otherwise. A sample that
     rng.bicubic_draw(key, p_bicubic) selects is resized bicubic instead (data.resample, PIL's
     arithmetic), for timm's `random` (p 0.5) and `bicubic` (p 1) train interpolation.
+    With center_pct > 0 the crop is the validation center crop instead (rng.center_crop_params; FFCV's
+    CenterCropRGBImageDecoder geometry), for `data.val_interpolation: bicubic`.
     """
 
     def __init__(self, output_size: tuple[int, int], salt: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                  dct_scaling: bool = True, hflip: float = 0.0, fast_resize: bool = True, crop_decode: bool = True,
-                 p_bicubic: float = 0.0):
+                 p_bicubic: float = 0.0, center_pct: float = 0.0):
         super().__init__(output_size)
+        self.center_pct = float(center_pct)  # > 0: the validation center crop (rng.center_crop_params) instead
         self.p_bicubic = float(p_bicubic)
         self.crop_decode = crop_decode
         self.hflip = float(hflip)
@@ -145,6 +148,8 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
         p_flip = self.hflip
         p_bicubic = self.p_bicubic
         fast = self.fast_resize
+        center_pct = self.center_pct
+        center = center_pct > 0
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
@@ -157,7 +162,10 @@ class KeyedRandomResizedCropDecoder(ResizedCropRGBImageDecoder):
                 height = np.uint32(field["height"])
                 width = np.uint32(field["width"])
                 key = sample_key(bkey, dst_ix)
-                i, j, h, w = rrc_params(key, height, width, s_lo, s_hi, r_lo, r_hi)
+                if center:
+                    i, j, h, w = center_crop_params(height, width, center_pct)
+                else:
+                    i, j, h, w = rrc_params(key, height, width, s_lo, s_hi, r_lo, r_hi)
                 if field["mode"] == jpg:
                     d = dct_denominator(h, w, out_h, out_w, max_denom)
                     sh = (height + d - 1) // d
@@ -229,6 +237,9 @@ class FfcvSource:
         if train:
             decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, scale, ratio, dct_scaling, hflip,
                                                     fast_resize, crop_decode, p_bicubic)
+        elif p_bicubic > 0:  # val_interpolation bicubic: full-resolution decode (no DCT scaling), PIL's bicubic
+            decoder = KeyedRandomResizedCropDecoder((img_size, img_size), salt, dct_scaling=False,
+                                                    crop_decode=crop_decode, p_bicubic=1.0, center_pct=crop_pct)
         else:
             decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)
         image = [decoder, ToTensor()]

@@ -42,11 +42,10 @@ def _ffcv_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callab
 
     if not kw["train"]:
         kw.pop("hflip", None)
-        kw.pop("p_bicubic", None)
     else:
         kw["dct_scaling"] = cfg.dct_scaling
         kw["fast_resize"] = cfg.fast_resize
-        kw["crop_decode"] = cfg.crop_decode
+    kw["crop_decode"] = cfg.crop_decode
     order_fn = make_order(int(Reader(str(path)).num_samples))
     return FfcvSource(path, order_fn=order_fn, os_cache=cfg.os_cache, batches_ahead=cfg.batches_ahead, **kw)
 
@@ -143,7 +142,8 @@ def build_val_loader(cfg: DataConfig, *, batch_size: int, rank: int = 0, world_s
     source = BACKENDS[cfg.backend](
         cfg, cfg.val_path, train=False, make_order=lambda n: partial(_val_order, n=n, rank=rank, world_size=world_size),
         batch_size=batch_size, img_size=cfg.img_size,
-        num_workers=cfg.num_workers, device=device, crop_pct=cfg.crop_pct)
+        num_workers=cfg.num_workers, device=device, crop_pct=cfg.crop_pct,
+        p_bicubic=1.0 if cfg.val_interpolation == "bicubic" else 0.0)
     return ImageLoader(source, ValAugment(cfg, device), seed=0, rank=rank, world_size=world_size,
                        device=device, batch_size=batch_size)
 

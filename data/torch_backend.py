@@ -48,7 +48,7 @@ class _CropFolder(Dataset):
             i, j, ch, cw = rrc_params(np.uint64(key), h, w, self.scale[0], self.scale[1], self.ratio[0], self.ratio[1])
         else:
             i, j, ch, cw = center_crop_params(h, w, self.crop_pct)
-        if self.train and bicubic_draw(np.uint64(key), self.p_bicubic):
+        if bicubic_draw(np.uint64(key), self.p_bicubic):  # val: p 0 or 1 (data.val_interpolation)
             crop = np.empty((self.size, self.size, 3), np.uint8)
             bicubic_resize(img, i, j, ch, cw, crop)
         else:

@@ -46,9 +46,9 @@ from rundir import (
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OURS = "vitreduce"  # our block in config.json; timm reads only the top-level keys it knows
-# The val loaders resize with OpenCV INTER_AREA (ffcv's CenterCropRGBImageDecoder and the torch
-# backend alike); PIL's box filter is the same area average when shrinking.
-VAL_INTERPOLATION = "box"
+# data.val_interpolation -> timm's name. area: OpenCV INTER_AREA (ffcv's CenterCropRGBImageDecoder and the
+# torch backend alike), which PIL's box filter equals when shrinking; bicubic: PIL's bicubic arithmetic.
+VAL_INTERPOLATION = {"area": "box", "bicubic": "bicubic"}
 # A timm rebuild counts as exact when its logits match the reduced model's to float32 rounding.
 _LOGIT_ATOL = 1e-4
 
@@ -199,7 +199,7 @@ def pretrained_cfg(spec: RunSpec) -> dict[str, Any]:
         "custom_load": False,
         "input_size": [3, spec.img_size, spec.img_size],
         "fixed_input_size": bool(plain.get("fixed_input_size", True)),
-        "interpolation": VAL_INTERPOLATION,
+        "interpolation": VAL_INTERPOLATION[data.val_interpolation],
         "crop_pct": data.crop_pct,
         "crop_mode": "center",
         "mean": list(data.mean),

@@ -19,19 +19,24 @@ from jobs.spec import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int) -> torch.optim.Optimizer:
-    # timm's param groups: no weight decay on 1-D params (norms, biases) and model.no_weight_decay()
-    # (pos_embed, cls_token); shared parameters appear once (named_parameters deduplicates).
+    # Given the model, timm builds its param groups (wd_skip_norm_bias): no weight decay on 1-D params (norms,
+    # biases) and model.no_weight_decay() (pos_embed, cls_token). Given bare parameters, one group, all decayed
+    # (DGMR). Either way a shared parameter appears once (named_parameters/parameters deduplicate).
+    params = model if cfg.wd_skip_norm_bias else model.parameters()
     return create_optimizer_v2(
-        model, opt=cfg.opt, lr=cfg.scaled_lr(world_size), weight_decay=cfg.weight_decay, **cfg.opt_kwargs
+        params, opt=cfg.opt, lr=cfg.scaled_lr(world_size), weight_decay=cfg.weight_decay, **cfg.opt_kwargs
     )
 
 
 def weight_decay_at(cfg: TrainConfig, update: int, total_updates: int) -> float:
     """The weight decay of optimizer update `update` (0-based) of `total_updates`: a cosine from weight_decay to
-    weight_decay_end (DINO/DGMR's schedule; timm has none), computed from the update number so a resume matches."""
+    weight_decay_end, DINOv2's CosineScheduler as DGMR's distill.py uses it (value at k/total, so the last update
+    is a step short of the end; timm has no such schedule), computed from the update number so a resume matches."""
     if cfg.weight_decay_end is None:
         return cfg.weight_decay
-    t = min(max(update, 0), max(total_updates - 1, 1)) / max(total_updates - 1, 1)
+    if update >= total_updates:
+        return cfg.weight_decay_end
+    t = max(update, 0) / max(total_updates, 1)
     return cfg.weight_decay_end + 0.5 * (cfg.weight_decay - cfg.weight_decay_end) * (1 + math.cos(math.pi * t))
 
 
@@ -48,13 +53,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_
     for `epochs: 0` (nothing is trained; timm's schedulers need a positive length)."""
     if cfg.epochs == 0:
         return None
+    warmup_lr, min_lr = cfg.scaled_bounds(optimizer.defaults["lr"])  # build_optimizer's lr: scaled_lr
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,
-        num_epochs=cfg.epochs,
+        # with warmup_prefix timm adds warmup_epochs to num_epochs: the cosine spans the epochs after warmup
+        num_epochs=cfg.epochs - cfg.warmup_epochs if cfg.warmup_prefix else cfg.epochs,
         warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.warmup_lr,
-        min_lr=cfg.min_lr,
+        warmup_prefix=cfg.warmup_prefix,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
         step_on_epochs=not cfg.sched_on_updates,
         updates_per_epoch=updates_per_epoch,
     )
@@ -87,10 +95,13 @@ def build_train_loss(cfg: TrainConfig) -> nn.Module:
 def build_ema(model: nn.Module, cfg: TrainConfig) -> ModelEmaV3 | None:
     if not cfg.ema:
         return None
-    # exclude_buffers=True averages model.parameters(), which lists a shared (GroupedMLP) tensor once;
-    # the default state_dict() path lists it once per block that uses it and would apply the decay
-    # twice per update to shared MLPs. A ViT has no float buffers, so nothing else changes.
-    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup, exclude_buffers=True)
+    # once: exclude_buffers=True averages model.parameters(), which lists a shared (GroupedMLP) tensor once.
+    # per_reference: timm's default state_dict() path, which the seed's train.py used: it lists a shared tensor
+    # once per block that uses it and lerps it that many times per update (decay^2 for a pair); foreach off so
+    # the repeated lerps run one after the other (a fused foreach kernel over aliased tensors has no defined
+    # order). A ViT has no float buffers, so nothing else differs.
+    once = cfg.ema_shared == "once"
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup, exclude_buffers=once, foreach=once)
 
 
 def autocast(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:

@@ -96,7 +96,11 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="peak learning rate at a global batch of lr_base_batch")
     lr_base_batch: int = Field(1024, ge=1, description="global batch that `lr` is stated for (seed: 256 x 2 x 2)")
     lr_scale: Literal["linear", "sqrt", "none"] = Field("linear", description="how lr follows the global batch")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW decay; norms, biases, pos-embed, cls-token get 0 "
+                                                      "unless wd_skip_norm_bias is false")
+    wd_skip_norm_bias: bool = Field(
+        True, description="timm's param groups: no decay on 1-D params (norms, biases) and model.no_weight_decay() "
+                          "(pos_embed, cls_token); false = one group, every parameter decayed (DGMR distill.py)")
     weight_decay_end: float | None = Field(
         None, ge=0, description="weight decay at the end of the run, reached by a cosine from `weight_decay` over "
                                 "every optimizer update (DGMR: 0.04 -> 0.2); None = constant")
@@ -105,8 +109,14 @@ class TrainConfig(_Strict):
     sched_on_updates: bool = Field(
         False, description="step the schedule every optimizer update; false = once per epoch, as timm's train.py "
                            "without --sched-on-updates (epoch 0 trains entirely at warmup_lr)")
+    warmup_prefix: bool = Field(
+        False, description="the cosine starts after warmup and spans the remaining epochs (DINOv2's CosineScheduler, "
+                           "DGMR); false = timm's: the cosine spans all epochs and warmup replaces its start")
     warmup_lr: float = Field(1e-5, ge=0, description="learning rate at the start of warmup")
     min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
+    lr_scale_bounds: bool = Field(
+        False, description="scale warmup_lr and min_lr by the same global-batch factor as lr (Mini-Swin main.py "
+                           "linear_scaled_warmup_lr / linear_scaled_min_lr); false = as given (timm, DeiT)")
     clip_grad: float | None = Field(None, gt=0, description="gradient clipping threshold; None = off")
     clip_mode: Literal["norm", "value", "agc"] = Field("norm", description="timm dispatch_clip_grad mode")
     mixup: float = Field(0.8, ge=0, description="mixup alpha; 0 = off")
@@ -118,6 +128,10 @@ class TrainConfig(_Strict):
     ema: bool = Field(True, description="keep and evaluate a timm ModelEmaV3 of the weights")
     ema_decay: float = Field(0.9998, gt=0, lt=1, description="EMA decay per optimizer update")
     ema_warmup: bool = Field(False, description="ModelEmaV3 decay warmup")
+    ema_shared: Literal["once", "per_reference"] = Field(
+        "once", description="EMA of a weight shared by several blocks: once = one decay per update; per_reference = "
+                            "once per block that uses it (decay^2 for a pair), as timm's EMA over state_dict() "
+                            "does in the seed's train.py")
     amp: bool = Field(True, description="autocast on CUDA (seed: --amp)")
     amp_dtype: Literal["bfloat16", "float16"] = Field(
         "bfloat16", description="autocast dtype; float16 (timm's --amp) adds a torch.amp.GradScaler, saved in checkpoints")
@@ -135,6 +149,13 @@ class TrainConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _prefix_leaves_a_cosine(self) -> "TrainConfig":
+        if self.warmup_prefix and 0 < self.epochs <= self.warmup_epochs:
+            raise ValueError(f"warmup_prefix: epochs {self.epochs} must exceed warmup_epochs {self.warmup_epochs} "
+                             "(the cosine runs after warmup); lower warmup_epochs or set warmup_prefix=false")
+        return self
+
     @property
     def mixup_active(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
@@ -147,6 +168,12 @@ class TrainConfig(_Strict):
         factor = {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scale]
         return self.lr * factor
 
+    def scaled_bounds(self, peak_lr: float) -> tuple[float, float]:
+        """(warmup_lr, min_lr) for a run whose peak lr is `peak_lr` (scaled_lr): scaled by peak_lr / lr, like lr
+        itself, with lr_scale_bounds; as given otherwise."""
+        factor = peak_lr / self.lr if self.lr_scale_bounds else 1.0
+        return self.warmup_lr * factor, self.min_lr * factor
+
     def lr_rule(self, world_size: int) -> str:
         """The effective learning rate and how it follows from the spec, on one line."""
         g, base = self.global_batch(world_size), self.lr_base_batch
@@ -154,7 +181,9 @@ class TrainConfig(_Strict):
                "none": f"train.lr {self.lr:g} as given"}[self.lr_scale]
         return (f"lr {self.scaled_lr(world_size):.6g} = {how} (lr_scale {self.lr_scale}, lr_base_batch {base}; "
                 f"global batch {g} = {self.batch_size} x {self.grad_accum} accum x {world_size} workers); "
-                f"schedule {self.sched} stepped per {'update' if self.sched_on_updates else 'epoch'}")
+                f"schedule {self.sched} stepped per {'update' if self.sched_on_updates else 'epoch'}"
+                + (", warmup_lr %.3g and min_lr %.3g scaled alike" % self.scaled_bounds(self.scaled_lr(world_size))
+                   if self.lr_scale_bounds else ""))
 
 
 class ResourcesConfig(_Strict):

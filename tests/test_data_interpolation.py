@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from data.config import DataConfig
-from data.loaders import build_train_loader
+from data.loaders import build_train_loader, build_val_loader
 from data.resample import bicubic_resize
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba finalizers
@@ -66,3 +66,36 @@ def test_random_picks_bilinear_or_bicubic_per_image(demo_data):
     assert (torch_rnd - rnd[:64]).abs().mean() < 0.1  # the same choices on the reference backend
     # where the ffcv loader chose bicubic, the torch one did too (it no longer matches its bilinear)
     assert bool((~(torch_rnd[picked] == torch_lin[picked]).flatten(1).all(1)).all())
+
+
+def _val_batch(demo, backend: str, interp: str, crop_pct: float = 0.875) -> torch.Tensor:
+    paths = (demo.train_beton, demo.val_beton) if backend == "ffcv" else (demo.train_dir, demo.val_dir)
+    cfg = DataConfig(train_path=paths[0], val_path=paths[1], backend=backend, img_size=32, num_workers=1,
+                     crop_pct=crop_pct, val_interpolation=interp, **PLAIN)
+    source = build_val_loader(cfg, batch_size=16).source
+    x, _ = next(iter(source.iterate(0, 0)))  # uint8 NHWC, before normalisation
+    return x.clone().numpy()
+
+
+def test_val_bicubic_resizes_the_center_crop_like_pil(demo_data):
+    """`data.val_interpolation: bicubic`: the center crop resized with PIL's bicubic (timm's/DeiT's/Swin's eval
+    resize) on both backends; `area` (FFCV's decoder) gives other pixels from the same crop."""
+    from data.rng import center_crop_params
+
+    area, cub = _val_batch(demo_data, "ffcv", "area"), _val_batch(demo_data, "ffcv", "bicubic")
+    assert (area != cub).reshape(len(cub), -1).any(1).mean() > 0.9
+    # the demo's val images are 32 px squares: crop_pct 1 at 32 px is FFCV's plain decode of the whole image
+    full = _val_batch(demo_data, "ffcv", "area", crop_pct=1.0)
+    i, j, h, w = center_crop_params(32, 32, 0.875)
+    for k in range(len(cub)):
+        ref = np.zeros((32, 32, 3), np.uint8)
+        bicubic_resize(full[k], i, j, h, w, ref)
+        assert np.abs(cub[k].astype(int) - ref).max() <= 1
+    # the reference backend against PIL itself: crop the centre, resize bicubic
+    torch_cub = _val_batch(demo_data, "torch", "bicubic")
+    files = sorted(p for p in demo_data.val_dir.rglob("*") if p.is_file())
+    for k in range(4):
+        img = Image.open(files[k]).convert("RGB")
+        assert img.size == (32, 32)
+        ref = np.asarray(img.crop((j, i, j + w, i + h)).resize((32, 32), Image.BICUBIC)).astype(int)
+        assert np.abs(torch_cub[k].astype(int) - ref).max() <= 1

@@ -135,7 +135,7 @@ def test_identical_models_give_zero_hidden_relation_and_entropy_attn_relation():
 def test_defaults_and_validation_errors_at_once():
     cfg = RelationConfig()
     assert (cfg.attn_relation.weight, cfg.attn_relation.relation_heads) == (1.0, 1)
-    assert (cfg.hidden_relation.weight, cfg.hidden_relation.factor) == (0.1, 1.0)
+    assert (cfg.hidden_relation.weight, cfg.hidden_relation.factor) == (0.1, 49.0)
     assert cfg.resolve_layers(12, 12) == ([11, 9, 7, 5, 3, 1], [11, 9, 7, 5, 3, 1])
     assert cfg.resolve_layers(12, 24) == ([11, 9, 7, 5, 3, 1], [23, 19, 15, 11, 7, 3])
     student = model_shape("deit_small_patch16_224")

@@ -84,7 +84,7 @@ class DistillConfig(_Strict):
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig, description="feature_mse options")
     relations: RelationConfig | None = Field(
         None, description="MiniViT weight distillation added to the loss: attn_relation (weight 1.0, "
-                          "relation_heads 1), hidden_relation (weight 0.1, factor 1), layers {student, teacher} "
+                          "relation_heads 1), hidden_relation (weight 0.1, factor 49), layers {student, teacher} "
                           "(default every second layer use down from the last, teacher at the same relative depths), "
                           "prefix_tokens drop; {} = all defaults; None = off")
 

@@ -6,8 +6,10 @@ teacher ViT, read from both models with forward hooks (no change to their forwar
   the loss is softCE(R^s_ij, R^t_ij) over the key axis, averaged over rows, the 9 pairs and the layers
   (Mini-Swin `cal_relation_loss`). Student and teacher widths may differ; token counts must match.
 - `hidden_relation`: a layer's output tokens normalised over channels, token-cosine matrices of both
-  models, MSE, times `factor`, averaged over layers. Mini-Swin multiplies by 49, its window area, a
-  constant without meaning for a global-attention ViT: `factor` defaults to 1.
+  models, MSE, times `factor`, averaged over layers. The matrices span all of a layer's tokens (not
+  windows), and Mini-Swin's `cal_hidden_relation_loss` multiplies that MSE by a fixed 49 whatever the
+  token count: `factor` defaults to 49, so weight 0.1 means what it means upstream (factor 1 would make
+  the hidden-relation term 49x weaker).
 - Layers are indices of layer *uses* in forward order: a block shared by several layers counts once
   per use, so `multiplexed` models are addressed like their unshared originals. Student and teacher
   layers are paired by position in the two lists.
@@ -42,7 +44,8 @@ class AttnRelationConfig(_Strict):
 
 class HiddenRelationConfig(_Strict):
     weight: float = Field(0.1, ge=0, description="loss weight (MiniViT: 0.1); 0 turns the hidden relation off")
-    factor: float = Field(1.0, gt=0, description="multiplier of the MSE; MiniViT uses 49 (its 7x7 window area)")
+    factor: float = Field(49.0, gt=0, description="multiplier of the MSE; 49 = Mini-Swin main.py's fixed constant "
+                                                   "(applied to the whole-stage MSE, whatever the token count)")
 
 
 class RelationLayers(_Strict):
