@@ -38,7 +38,7 @@ def _load_runs() -> dict[str, RunSpec]:
         # the schema only: the shipped configs name ImageNet .beton files and hub weights this machine lacks
         mp.setattr(orchestrator.study, "validate_spec", RunSpec.model_validate)
         for path in STUDIES:
-            for run in load_study(REPO / path).expand():
+            for run in load_study(REPO / path).runs:
                 runs[f"{path}:{run.run_id}"] = run
     return runs
 
