@@ -23,7 +23,7 @@ import torch
 from rundir import print_error, print_errors
 
 from .accounting import model_stats
-from .models import build_model, check, needs_weights
+from .models import build_model, check
 from .spec import RunSpec, SpecError, load_spec, read_yaml
 from .strategies import STRATEGIES, StrategyError, StrategySpec, parse_expression
 
@@ -38,14 +38,15 @@ CONVENTION = (
 
 
 def inspect_model(model: str, specs: list[StrategySpec], label: str, create_kwargs: dict[str, Any]) -> dict:
-    """One row: the model `build_model(model, specs, **create_kwargs)` makes, counted without weights when possible."""
+    """One row: the model `build_model(model, specs, **create_kwargs)` makes, counted on the meta device."""
     errors = check(model, specs, **create_kwargs)
     if errors:
         raise StrategyError("; ".join(errors))
-    # Counting needs no weight values unless a strategy selects units by them.
-    device = "cpu" if needs_weights(specs) else "meta"
-    with torch.device(device):
-        net = build_model(model, specs, **create_kwargs)
+    # Which units a strategy keeps (by weight values) changes no count: build the same shapes without weights
+    # (a DGMR selection of ViT-B would take minutes on a CPU).
+    with torch.device("meta"):
+        net = build_model(model, [StrategySpec(name=s.name, params=s.params.shapes_only()) for s in specs],
+                          **create_kwargs)
     stats = model_stats(net)
     # every use of a shared tensor counted: the size of the same network without sharing
     in_use = sum(p.numel() for _, p in net.named_parameters(remove_duplicate=False))
