@@ -2,6 +2,7 @@
 one training run, a run's model in timm's layout, every config key.
 
     python -m jobs inspect --model vit_base_patch16_224 --strategy grouped
+    python -m jobs inspect configs/minivit/mini_deit_base.yaml       # the model a run spec builds
     python -m jobs bench   --model vit_base_patch16_224 --strategies baseline,grouped,shallow
     python -m jobs train   configs/demo.yaml train.epochs=3 [--print-config]
     python -m jobs export  runs/demo/grouped-s0 exported/grouped-s0 [--weights best|ema|last]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass
@@ -161,6 +162,10 @@ def add_print_config(parser: argparse.ArgumentParser) -> None:
                         help="print the resolved config (every default filled in) as YAML and exit")
 
 
-def print_config(config: BaseModel) -> int:
+def print_config(config: BaseModel, warnings: Iterable[str] = ()) -> int:
+    """The resolved config on stdout; `warnings` (files the run will need but that are missing now: the
+    config is still shown, so it can be read before the dataset exists) once each on stderr."""
+    for line in dict.fromkeys(warnings):
+        print(f"warning: {line}", file=sys.stderr)
     print(config_yaml(config), end="")
     return 0

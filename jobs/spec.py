@@ -8,7 +8,8 @@ Loaded from YAML plus `key=value` overrides (`train.epochs=3 strategies.0.params
 value is parsed as a YAML scalar and then typed by the schema. `load_spec` reports every problem at once,
 one line each, as `SpecError.errors`: schema errors (unknown keys with a "did you mean"), the model /
 strategy combination (`jobs.models.check`) and the data (`DataConfig.check`: missing files, label map vs
-`num_classes`).
+`num_classes`). With `files=False` (`--print-config`, `jobs inspect`) the files on disk (dataset, starting
+weights, teacher) are not required: `file_problems` lists what is missing, for a warning.
 
 Learning-rate scaling rule: `train.lr` is the learning rate at a global batch of `train.lr_base_batch`
 (1024 = 256 per GPU x 2 accumulation steps x 2 GPUs in the seed). The optimizer gets
@@ -303,9 +304,10 @@ def format_validation_error(exc: ValidationError, prefix: tuple = ()) -> list[st
 
 
 def semantic_errors(
-    model: ModelSpec | None, strategies: list[StrategySpec] | None, data: DataConfig | None, num_classes: int | None = None
+    model: ModelSpec | None, strategies: list[StrategySpec] | None, data: DataConfig | None, num_classes: int | None = None,
+    files: bool = True,
 ) -> list[str]:
-    """Checks that need more than one field: the model + strategies combination and the data files."""
+    """Checks that need more than one field: the model + strategies combination and (with `files`) the data files."""
     from jobs import models  # imports timm; kept out of module import so the schema stays cheap
 
     errors: list[str] = []
@@ -319,7 +321,7 @@ def semantic_errors(
                 "set one of them (model.img_size defaults to data.img_size)"
             )
     num_classes = model.num_classes if model is not None else num_classes
-    if data is not None and num_classes is not None:
+    if files and data is not None and num_classes is not None:
         errors += data.check(num_classes)
     return errors
 
@@ -365,8 +367,14 @@ def _strategies(raw: Any) -> list[StrategySpec]:
         return []
 
 
-def validate_spec(raw: dict[str, Any]) -> RunSpec:
-    """Validate a raw dict (YAML + overrides applied); raises SpecError with every problem."""
+def file_problems(spec: RunSpec) -> list[str]:
+    """What a valid spec still needs on disk before it can run: the dataset, starting weights, teacher."""
+    return spec.data.check(spec.model.num_classes) + start_errors(spec)
+
+
+def validate_spec(raw: dict[str, Any], files: bool = True) -> RunSpec:
+    """Validate a raw dict (YAML + overrides applied); raises SpecError with every problem. `files=False`: the
+    config alone, without the files it names (see `file_problems`)."""
     errors: list[str] = []
     spec = None
     try:
@@ -374,8 +382,8 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
     except ValidationError as exc:
         errors += format_validation_error(exc)
     if spec is not None:
-        errors += semantic_errors(spec.model, spec.strategies, spec.data)
-        if not errors:
+        errors += semantic_errors(spec.model, spec.strategies, spec.data, files=files)
+        if not errors and files:
             errors += start_errors(spec)
     else:
         # Run the cross-field checks on every section that is valid by itself, so one bad key
@@ -387,7 +395,8 @@ def validate_spec(raw: dict[str, Any]) -> RunSpec:
             data = resolve_data_paths(data, Path(raw["data_root"]))
         raw_classes = (raw.get("model") or {}).get("num_classes", ModelSpec.model_fields["num_classes"].default) \
             if isinstance(raw.get("model") or {}, dict) else None
-        errors += semantic_errors(model, strategies, data, raw_classes if isinstance(raw_classes, int) else None)
+        errors += semantic_errors(model, strategies, data, raw_classes if isinstance(raw_classes, int) else None,
+                                  files=files)
     if errors:
         raise SpecError(errors)
     return spec
@@ -408,12 +417,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_spec(path: Path | str, overrides: list[str] = ()) -> RunSpec:
+def load_spec(path: Path | str, overrides: list[str] = (), files: bool = True) -> RunSpec:
     """YAML file + `key=value` overrides -> validated RunSpec, or SpecError listing every problem."""
     raw = read_yaml(Path(path))
     errors = apply_overrides(raw, list(overrides))
     try:
-        spec = validate_spec(raw)
+        spec = validate_spec(raw, files=files)
     except SpecError as exc:
         raise SpecError(errors + exc.errors) from None
     if errors:

@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from jobs import checkpoint as ckpt
 from jobs.configdoc import add_print_config, print_config
 from jobs.local import LocalContext
-from jobs.spec import SpecError, load_spec
+from jobs.spec import SpecError, file_problems, load_spec
 from jobs.train import NonFiniteLossError, train_loop
 from rundir import EXIT_BAD_INPUT, State, print_error, print_errors, run_state
 
@@ -45,11 +45,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        spec = load_spec(args.config, args.overrides)
+        # --print-config shows a config whose dataset or weights are not there yet (it warns instead)
+        spec = load_spec(args.config, args.overrides, files=not args.print_config)
     except SpecError as exc:
         return print_errors(f"{args.config} is not a valid run spec", exc.errors)
     if args.print_config:
-        return print_config(spec)
+        return print_config(spec, file_problems(spec))
     refused = refuse_existing(spec.run_dir, spec.train.epochs, args.resume)
     if refused:
         print_error(refused)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jobs.configdoc import print_config
-from jobs.spec import RunSpec, SpecError, load_spec, read_yaml
+from jobs.spec import RunSpec, SpecError, file_problems, load_spec, read_yaml
 from orchestrator.resources import ClusterShape
 from orchestrator.study import STUDY_KEYS, StudySpec, load_study
 from rundir import RunState, State, blocker, dependencies, node_from_spec, print_errors, run_state, stage_of
@@ -135,25 +135,28 @@ def resolve_paths(spec: RunSpec) -> RunSpec:
 
 
 def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (), *, kind: Kind | None = None,
-                cluster: ClusterShape | None = None) -> tuple[Kind, list[RunSpec], StudySpec | None]:
-    """(kind, runs with resolved paths, the study or None). SpecError lists every problem of the config."""
+                cluster: ClusterShape | None = None, files: bool = True) -> tuple[Kind, list[RunSpec], StudySpec | None]:
+    """(kind, runs with resolved paths, the study or None). SpecError lists every problem of the config.
+    `files=False`: the dataset and weights files need not exist yet (jobs.spec.file_problems)."""
     config = Path(config)
     overrides = list(overrides)
     kind = kind or study_kind(read_yaml(config), overrides)
     if kind == "study":
-        study = load_study(config, overrides, cluster=cluster)
+        study = load_study(config, overrides, cluster=cluster, files=files)
         return kind, [resolve_paths(r) for r in study.runs], study
-    return kind, [resolve_paths(load_spec(config, overrides))], None
+    return kind, [resolve_paths(load_spec(config, overrides, files=files))], None
 
 
 def print_resolved(config: Path | str, overrides: list[str] | tuple[str, ...] = (), kind: Kind | None = None) -> int:
-    """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status."""
+    """`--print-config`: the config as it would run (every default, paths resolved) as YAML; exit status.
+    Missing datasets or weights files are warnings here, so a config can be read before they exist."""
     try:
-        kind, runs, study = load_config(config, overrides, kind=kind)
+        kind, runs, study = load_config(config, overrides, kind=kind, files=False)
     except SpecError as exc:
         what = {"run": "run spec", "study": "study"}.get(kind or "", "config")
         return print_errors(f"{config} is not a valid {what}", exc.errors)
-    return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0])
+    warnings = [line for r in runs for line in file_problems(r)]
+    return print_config(study.model_copy(update={"runs": runs}) if study is not None else runs[0], warnings)
 
 
 def plan_run(spec: RunSpec, job: str | None = None) -> PlannedRun:

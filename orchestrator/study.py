@@ -119,13 +119,14 @@ def _needs(run: RunSpec) -> tuple[str, ...]:
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
-               cluster: ClusterShape | None = None) -> StudySpec:
+               cluster: ClusterShape | None = None, files: bool = True) -> StudySpec:
     """Read a study YAML, apply `key=value` overrides, validate and expand it.
 
     Raises SpecError with every problem (study keys, axes, each expanded run's spec) one line each.
     Overrides whose first key is a study key (seeds, grid, conditions, sweep, base) change the study;
     all others change the run spec every run starts from (typed by jobs.spec like `jobs train`'s).
-    With `cluster`, resource requests it can never satisfy are errors too.
+    With `cluster`, resource requests it can never satisfy are errors too. `files=False`: the runs'
+    dataset and weights files are not required (jobs.spec.file_problems).
     """
     path = Path(path)
     raw = read_yaml(path)
@@ -161,7 +162,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     errors.extend(axis_errors)
     if axis_errors:
         axes = _without_bad_axes(axes)
-    runs, run_errors, invalid = _expand(axes, base)
+    runs, run_errors, invalid = _expand(axes, base, files)
     errors.extend(run_errors)
     errors.extend(check_dependencies(runs, run_sources))  # run:<condition> names, cycles, grids
     judged = runs + invalid
@@ -264,7 +265,7 @@ def _short_names(axes: list[str]) -> dict[str, str]:
     return {a: (s if last.count(s) == 1 else a) for a, s in zip(axes, last)}
 
 
-def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str], list]:
+def _expand(axes: StudyAxes, base: dict, files: bool = True) -> tuple[list[RunSpec], list[str], list]:
     """(valid runs, error lines, resource requests of the invalid runs: still judged against the cluster)."""
     runs: list[RunSpec] = []
     invalid: list = []
@@ -294,7 +295,7 @@ def _expand(axes: StudyAxes, base: dict) -> tuple[list[RunSpec], list[str], list
                     errors.setdefault(label, []).append(f"run {label}: same run id as another run; rename a condition")
                     continue
                 seen[label] = cond_name
-                spec, more = _validate_run(data) if not errs else (None, [])
+                spec, more = _validate_run(data, files) if not errs else (None, [])
                 errs += more
                 if errs:
                     errors[label] = errs
@@ -326,10 +327,10 @@ def _apply_axis(data: dict, key: str, value: Any) -> None:
     set_dotted(data, AXIS_ALIASES.get(key, key), value)
 
 
-def _validate_run(data: dict) -> tuple[RunSpec | None, list[str]]:
+def _validate_run(data: dict, files: bool = True) -> tuple[RunSpec | None, list[str]]:
     """RunSpec from an expanded dict: the schema plus jobs.spec's cross-field checks."""
     try:
-        return validate_spec(data), []
+        return validate_spec(data, files=files), []
     except SpecError as exc:
         return None, list(exc.errors)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import orchestrator.study
 from data.rng import BICUBIC_PROBABILITY
 from jobs import recipe
 from jobs.models import build_model
@@ -28,18 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 U = 7  # optimizer updates per epoch of the stand-in loader
 SMALL = {"depth": 4, "embed_dim": 32, "num_heads": 2, "patch_size": 8, "img_size": 32, "num_classes": 10}
 RUN_CONFIGS = ["configs/paper/baseline.yaml", "configs/paper/grouped.yaml", "configs/paper/shallow.yaml",
-               "configs/paper/thin.yaml", "configs/minivit/mini_swin_style_deit_small.yaml"]
+               "configs/paper/thin.yaml", "configs/minivit/mini_swin_style_deit_small.yaml",
+               "configs/minivit/mini_deit_base.yaml", "configs/minivit/mini_deit_small.yaml",
+               "configs/minivit/mini_deit_tiny.yaml"]
 STUDIES = ["configs/paper/study.yaml", "configs/deit_distill/study.yaml", "configs/dgmr/study.yaml"]
 
 
 def _load_runs() -> dict[str, RunSpec]:
     runs = {path: RunSpec.model_validate(read_yaml(REPO / path)) for path in RUN_CONFIGS}
-    with pytest.MonkeyPatch.context() as mp:
-        # the schema only: the shipped configs name ImageNet .beton files and hub weights this machine lacks
-        mp.setattr(orchestrator.study, "validate_spec", RunSpec.model_validate)
-        for path in STUDIES:
-            for run in load_study(REPO / path).runs:
-                runs[f"{path}:{run.run_id}"] = run
+    for path in STUDIES:  # files=False: the shipped configs name ImageNet .beton files and hub weights
+        for run in load_study(REPO / path, files=False).runs:
+            runs[f"{path}:{run.run_id}"] = run
     return runs
 
 
@@ -101,6 +99,7 @@ RECIPES = {  # config -> (lr formula, weight-decay formula or None, which parame
     "configs/paper": (paper_lr, None, timm_decays),
     "configs/minivit/mini_swin_style_deit_small.yaml": (mini_swin_lr, None, timm_decays),
     "configs/deit_distill": (deit_lr, None, timm_decays),
+    "configs/minivit/mini_deit_": (deit_lr, None, timm_decays),  # Mini-DeiT main.py: DeiT's create_scheduler
     "configs/dgmr": (dgmr_lr, dgmr_wd, lambda name, p, skip: True),  # AdamW(student.parameters()): all
 }
 
@@ -178,6 +177,9 @@ TRANSFORMS = {
     # DeiT datasets.py: create_transform bicubic, eval crop ratio 0.875, RASampler x3
     "configs/deit_distill": dict(TIMM_TRAIN, p_bicubic=1.0, crop_pct=0.875, mean=(0.485, 0.456, 0.406),
                                  std=(0.229, 0.224, 0.225), erase_order="per_image", aug_repeats=3),
+    # Mini-DeiT datasets.py: DeiT's build_transform (bicubic, eval crop 0.875), RASampler x3
+    "configs/minivit/mini_deit_": dict(TIMM_TRAIN, p_bicubic=1.0, crop_pct=0.875, mean=(0.485, 0.456, 0.406),
+                                       std=(0.229, 0.224, 0.225), erase_order="per_image", aug_repeats=3),
     # EVA-CLIP transform.py image_transform(is_train): RandomResizedCrop(scale (0.9, 1), bicubic), nothing else
     "configs/dgmr": dict(rrc_scale=(0.9, 1.0), hflip=0.0, auto_augment=None, reprob=0.0, p_bicubic=1.0,
                          aug_repeats=1, val_interpolation="bicubic"),

@@ -27,6 +27,9 @@ class GroupedParams(StrategyParams):
     def needs_weights(self) -> bool:
         return self.init == "mean"
 
+    def shapes_only(self) -> "GroupedParams":
+        return self.model_copy(update={"init": "first"})
+
     @property
     def resolved_scale(self) -> float:
         return 1.0 / math.sqrt(self.group_size) if self.scale is None else self.scale

@@ -8,7 +8,8 @@ scale, and its own attention object (`q_norm`/`k_norm`/scale norm stay per layer
 
 `attn_mix` adds two per-layer mixes across the head axis of the (B, H, N, N) attention map, one
 before and one after the softmax (MiniViT-DeiT: bias-free 1x1 convolutions; Mini-Swin: Linear with
-bias). `mlp_transform: dwconv` adds Mini-Swin's per-layer `x = LN(x); x = x + dwconv7(x)` between
+bias). `rpe: contextual` adds Mini-DeiT's per-layer iRPE on keys (irpe.py) to the logits before the
+first mix. `mlp_transform: dwconv` adds Mini-Swin's per-layer `x = LN(x); x = x + dwconv7(x)` between
 the attention residual and `norm2`.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from .irpe import RATIO, KeyRelativePosition
 from .registry import ModelShape, StrategyError, StrategyParams, depth_divisible, register_strategy
 from .vit import blocks, qualified_name, shape_of
 
@@ -43,6 +45,12 @@ class MultiplexedParams(StrategyParams):
         description="trunc_normal = MiniViT (std 0.02, bias 0); identity = our choice for starts from trained "
         "weights, which the paper's init would wipe out",
     )
+    rpe: Literal["none", "contextual"] = Field(
+        "none",
+        description="contextual = Mini-DeiT's iRPE on keys: logits gain q_i . r_b(i,j), product buckets of the "
+        f"row/column offsets (ratio {RATIO}: 49 buckets), one table for all heads, zero init, one per layer "
+        "(upstream keeps it per layer, not shared with qkv); none = no relative position encoding",
+    )
     mlp_transform: Literal["none", "dwconv"] = Field(
         "none", description="dwconv = Mini-Swin's per-layer LN + depth-wise 7x7 conv on the token grid before norm2; "
         "needs a model without prefix tokens"
@@ -51,7 +59,7 @@ class MultiplexedParams(StrategyParams):
         "first", description="shared weights: the first block's of each group (MiniViT) or the mean over the group"
     )
 
-    @field_validator("attn_mix", "mlp_transform", mode="before")
+    @field_validator("attn_mix", "rpe", "mlp_transform", mode="before")
     @classmethod
     def _null_is_none(cls, value):
         # Strategy expressions read `none` as null (`multiplexed:attn_mix=none`): it means the option "none".
@@ -59,11 +67,12 @@ class MultiplexedParams(StrategyParams):
 
     def check_model(self, shape: ModelShape) -> list[str]:
         errors = depth_divisible("multiplexed", "share_every", self.share_every, shape)
-        if self.attn_mix != "none" and shape.attn_type and shape.attn_type != ATTENTION_TYPE:
-            errors.append(
-                f"strategy multiplexed: attn_mix={self.attn_mix} rewrites timm's {ATTENTION_TYPE}, but {shape.name} "
-                f"uses {shape.attn_type}; use attn_mix=none or a DeiT/ViT model"
-            )
+        for field, value in (("attn_mix", self.attn_mix), ("rpe", self.rpe)):
+            if value != "none" and shape.attn_type and shape.attn_type != ATTENTION_TYPE:
+                errors.append(
+                    f"strategy multiplexed: {field}={value} rewrites timm's {ATTENTION_TYPE}, but {shape.name} "
+                    f"uses {shape.attn_type}; use {field}=none or a DeiT/ViT model"
+                )
         if self.mlp_transform == "dwconv":
             if shape.num_prefix_tokens:
                 errors.append(
@@ -84,6 +93,11 @@ class MultiplexedParams(StrategyParams):
                 "would chain MLPs across groups; use a share_every that divides or is a multiple of group_size"
             )
         return errors
+
+    @property
+    def rewrites_attention(self) -> bool:
+        """True when each block's attention becomes a MixedAttention (head mixes or iRPE)."""
+        return self.attn_mix != "none" or self.rpe != "none"
 
     def shape_after(self, shape: ModelShape) -> ModelShape:
         return replace(shape, mlp_share=max(shape.mlp_share, self.share_every), attn_share=self.share_every)
@@ -126,19 +140,23 @@ MIX_INITS: dict[str, Callable[[nn.Module], None]] = {"trunc_normal": _init_trunc
 
 
 class MixedAttention(Attention):
-    """timm's Attention on its explicit path with a head mix before and after the softmax.
+    """timm's Attention on its explicit path with a head mix before and after the softmax, and
+    optionally iRPE on keys added to the logits (`rpe_k`, Mini-DeiT's order: logits + iRPE -> mix ->
+    softmax -> mix). A mix that is not used is an nn.Identity.
 
     Instances are timm Attention objects converted in place (`convert`), so their parameters keep
     their state-dict keys and shared `qkv`/`proj` modules stay shared."""
 
     pre_mix: nn.Module
     post_mix: nn.Module
+    rpe_k: KeyRelativePosition | None
 
     @classmethod
-    def convert(cls, attn: Attention, pre_mix: nn.Module, post_mix: nn.Module) -> "MixedAttention":
+    def convert(cls, attn: Attention, pre_mix: nn.Module, post_mix: nn.Module,
+                rpe_k: KeyRelativePosition | None = None) -> "MixedAttention":
         attn.__class__ = cls
-        attn.pre_mix, attn.post_mix = pre_mix, post_mix
-        # The mixes act on the materialised attention map, which the fused kernel never produces.
+        attn.pre_mix, attn.post_mix, attn.rpe_k = pre_mix, post_mix, rpe_k
+        # The mixes and iRPE act on the materialised attention map, which the fused kernel never produces.
         attn.fused_attn = False
         return attn
 
@@ -148,7 +166,10 @@ class MixedAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        if self.rpe_k is not None:
+            attn = attn + self.rpe_k(q)  # upstream passes the scaled query
         attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
         attn = self.pre_mix(attn)
         attn = attn.softmax(dim=-1)
@@ -231,13 +252,19 @@ def _share(group: list[nn.Module], init: str) -> None:
         block.mlp = first.mlp
 
 
-def _add_mixes(block: nn.Module, params: MultiplexedParams) -> None:
+def _rewrite_attention(block: nn.Module, params: MultiplexedParams, model: nn.Module) -> None:
     attn = block.attn
     device = attn.qkv.weight.device
-    pre, post = (MIXES[params.attn_mix](attn.num_heads, device) for _ in range(2))
-    for mix in (pre, post):
-        MIX_INITS[params.mix_init](mix)
-    MixedAttention.convert(attn, pre, post)
+    pre, post = nn.Identity(), nn.Identity()
+    if params.attn_mix != "none":
+        pre, post = (MIXES[params.attn_mix](attn.num_heads, device) for _ in range(2))
+        for mix in (pre, post):
+            MIX_INITS[params.mix_init](mix)
+    rpe_k = None
+    if params.rpe == "contextual":
+        rpe_k = KeyRelativePosition(attn.head_dim, model.patch_embed.grid_size,
+                                    num_prefix_tokens=getattr(model, "num_prefix_tokens", 0), device=device)
+    MixedAttention.convert(attn, pre, post, rpe_k)
 
 
 def _add_transform(block: nn.Module, model: nn.Module) -> None:
@@ -254,15 +281,16 @@ def apply(model: nn.Module, params: MultiplexedParams) -> nn.Module:
     errors = params.check_model(shape_of(model, type(model).__name__))
     if not all(isinstance(getattr(b.attn, n, None), nn.Module) for b in all_blocks for n in ("qkv", "proj")):
         errors.append("strategy multiplexed: shares attn.qkv and attn.proj, which some block's attention lacks")
-    if any(type(b.attn) is not Attention for b in all_blocks) and params.attn_mix != "none":
-        errors.append(f"strategy multiplexed: attn_mix={params.attn_mix} needs timm's {ATTENTION_TYPE} in every block")
+    if any(type(b.attn) is not Attention for b in all_blocks) and params.rewrites_attention:
+        errors.append(f"strategy multiplexed: attn_mix={params.attn_mix}, rpe={params.rpe} needs timm's "
+                      f"{ATTENTION_TYPE} in every block (or attn_mix=none, rpe=none)")
     if errors:
         raise StrategyError("; ".join(errors))
     for start in range(0, len(all_blocks), params.share_every):
         _share(all_blocks[start : start + params.share_every], params.init)
     for block in all_blocks:
-        if params.attn_mix != "none":
-            _add_mixes(block, params)
+        if params.rewrites_attention:
+            _rewrite_attention(block, params, model)
         if params.mlp_transform == "dwconv":
             _add_transform(block, model)
     return model

@@ -41,6 +41,11 @@ class StrategyParams(BaseModel):
         """The shape later strategies in the list will see."""
         return shape
 
+    def shapes_only(self) -> "StrategyParams":
+        """Parameters that build the same shapes without reading weight values, so a model can be counted on
+        the meta device: weights decide which units are kept or how they start, never how many."""
+        return self
+
 
 def depth_divisible(strategy: str, field: str, size: int, shape: "ModelShape") -> list[str]:
     """The problem of grouping `shape.depth` blocks into groups of `size` consecutive blocks, if any."""

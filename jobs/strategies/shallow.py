@@ -32,6 +32,9 @@ class ShallowParams(StrategyParams):
     def needs_weights(self) -> bool:
         return self.select != "first"
 
+    def shapes_only(self) -> "ShallowParams":
+        return self.model_copy(update={"select": "first"})
+
     def shape_after(self, shape: ModelShape) -> ModelShape:
         return replace(shape, mlp_hidden=max(1, int(shape.mlp_hidden * self.keep_ratio)))
 
