@@ -16,6 +16,8 @@ _.get_crop_generator, _.generate_code, _.is_parallel, _.sample_order, _.next_epo
 _.find_classes
 # torch: cudnn flag set, not read by us; a module's class swapped in place; timm's attention reads fused_attn
 _.benchmark, _.__class__, _.fused_attn
+# torch prints a module with its extra_repr (jobs.strategies.irpe)
+_.extra_repr
 # Python calls a module's __getattr__ (jobs.load, resolved lazily)
 _.__getattr__
 # jobs.accounting.ModelStats: a column of `python -m jobs inspect`, written through dataclasses.asdict
