@@ -5,7 +5,8 @@ One run = one submitit job of `nodes x tasks_per_node` tasks (one per GPU; on CP
 stages (`run:<condition>`) gets an array for the runs that wait for no job, and for each run that needs a run
 still to be trained a job with Slurm's own `--dependency=afterok:` on exactly the jobs it needs. Every task
 runs `jobs.train.train_loop` with a `SlurmContext` (orchestrator.slurm_job), writing the same run directories
-as the Ray path. Preemption / time limit: USR2 -> `SlurmRun.checkpoint()` -> requeue -> exact resume.
+as the Ray path. Preemption / time limit: USR2 -> stop flag -> checkpoint at the next agreed update -> run
+`preempted` -> submitit's `checkpoint()` and requeue -> resume from exactly that update.
 
 What is submitted is the shared plan (orchestrator.plan), with the runs whose job is still queued left to
 it. The study directory gets `slurm_jobs.json` (run -> job id, history of job ids) and `slurm/` (submitit's

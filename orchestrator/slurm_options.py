@@ -54,7 +54,8 @@ class SlurmOptions(BaseModel):
                                    json_schema_extra={"aliases": ["-C"]})
     array_parallelism: int = Field(256, ge=1, description="runs of a study running at once (the job array's parallelism limit)")
     signal_delay_s: int = Field(120, ge=1, description="seconds before the time limit that USR2 asks the job to "
-                                "checkpoint and requeue", json_schema_extra={"flag": "--signal-delay"})
+                                "stop: it checkpoints within checkpoint.sync_every updates and requeues",
+                                json_schema_extra={"flag": "--signal-delay"})
     max_num_timeout: int = Field(3, ge=0, description="requeues after a time limit before a run is given up")
     extra: dict[str, str | bool] = Field(default_factory=dict, description="any other sbatch option, e.g. --sbatch "
                                          "exclusive=true --sbatch mail-type=END",

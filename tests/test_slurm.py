@@ -46,6 +46,16 @@ def _comparable(rows: list[dict], drop: tuple[str, ...] = ()) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS + drop} for r in rows]
 
 
+def _stops(run_dir: Path) -> list[int]:
+    """The update each signalled stop wrote its checkpoint at (the loop's `preempted` events)."""
+    return [int(ln.rsplit("(update ", 1)[1].rstrip(")")) for ln in events(run_dir, "preempted")]
+
+
+def _resumed_updates(run_dir: Path) -> list[int]:
+    """The update each restart continued from (its `resume` event)."""
+    return [int(ln.rsplit(" update ", 1)[1]) for ln in events(run_dir, "resume")]
+
+
 def _local_reference(spec, out: Path) -> list[dict]:
     """The same run through the local engine (jobs.local.LocalContext), as `python -m jobs train` runs it."""
     import torch
@@ -139,9 +149,11 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
 
 @pytest.mark.slow
 def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, capsys):
-    """One run, interrupted three ways: preempted by a high-priority job, USR2 from outside (both go through
-    checkpoint()), and a plain `scontrol requeue` (no checkpoint() call). It resumes each time from its last
-    checkpoint, finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
+    """One run, interrupted three ways: preempted by a high-priority job and USR2 from outside (both a stop
+    request: a checkpoint at the update the signal was acted on, then checkpoint() and a requeue), and a plain
+    `scontrol requeue` (no stop request: back to the last checkpoint). With checkpoint.every_steps=0 the
+    signalled stops checkpoint mid-epoch and the restarts continue from exactly there: zero updates computed
+    twice. It finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
     uninterrupted run."""
     out = tmp_path / "runs"
     # After a plain requeue's SIGTERM (which submitit ignores) the task trains on until KillWait's SIGKILL
@@ -188,6 +200,11 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     wait_until("the job to leave the queue", lambda: job_state(job) in ("GONE", "COMPLETED"), 60)
 
     assert len(events(run_dir, "requeue")) == 2  # only the signalled interruptions called checkpoint()
+    # Zero updates computed twice: each signalled stop's checkpoint is where the next start continued.
+    stops, resumed = _stops(run_dir), _resumed_updates(run_dir)
+    assert len(stops) == 2 and resumed[:2] == stops, (stops, resumed)
+    for requeue, stop in zip(events(run_dir, "requeue"), stops):
+        assert f"update {stop})" in requeue, requeue
     attempts = events(run_dir, "slurm")
     assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
     starts = resumes()
@@ -344,7 +361,10 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
     for run_dir in (dir_a, dir_b):
         assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, epochs + 1)), run_dir
         (requeue,), (start,) = events(run_dir, "requeue"), resumes(run_dir)
-        assert 2 <= start < epochs and f"will resume from ckpt-{start:06d} (epoch {start})" in requeue, requeue
+        (stop,), (resumed,) = _stops(run_dir), _resumed_updates(run_dir)
+        # The stop's checkpoint, named when the signal came, is where the restart continued: nothing recomputed.
+        assert 2 <= start < epochs and f"epoch {start} " in requeue and f"update {stop})" in requeue, requeue
+        assert resumed == stop, (stop, resumed)
         assert len(events(run_dir, "start")) == 1  # the first job only: nobody started the run over
         assert [r["resumed_from"] for r in _rows(run_dir)] == [None] * start + [start] * (epochs - start)
     # Exact resume: the same metrics as an uninterrupted run through the local engine.
