@@ -26,7 +26,7 @@ from orchestrator.options import add_options, options_from_args
 from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
-from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
+from orchestrator.slurm_submit import submit, wait_for
 from orchestrator.study import StudySpec
 from rundir import EXIT_LOCKED, print_error, print_errors
 
@@ -115,7 +115,7 @@ def _submit_plan(plan: Plan, record: dict, opts: SlurmOptions) -> int:
     if not todo:
         print("nothing to submit: every run is finished, still queued or blocked")
         return 1 if plan.held else 0
-    for line in time_warnings(todo, opts, epoch_seconds_estimate(study_dir)):
+    for line in time_warnings(opts):
         print(f"warning: {line}", file=sys.stderr)
     where = ("locally (submitit LocalExecutor)" if opts.local
              else f"to Slurm{f' partition {opts.partition}' if opts.partition else ''}")

@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.parquet as pq
-
 from jobs.spec import RunSpec
 from orchestrator.slurm_options import Layout, SlurmError, SlurmOptions, layout
 from orchestrator.slurm_queue import SUBMITIT_DIR, read_jobs, write_jobs
-from rundir import METRICS_FILE, blocker, error_line, run_state, stage_of
-
-
-def epoch_seconds_estimate(study_dir: Path) -> float | None:
-    """Median epoch duration of the study's runs so far (a resumed or re-used study), if any."""
-    values: list[float] = []
-    for path in Path(study_dir).glob(f"*/{METRICS_FILE}"):
-        try:
-            values += [v for v in pq.read_table(path, columns=["epoch_s"]).column("epoch_s").to_pylist() if v]
-        except Exception:  # a file being rewritten by a live job: skip it
-            continue
-    return statistics.median(values) if values else None
+from rundir import blocker, error_line, run_state, stage_of
 
 
 def make_executor(folder: Path, opts: SlurmOptions, lay: Layout, name: str):

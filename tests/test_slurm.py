@@ -256,31 +256,24 @@ def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
     assert "FAILED" in line and "5/10" in line and "job ended (FAILED) before the run finished: --resume" in line, line
 
 
-def test_signal_during_start_up_is_a_warning(demo_data, tmp_path):
+def test_signal_during_start_up_is_a_warning():
     """slurmctld sends --signal up to 30 s early: a limit that lets USR2 reach a job still starting up is flagged."""
-    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "su", run_id="r0")
-    runs, _ = load_runs(cfg, [])
-    early, = so.time_warnings(runs, so.SlurmOptions(time_min=1, signal_delay_s=45), None)
+    early, = so.time_warnings(so.SlurmOptions(time_min=1, signal_delay_s=45))
     assert "USR2 may come 0 s after a job starts" in early, early
-    assert "may come 15 s after" in so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=75), None)[0]
+    assert "may come 15 s after" in so.time_warnings(so.SlurmOptions(time_min=2, signal_delay_s=75))[0]
     # What the time-out test uses (USR2 45-75 s after the start) and the defaults are fine.
-    assert so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=45), None) == []
-    assert so.time_warnings(runs, so.SlurmOptions(time_min=48 * 60), None) == []
+    assert so.time_warnings(so.SlurmOptions(time_min=2, signal_delay_s=45)) == []
+    assert so.time_warnings(so.SlurmOptions(time_min=48 * 60)) == []
 
 
 def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path, capsys):
-    """A time limit shorter than one checkpoint interval (epochs measured earlier in the study) is a warning,
-    printed before sbatch is asked (which here refuses the partition, so nothing runs)."""
-    from rundir import METRICS_COLUMNS, append_row
-
+    """A time limit that lets USR2 reach a job still starting up is a warning, printed before sbatch is asked
+    (which here refuses the partition, so nothing runs)."""
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "tl", run_id="r0")
-    (tmp_path / "runs" / "tl" / "earlier").mkdir(parents=True)
-    append_row(tmp_path / "runs" / "tl" / "earlier", {**{c: None for c in METRICS_COLUMNS}, "epoch": 1, "epoch_s": 900.0})
-    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "10", "--signal-delay", "60"])
+    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "1", "--signal-delay", "45"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "warning: --time 10 min leaves 540 s before the USR2 signal, shorter than one checkpoint interval" in err, err
-
+    assert "warning: --time 1 min with --signal-delay 45 s" in err and "USR2 may come 0 s after" in err, err
 
 
 def _sacct_attempts(job: str) -> list[str]:
