@@ -9,9 +9,10 @@ shared-tensor packing) is jobs.checkpoint's; this module decides:
   the caller hands over, so a resumed run replays the uninterrupted one bit for bit on CPU;
 - when: every `every_epochs` epochs and after the last one, and every `every_steps` optimizer updates
   inside an epoch (`due_at_epoch_end`, `due_mid_epoch`);
-- which: the engine's latest valid checkpoint (rank 0 asks, every rank gets the answer); corrupt
-  checkpoints newer than it are moved aside; when every checkpoint is damaged the run stops instead
-  of silently starting over;
+- which: the engine's latest valid checkpoint, decided once per process start (`choose`: rank 0 asks the
+  engine, which verifies its checksums once; every rank gets the answer); corrupt checkpoints newer than it
+  are moved aside (`quarantine`); when every checkpoint is damaged the run stops instead of silently
+  starting over;
 - best: `checkpoints/best/` holds the weights of the best epoch by `best_metric`.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ class CheckpointConfig(BaseModel):
 
     every_epochs: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always after the last)")
     every_steps: int = Field(0, ge=0, description="also every N optimizer updates, mid-epoch; 0 = off")
+    sync_every: int = Field(20, ge=1, description="the ranks agree on a stop request (a checkpoint is written "
+                            "there) and on non-finite losses every N updates: one host sync per N updates")
     keep_last: int = Field(2, ge=2, description="numbered checkpoints kept (>= 2 so a corrupt latest has a fallback)")
     best: bool = Field(True, description="export the best weights as checkpoints/best/model.pt (plain state dict)")
     best_metric: Literal["auto", "ema_top1", "top1"] = Field("auto", description="auto = ema_top1 when EMA is on")
@@ -82,40 +85,25 @@ class Checkpointer:
         self.number = 0                          # the last checkpoint number used in this run's folder
         self.best = Best(best_metric)
         self.resumed_from: int | None = None     # epoch this process resumed from
+        self.resumed_path: Path | None = None    # the checkpoint it resumed from
         self.last: Path | None = None            # the last checkpoint this process wrote
 
     # ---- which ---------------------------------------------------------------------------------
 
-    def choose(self) -> Path | None:
-        """The checkpoint to resume from (None: start fresh), the same on every rank. Corrupt ones newer
-        than it are moved aside, so numbering and pruning skip them."""
-        rank0 = self.ctx.rank == 0
-        chosen, unusable = broadcast(self._choose() if rank0 else (None, None), self.ctx)
-        if unusable:
-            raise ckpt.CheckpointError(unusable)
-        if rank0:
-            self._quarantine(chosen)
-        return Path(chosen) if chosen is not None else None
-
-    def _choose(self) -> tuple[Path | None, str | None]:
-        chosen = self.ctx.latest_checkpoint()
-        if chosen is not None:
-            return chosen, None
-        _, skipped = ckpt.scan(self.dir)
-        if not skipped:
-            return None, None
-        # Starting over would silently discard the run's progress: stop, and move nothing.
-        reasons = "; ".join(f"{bad.name}: {reason}" for bad, reason in skipped)
-        return None, (f"all {len(skipped)} checkpoints in {self.dir} are damaged ({reasons}); "
-                      f"nothing was deleted. Restore them from a copy, or move the folder aside to start the run over")
-
-    def _quarantine(self, chosen: Path | None) -> None:
-        _, skipped = ckpt.scan(self.dir)
-        for bad, reason in skipped:
-            if chosen is None or (ckpt.checkpoint_number(bad) or 0) > (ckpt.checkpoint_number(chosen) or 0):
-                target = bad.parent / f"corrupt-{bad.name}-{int(time.time())}"
-                bad.rename(target)
-                self.log("warning", f"corrupt checkpoint {bad.name} moved to {target.name}: {reason}")
+    def quarantine(self, chosen: Path | None) -> None:
+        """Move aside (rank 0) the checkpoints newer than `chosen`: the engine found them corrupt, and numbering
+        and pruning must skip them. Only those are verified again, for the reason logged."""
+        if self.ctx.rank != 0:
+            return
+        newer = [p for p in ckpt.numbered(self.dir)
+                 if chosen is None or (ckpt.checkpoint_number(p) or 0) > (ckpt.checkpoint_number(chosen) or 0)]
+        for bad in newer:
+            reason = ckpt.verify(bad)
+            if reason is None:  # valid after all (an engine may prefer its own record): keep it
+                continue
+            target = bad.parent / f"corrupt-{bad.name}-{int(time.time())}"
+            bad.rename(target)
+            self.log("warning", f"corrupt checkpoint {bad.name} moved to {target.name}: {reason}")
 
     # ---- restore -------------------------------------------------------------------------------
 
@@ -153,7 +141,7 @@ class Checkpointer:
                                 f"restarting epoch {pos.epoch + 1} with fresh generator streams (not bitwise-exact)")
             seed_everything(self.identity["seed"] + 1000 * (pos.epoch + 1) + rank)
             pos = Position(pos.epoch, 0, pos.epoch * updates_per_epoch)
-        self.resumed_from = pos.epoch
+        self.resumed_from, self.resumed_path = pos.epoch, path
         self.log("resume", f"from {path.name}: epoch {pos.epoch} batch {pos.batch} update {pos.num_updates}")
         return pos, partial
 
@@ -228,3 +216,25 @@ class Checkpointer:
                 "create_kwargs": self.identity["create_kwargs"], "strategies": self.identity["strategies"],
             })
         return True
+
+
+def choose(ctx: EngineContext) -> Path | None:
+    """The checkpoint a run resumes from (None: start fresh), the same on every rank: the one verification of
+    a process start (rank 0 asks the engine). Raises CheckpointError when every checkpoint is damaged."""
+    chosen, unusable = broadcast(_choose(ctx) if ctx.rank == 0 else (None, None), ctx)
+    if unusable:
+        raise ckpt.CheckpointError(unusable)
+    return Path(chosen) if chosen is not None else None
+
+
+def _choose(ctx: EngineContext) -> tuple[Path | None, str | None]:
+    chosen = ctx.latest_checkpoint()
+    if chosen is not None:
+        return chosen, None
+    folder = Path(ctx.run_dir) / CHECKPOINT_DIR
+    if not ckpt.numbered(folder):
+        return None, None
+    # Starting over would silently discard the run's progress: stop, and move nothing.
+    reasons = "; ".join(f"{bad.name}: {ckpt.verify(bad)}" for bad in ckpt.numbered(folder))
+    return None, (f"all {len(ckpt.numbered(folder))} checkpoints in {folder} are damaged ({reasons}); "
+                  f"nothing was deleted. Restore them from a copy, or move the folder aside to start the run over")

@@ -3,6 +3,9 @@
 Ray Train (orchestrator.ray_engine) and Slurm (orchestrator.slurm) each provide an object with
 these members; `LocalContext` (jobs.local) is the single-process / torchrun one. The loop never
 imports Ray or submitit.
+
+Optional member: `stop_requested() -> bool`, true once the engine was asked to stop (its signal handler sets a
+flag, jobs.stop); the loop then checkpoints at the next update the ranks agree on and raises jobs.stop.Preempted.
 """
 from __future__ import annotations
 

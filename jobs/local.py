@@ -1,6 +1,7 @@
 """LocalContext: the engine for `python -m jobs train`, tests, and torchrun.
 
-One process writes to `run_dir`. Under torchrun (or anything that sets RANK, WORLD_SIZE, LOCAL_RANK,
+One process writes to `run_dir`. Its stop request (`stop`, jobs.stop) is set by the signals the caller installs
+it for (`python -m jobs train`: SIGTERM and SIGINT). Under torchrun (or anything that sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT) it joins the process group itself (gloo on CPU, nccl on GPU) so the loop
 runs DDP; it leaves the group on close.
 """
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from jobs import checkpoint
+from jobs.stop import StopRequest
 from rundir import CHECKPOINT_DIR
 
 
@@ -54,6 +56,7 @@ class LocalContext:
         if cuda:
             torch.cuda.set_device(self.device)
         self.reports: list[tuple[dict, Path | None]] = []
+        self.stop = StopRequest()
         self._owns_group = False
         if self.world_size > 1 and not dist.is_initialized():
             missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
@@ -74,6 +77,9 @@ class LocalContext:
 
     def latest_checkpoint(self) -> Path | None:
         return checkpoint.latest_valid(self.run_dir / CHECKPOINT_DIR)
+
+    def stop_requested(self) -> bool:
+        return self.stop.requested()
 
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():

@@ -1,21 +1,25 @@
-"""The training loop every run executes, whatever engine starts it (Ray Train, Slurm, torchrun, tests).
+"""The life of a run, whatever engine starts it (Ray Train, Slurm, torchrun, `python -m jobs train`, tests).
 
-`train_loop(spec, ctx)` talks to its engine only through `ctx` (jobs.context.EngineContext): build the
-run, resume it (jobs.checkpointer), then per epoch train (mixup, autocast, accumulation, clipping,
-schedule, EMA), evaluate the model and its EMA on the whole val set (counts all-reduced), record one
-metrics row, checkpoint, and `ctx.report`.
+`train_loop(spec, ctx)` talks to its engine only through `ctx` (jobs.context.EngineContext) and owns the run's
+life, from one place:
+
+    start:   choose the checkpoint to resume from, once (its checksums verified once), refuse one made with
+             another teacher (nothing is written then), build the run, restore it or seed a fresh start;
+    running: per epoch train (jobs.train_step), evaluate the model and its EMA on the whole val set, record
+             one metrics row, checkpoint, `ctx.report`;
+    end:     finished | failed (with the error) | preempted (a stop request: checkpoint at the update the
+             ranks agreed on, then `Preempted`; the same command, or the engine's requeue, continues from
+             exactly there).
+
+Every status change goes through `Lifecycle.status` (rank 0; rundir.write_status underneath).
 
 Exact resume: the checkpoint stores every rank's generator states (jobs.rng), its partial-epoch sums and
-the loader position, so a resumed run replays the uninterrupted one bit for bit on CPU.
-
-Stops: a NaN/inf loss raises NonFiniteLossError (no checkpoint is written after it; `train.skip_nonfinite`
-skips such updates instead); an engine that defines `stop_requested() -> bool` gets a checkpoint at the
-next optimizer update and a Preempted exception. `Hooks` let tests watch the loop and kill it by raising.
+the loader position, so a resumed run replays the uninterrupted one bit for bit on CPU. `Hooks` let tests
+watch the loop and kill it by raising.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import socket
 import time
@@ -23,41 +27,78 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from timm.utils import dispatch_clip_grad
 from torch import nn
 
 import rundir as run_files
 from jobs import checkpoint as ckpt
 from jobs import recipe, weights
-from jobs.checkpointer import Position
+from jobs.checkpointer import Position, choose
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
-from jobs.distributed import all_reduce_sum, broadcast, gather
+from jobs.distributed import all_reduce_sum, gather
 from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
-from jobs.rng import isolated_batches, rng_isolated, seed_everything
+from jobs.rng import isolated_batches, seed_everything
 from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError
+from jobs.stop import Preempted
+from jobs.train_step import NonFiniteLossError, stop_requested, to_format, train_epoch
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops and its last good checkpoint is kept."""
+__all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "evaluate", "train_loop"]
 
 
-class Preempted(RuntimeError):
-    """The engine asked the run to stop (e.g. Slurm's pre-timeout signal); a checkpoint was just written."""
+class Lifecycle:
+    """A run's status and events, written by rank 0: the one place where a run's state changes."""
+
+    def __init__(self, spec: RunSpec, ctx: EngineContext):
+        self.run_dir, self.rank0, self.epochs = Path(ctx.run_dir), ctx.rank == 0, spec.train.epochs
+        if self.rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = run_files.EventLog(self.run_dir, ctx.rank)
+        self.epochs_done = 0
+        self.logger: RunLogger | None = None
+
+    def log(self, kind: str, text: str) -> None:
+        if self.rank0:
+            self.events(kind, text)
+
+    def status(self, state: str, error: str | None = None, update: int | None = None) -> None:
+        if self.rank0:
+            run_files.write_status(self.run_dir, state, self.epochs_done, self.epochs, error, update)
+
+    @contextlib.contextmanager
+    def recorded(self) -> Iterator[None]:
+        """How the block ended, recorded: a stop request as `preempted` (resumable), anything else as `failed`."""
+        try:
+            yield
+        except Preempted as exc:
+            self._close_logger()
+            self.epochs_done = exc.epoch
+            where = exc.checkpoint.name if exc.checkpoint is not None else "the start"
+            self.status("preempted", update=exc.update)
+            self.log("preempted", f"{exc}; continues from {where} (update {exc.update})")
+            raise
+        except BaseException as exc:
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            self._close_logger()
+            if self.rank0 and self.run_dir.exists():
+                # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
+                with contextlib.suppress(OSError):
+                    self.status("failed", message)
+                with contextlib.suppress(OSError):
+                    self.events("error", message)
+            raise
+
+    def _close_logger(self) -> None:
+        if self.logger is not None:
+            with contextlib.suppress(Exception):  # flush what was logged; never hide the exception
+                self.logger.close()
 
 
-def _stop_requested(ctx: EngineContext) -> bool:
-    # Optional engine member (not in the EngineContext protocol): `stop_requested() -> bool`, polled at
-    # every optimizer update. A Slurm engine sets it from its signal handler and requeues on Preempted.
-    fn = getattr(ctx, "stop_requested", None)
-    return bool(fn()) if callable(fn) else False
-
-
-def _resume_or_start(state: LoopState) -> None:
+def _resume_or_start(state: LoopState, chosen: Path | None) -> None:
     """Continue from the chosen checkpoint, or seed this rank's training stream for a fresh start."""
     spec, ctx = state.spec, state.ctx
-    chosen = state.checkpointer.choose()
+    state.checkpointer.quarantine(chosen)
     if chosen is not None:
         pos, sums = state.checkpointer.restore(chosen, state.updates_per_epoch)
         state.epoch, state.batch, state.num_updates = pos.epoch, pos.batch, pos.num_updates
@@ -79,129 +120,6 @@ def _resume_or_start(state: LoopState) -> None:
         print(f"{spec.study}/{spec.run_id}: {rule}", flush=True)
 
 
-# ---- train ------------------------------------------------------------------------------------
-
-
-def _to_format(images: torch.Tensor, spec: RunSpec, device: torch.device) -> torch.Tensor:
-    if spec.train.channels_last and device.type == "cuda":
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
-def _train_epoch(state: LoopState, epoch: int, start_batch: int) -> None:
-    spec, device, parts = state.spec, state.device, state.parts
-    n_batches, accum = len(state.train_loader), spec.train.grad_accum
-    with rng_isolated(device):
-        state.train_loader.set_epoch(epoch, start_batch)
-    state.net.train()
-    if start_batch == 0:
-        state.sums = EpochSums()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loss_count = torch.zeros((), dtype=torch.int64, device=device)
-    bad = torch.zeros((), dtype=torch.int64, device=device)
-    t0 = time.perf_counter()
-
-    def flush_sums() -> None:
-        nonlocal t0
-        state.sums.loss_sum += float(loss_sum)
-        state.sums.loss_count += int(loss_count)
-        state.sums.train_s += time.perf_counter() - t0
-        loss_sum.zero_(), loss_count.zero_()
-        t0 = time.perf_counter()
-
-    batch = start_batch
-    # len() is the contract (every rank runs the same number of batches); never read past it.
-    batches = itertools.islice(isolated_batches(state.train_loader, device), n_batches - start_batch)
-    for images, labels in state.logger.timed(batches):
-        group_start = (batch // accum) * accum
-        group_size = min(accum, n_batches - group_start)
-        last_micro = batch + 1 == group_start + group_size
-        if state.mixup is not None and len(labels) % 2:
-            # timm Mixup pairs samples; an odd final batch loses its last image.
-            images, labels = images[:-1], labels[:-1]
-        if parts.distiller is not None:
-            labels = parts.distiller.train_labels(labels)
-        targets = labels
-        if state.mixup is not None:
-            images, targets = state.mixup(images, labels)
-        images = state.train_loader.after_mixup(images, batch)  # data.erase_order after_mixup: timm's order
-        images = _to_format(images, spec, device)
-        sync = contextlib.nullcontext() if last_micro or not isinstance(state.net, nn.parallel.DistributedDataParallel) \
-            else state.net.no_sync()
-        with sync:
-            with recipe.autocast(device, spec.train):
-                if parts.distiller is not None:
-                    loss = parts.distiller(state.net, images, targets, state.loss_fn)
-                else:
-                    loss = state.loss_fn(state.net(images), targets)
-            finite = torch.isfinite(loss.detach())
-            scaled = loss / group_size
-            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
-        bad += (~finite).long()
-        loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
-        loss_count += finite.long() * len(labels)
-        state.sums.images += len(labels)
-        state.logger.micro_batch(loss, len(labels))
-        batch += 1
-        state.epoch, state.batch, state.images, state.targets = epoch, batch, images, targets
-        if not last_micro:
-            continue
-        bad_total, stop_total = all_reduce_sum([bad.item(), int(_stop_requested(state.ctx))], state.ctx, device,
-                                               dtype=torch.int64)
-        bad.zero_()
-        stop = stop_total > 0
-        _update(state, nonfinite=bad_total > 0)
-        state.logger.after_step(state.num_updates, epoch, float(parts.optimizer.param_groups[0]["lr"]))
-        if stop or state.checkpointer.due_mid_epoch(state.num_updates, batch, n_batches):
-            flush_sums()
-            state.checkpointer.save(Position(epoch, batch, state.num_updates), dict(state.sums.__dict__))
-        if stop:
-            raise Preempted(f"stop requested by the engine at epoch {epoch + 1} batch {batch}; "
-                            f"checkpoint written at update {state.num_updates}")
-        if state.hooks.after_step:
-            state.hooks.after_step(state)
-    flush_sums()
-    if batch != n_batches:
-        raise RuntimeError(f"train loader yielded {batch} batches in epoch {epoch + 1}, its len() says {n_batches}")
-
-
-def _update(state: LoopState, nonfinite: bool) -> None:
-    """One optimizer update from the accumulated gradients (skipped, or the run stopped, on a NaN/inf loss)."""
-    tc, parts, n = state.spec.train, state.parts, state.num_updates
-    if nonfinite and not tc.skip_nonfinite:
-        last = state.ctx.latest_checkpoint() if state.ctx.rank == 0 else None
-        raise NonFiniteLossError(
-            f"non-finite training loss at epoch {state.epoch + 1} batch {state.batch} (update {n + 1}); "
-            f"stopped, last good checkpoint: {last or 'none'}. Lower train.lr, set train.clip_grad, "
-            f"or set train.skip_nonfinite=true to skip such updates"
-        )
-    if nonfinite:
-        parts.optimizer.zero_grad(set_to_none=True)
-        state.sums.skipped += 1
-        state.log("warning", f"skipped update {n + 1} (epoch {state.epoch + 1} batch {state.batch}): non-finite loss")
-    else:
-        if state.hooks.before_update:
-            state.hooks.before_update(state)
-        if tc.weight_decay_end is not None:
-            recipe.set_weight_decay(parts.optimizer, recipe.weight_decay_at(tc, n, tc.epochs * state.updates_per_epoch))
-        if parts.scaler is not None:
-            parts.scaler.unscale_(parts.optimizer)
-        if tc.clip_grad is not None:
-            dispatch_clip_grad(parts.model.parameters(), tc.clip_grad, mode=tc.clip_mode)
-        state.logger.before_step(n + 1, parts.model)
-        if parts.scaler is not None:
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-        else:
-            parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.ema is not None:
-            parts.ema.update(parts.model, step=n + 1)
-    state.num_updates = n + 1
-    if parts.scheduler is not None:
-        parts.scheduler.step_update(num_updates=state.num_updates)
-
-
 # ---- evaluate and record ----------------------------------------------------------------------
 
 
@@ -214,7 +132,7 @@ def evaluate(model: nn.Module, loader, spec: RunSpec, ctx: EngineContext, device
     correct1 = correct5 = total = 0
     for images, labels in isolated_batches(loader, device):
         with recipe.autocast(device, spec.train):
-            logits = model(_to_format(images, spec, device))
+            logits = model(to_format(images, spec, device))
         top = logits.topk(k, dim=1).indices
         hit = top.eq(labels.view(-1, 1))
         correct1 += int(hit[:, :1].sum())
@@ -280,95 +198,91 @@ def _weights_errors() -> Iterator[None]:
         raise SpecError([str(exc)]) from None
 
 
-def _refuse_changed_teacher(spec: RunSpec, ctx: EngineContext) -> None:
+def _refuse_changed_teacher(spec: RunSpec, chosen: Path | None) -> None:
     """A checkpoint trained with another teacher (or none) is not resumed."""
-    latest = broadcast(ctx.latest_checkpoint() if ctx.rank == 0 else None, ctx)
-    if latest is None:
+    if chosen is None:
         return
-    recorded = ckpt.read_manifest(Path(latest)).get("teacher")
+    recorded = ckpt.read_manifest(chosen).get("teacher")
     current = teacher_identity(spec.distill, spec.model.name, weights.Place.of(spec), spec.model.init)
     problem = resume_error(recorded, current)
     if problem:
-        raise SpecError([f"{problem} (checkpoint {latest})"])
+        raise SpecError([f"{problem} (checkpoint {chosen})"])
+
+
+def _stop_agreed(state: LoopState) -> bool:
+    """Whether any rank was asked to stop (one collective: at the start and at epoch ends only)."""
+    return all_reduce_sum([int(stop_requested(state.ctx))], state.ctx, state.device, dtype=torch.int64)[0] > 0
 
 
 def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) -> dict:
-    """Train `spec` under engine `ctx` (resuming from ctx.latest_checkpoint()); returns the last row."""
-    run_dir, rank0, epochs = Path(ctx.run_dir), ctx.rank == 0, spec.train.epochs
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    events = run_files.EventLog(run_dir, ctx.rank)
-
-    def log(kind: str, text: str) -> None:
-        if rank0:
-            events(kind, text)
-
-    epoch, state = 0, None
-    # Before the try: a refused resume writes nothing, not even a failed status.
+    """Train `spec` under engine `ctx`, resuming from its newest valid checkpoint; returns the last row.
+    Raises Preempted after a stop request (a checkpoint was written at the update it names)."""
+    life = Lifecycle(spec, ctx)
+    with life.recorded():
+        chosen = choose(ctx)
+    # Outside `recorded`: a refused resume writes nothing, not even a failed status.
     with _weights_errors():
-        _refuse_changed_teacher(spec, ctx)
-    try:
-        data_errors = spec.data.check(spec.model.num_classes)
-        if data_errors:
-            raise SpecError(data_errors)
-        if rank0:
-            spec.record(run_dir)
-            run_files.write_status(run_dir, "running", 0, epochs)
-        with _weights_errors():
-            state = build_state(spec, ctx, hooks or Hooks(), log)
-        # Which process is which rank, per (re)start: what an operator needs to find a hung or dead worker.
-        workers = gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
-        log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))
-        _resume_or_start(state)
-        state.logger = RunLogger(spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=state.num_updates,
-                                 steps_per_epoch=state.updates_per_epoch, log_event=log)
-        state.logger.attach(state.model)
-        start_epoch, start_batch = state.epoch, state.batch
-        for epoch in range(start_epoch, epochs):
-            t_epoch = time.perf_counter()
-            _train_epoch(state, epoch, start_batch if epoch == start_epoch else 0)
-            if state.parts.scheduler is not None:
-                state.parts.scheduler.step(epoch + 1)
-            evals = _evaluate_all(state)
-            state.row = row = _epoch_row(state, epoch, time.perf_counter() - t_epoch, evals)
-            if rank0:
-                run_files.append_row(run_dir, row)
-            state.logger.epoch_end(state.num_updates, row)
-            state.checkpointer.record(row)
-            path = None
-            if state.checkpointer.due_at_epoch_end(epoch + 1, epochs):
-                path = state.checkpointer.save(Position(epoch + 1, 0, state.num_updates), dict(state.sums.__dict__))
-            if rank0:
-                run_files.write_status(run_dir, "running", epoch + 1, epochs)
-            ema_text = f"{evals['ema_top1']:.2f}" if evals["ema_top1"] is not None else "-"
-            log("epoch", f"{epoch + 1}/{epochs} loss {row['train_loss']:.4f} top1 {evals['top1']:.2f} "
-                         f"ema_top1 {ema_text} lr {row['lr']:.3g} ({row['epoch_s']:.1f} s, {state.val_count} val samples)")
-            ctx.report(row, path if rank0 else None)
-            if state.hooks.after_epoch:
-                state.hooks.after_epoch(state)
-        if epochs == 0 and state.row is None and not run_files.read_metrics(run_dir).num_rows:
-            state.row = _evaluate_as_built(state)
-        if state.row is None:  # resumed a finished run: nothing trained, hand back its last row
-            rows = run_files.read_metrics(run_dir).to_pylist()
-            state.row = rows[-1] if rows else {}
-        if rank0:
-            run_files.write_status(run_dir, "finished", epochs, epochs)
-        best = state.checkpointer.best
-        log("finish", f"best {best.metric} {best.value:.2f} at epoch {best.epoch}")
-        state.logger.close()
-        return state.row
-    except BaseException as exc:
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())
-        if state is not None and state.logger is not None:
-            with contextlib.suppress(Exception):  # flush what was logged; never hide `exc`
-                state.logger.close()
-        if rank0 and run_dir.exists():
-            # best effort: on a full or read-only disk these writes fail too and must not hide `exc`
-            with contextlib.suppress(OSError):
-                run_files.write_status(run_dir, "failed", epoch, epochs, message)
-            with contextlib.suppress(OSError):
-                events("error", message)
-        raise
+        _refuse_changed_teacher(spec, chosen)
+    with life.recorded():
+        return _train(spec, ctx, hooks or Hooks(), life, chosen)
 
 
-# ---- `python -m jobs train CONFIG [key=value ...]` --------------------------------------------
+def _train(spec: RunSpec, ctx: EngineContext, hooks: Hooks, life: Lifecycle, chosen: Path | None) -> dict:
+    run_dir, epochs = life.run_dir, spec.train.epochs
+    data_errors = spec.data.check(spec.model.num_classes)
+    if data_errors:
+        raise SpecError(data_errors)
+    if life.rank0:
+        spec.record(run_dir)
+    life.status("running")
+    with _weights_errors():
+        state = build_state(spec, ctx, hooks, life.log)
+    # Which process is which rank, per (re)start: what an operator needs to find a hung or dead worker.
+    workers = gather(f"{socket.gethostname()}:{os.getpid()}", ctx)
+    life.log("workers", " ".join(f"rank{r}={w}" for r, w in enumerate(workers)))
+    _resume_or_start(state, chosen)
+    life.epochs_done = state.epoch
+    state.logger = life.logger = RunLogger(
+        spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=state.num_updates,
+        steps_per_epoch=state.updates_per_epoch, log_event=life.log)
+    state.logger.attach(state.model)
+    if _stop_agreed(state):  # asked to stop while starting up: nothing trained since `chosen`
+        raise Preempted("stopped on request before the first update", chosen, state.num_updates, state.epoch)
+    start_epoch, start_batch = state.epoch, state.batch
+    for epoch in range(start_epoch, epochs):
+        t_epoch = time.perf_counter()
+        train_epoch(state, epoch, start_batch if epoch == start_epoch else 0)
+        if state.parts.scheduler is not None:
+            state.parts.scheduler.step(epoch + 1)
+        evals = _evaluate_all(state)
+        state.row = row = _epoch_row(state, epoch, time.perf_counter() - t_epoch, evals)
+        if life.rank0:
+            run_files.append_row(run_dir, row)
+        state.logger.epoch_end(state.num_updates, row)
+        state.checkpointer.record(row)
+        path = None
+        stop = epoch + 1 < epochs and _stop_agreed(state)  # a request that came during the evaluation
+        if stop or state.checkpointer.due_at_epoch_end(epoch + 1, epochs):
+            path = state.checkpointer.save(Position(epoch + 1, 0, state.num_updates), dict(state.sums.__dict__))
+        life.epochs_done = epoch + 1
+        life.status("running")
+        ema_text = f"{evals['ema_top1']:.2f}" if evals["ema_top1"] is not None else "-"
+        life.log("epoch", f"{epoch + 1}/{epochs} loss {row['train_loss']:.4f} top1 {evals['top1']:.2f} "
+                          f"ema_top1 {ema_text} lr {row['lr']:.3g} ({row['epoch_s']:.1f} s, {state.val_count} val samples)")
+        ctx.report(row, path if life.rank0 else None)
+        if stop:
+            raise Preempted(f"stopped on request after epoch {epoch + 1}", path, state.num_updates, epoch + 1)
+        if state.hooks.after_epoch:
+            state.hooks.after_epoch(state)
+    if epochs == 0 and state.row is None and not run_files.read_metrics(run_dir).num_rows:
+        state.row = _evaluate_as_built(state)
+    if state.row is None:  # resumed a finished run: nothing trained, hand back its last row
+        rows = run_files.read_metrics(run_dir).to_pylist()
+        state.row = rows[-1] if rows else {}
+    life.epochs_done = epochs
+    life.status("finished")
+    best = state.checkpointer.best
+    life.log("finish", f"best {best.metric} {best.value:.2f} at epoch {best.epoch}")
+    state.logger.close()
+    life.logger = None
+    return state.row

@@ -1,11 +1,15 @@
 """`python -m jobs train CONFIG [key=value ...] [--resume]`: one run in this process (or one rank under
 torchrun), with the same rule for existing output as `orchestrator run|sweep|slurm`: a run folder that
 already holds output is refused unless `--resume` is given; with it, a finished run is kept and an
-unfinished or failed one continues from its newest valid checkpoint."""
+unfinished or failed one continues from its newest valid checkpoint.
+
+SIGTERM and SIGINT (Ctrl-C) stop the run at the next agreed update with a checkpoint there (jobs.stop): the
+run is recorded as preempted, and the same command continues it from exactly that update."""
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import traceback
 from pathlib import Path
 
@@ -15,8 +19,11 @@ from jobs import checkpoint as ckpt
 from jobs.configdoc import add_print_config, print_config
 from jobs.local import LocalContext
 from jobs.spec import SpecError, file_problems, load_spec
+from jobs.stop import Preempted
 from jobs.train import NonFiniteLossError, train_loop
-from rundir import EXIT_BAD_INPUT, State, print_error, print_errors, run_state
+from rundir import EXIT_BAD_INPUT, State, print_error, print_errors, read_status, run_state
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; the same command continues the run
 
 
 def refuse_existing(run_dir: Path, epochs: int, resume: bool) -> str | None:
@@ -24,7 +31,8 @@ def refuse_existing(run_dir: Path, epochs: int, resume: bool) -> str | None:
     state = run_state(run_dir, epochs)
     if state.state is State.BLOCKED:
         return f"{run_dir}: {state.describe()}"
-    if state.started and not resume:
+    stopped = (read_status(run_dir) or {}).get("state") == "preempted"  # the same command continues it
+    if state.started and not resume and not stopped:
         return (f"output already exists in {run_dir} ({state.describe()}); pass --resume to continue, "
                 "or set another study/run_id")
     return None
@@ -57,8 +65,14 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     with LocalContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
         try:
-            with logging_redirect_tqdm():  # step lines above the progress bar, not through it
+            # step lines above the progress bar, not through it
+            with ctx.stop.installed(signal.SIGTERM, signal.SIGINT), logging_redirect_tqdm():
                 row = train_loop(spec, ctx)
+        except Preempted as exc:
+            if ctx.rank == 0:
+                print(f"stopped {spec.run_dir} ({ctx.stop.signal_name}): {exc}; run the same command to continue",
+                      flush=True)
+            return EXIT_PREEMPTED
         except (NonFiniteLossError, SpecError, ckpt.CheckpointError) as exc:
             print_error(str(exc))
             return 1

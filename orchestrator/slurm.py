@@ -5,7 +5,8 @@ One run = one submitit job of `nodes x tasks_per_node` tasks (one per GPU; on CP
 stages (`run:<condition>`) gets an array for the runs that wait for no job, and for each run that needs a run
 still to be trained a job with Slurm's own `--dependency=afterok:` on exactly the jobs it needs. Every task
 runs `jobs.train.train_loop` with a `SlurmContext` (orchestrator.slurm_job), writing the same run directories
-as the Ray path. Preemption / time limit: USR2 -> `SlurmRun.checkpoint()` -> requeue -> exact resume.
+as the Ray path. Preemption / time limit: USR2 -> stop flag -> checkpoint at the next agreed update -> run
+`preempted` -> submitit's `checkpoint()` and requeue -> resume from exactly that update.
 
 What is submitted is the shared plan (orchestrator.plan), with the runs whose job is still queued left to
 it. The study directory gets `slurm_jobs.json` (run -> job id, history of job ids) and `slurm/` (submitit's
@@ -25,7 +26,7 @@ from orchestrator.options import add_options, options_from_args
 from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_resolved
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
-from orchestrator.slurm_submit import epoch_seconds_estimate, submit, wait_for
+from orchestrator.slurm_submit import submit, wait_for
 from orchestrator.study import StudySpec
 from rundir import EXIT_LOCKED, print_error, print_errors
 
@@ -114,7 +115,7 @@ def _submit_plan(plan: Plan, record: dict, opts: SlurmOptions) -> int:
     if not todo:
         print("nothing to submit: every run is finished, still queued or blocked")
         return 1 if plan.held else 0
-    for line in time_warnings(todo, opts, epoch_seconds_estimate(study_dir)):
+    for line in time_warnings(opts):
         print(f"warning: {line}", file=sys.stderr)
     where = ("locally (submitit LocalExecutor)" if opts.local
              else f"to Slurm{f' partition {opts.partition}' if opts.partition else ''}")

@@ -6,6 +6,7 @@ imports only this, jobs.train and submitit.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from submitit.core.utils import UncompletedJobError
 from jobs import checkpoint as ckpt
 from jobs.local import LocalContext
 from jobs.spec import RunSpec
+from jobs.stop import Preempted
 from rundir import CHECKPOINT_DIR, EventLog, read_status, write_status
 
 
@@ -57,78 +59,80 @@ class SlurmContext(LocalContext):
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
-    """One run as a submitit job. On the preemption / time-limit signal (USR2) submitit calls `checkpoint()` on
-    rank 0, requeues the job and exits; the requeued job calls this again and resumes from the newest complete
-    checkpoint (jobs.train's exact resume). Atomic checkpoints mean an interrupted write leaves the previous
-    checkpoint as the latest; at most one checkpoint interval is recomputed."""
+    """One run as a submitit job. The preemption / time-limit signal (USR2; Slurm sends it --signal-delay
+    seconds before the limit, and on preemption) only sets the stop flag: submitit's own handler, which would
+    requeue at once and lose every update since the last checkpoint, is set aside while the loop runs. The loop
+    writes a checkpoint at the next update the ranks agree on, records the run as preempted and raises
+    Preempted; then rank 0 hands over to submitit's handler, which calls `checkpoint()`, counts a time-out
+    against --max-num-timeout, requeues the job and exits. The requeued job resumes from exactly that update.
+    A signal before the loop started (imports, start-up) reaches submitit's handler directly: nothing was
+    trained yet. A plain `scontrol requeue` or `scancel` (SIGTERM, which submitit ignores, then SIGKILL) loses
+    the updates since the last checkpoint."""
 
     def __init__(self, spec: dict[str, Any]):
         # A plain dict survives code changes between submission and a requeue better than a pickled model.
         self.spec = spec
-        self._requeueing = False
+        self._stopped: Preempted | None = None
 
     @property
     def run_spec(self) -> RunSpec:
         return RunSpec.model_validate(self.spec)
 
-    def __call__(self) -> dict:
+    def __call__(self) -> dict | None:
         from jobs.train import train_loop
 
         spec = self.run_spec
-        self._requeueing = False  # the pickled copy of a requeued job carries the flag set in checkpoint()
+        self._stopped = None  # the pickled copy of a requeued job carries the one set before its requeue
         # Slurm counts requeues (preemption, USR2, scontrol requeue, node failure) itself.
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        usr2 = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         with SlurmContext(spec.run_dir, use_gpu=spec.resources.use_gpu) as ctx:
             if ctx.rank == 0:
                 spec.run_dir.mkdir(parents=True, exist_ok=True)
                 EventLog(spec.run_dir, 0)("slurm", f"job {ctx.job_id} restart {restarts} on {socket.gethostname()}, "
                                                    f"{ctx.world_size} task(s), device {ctx.device}")
+            requeue = signal.getsignal(usr2)  # submitit's: checkpoint() + requeue + exit (rank 0 only)
             try:
-                return train_loop(spec, ctx)
-            except SystemExit:
-                # submitit exits the task after requeueing it; the loop recorded that as a failure, but the
-                # run is only waiting to resume.
-                if self._requeueing and ctx.rank == 0 and spec.run_dir.is_dir():
-                    _, epoch = _newest_checkpoint(spec.run_dir)
-                    write_status(spec.run_dir, "running", _epochs_done(spec.run_dir, epoch), spec.train.epochs)
-                raise
-            except UncompletedJobError as exc:
-                # submitit's signal handler gives the job up instead of requeueing it once it has hit its time
-                # limit more than --max-num-timeout times: say where the run stands and how to go on.
-                if ctx.rank == 0 and spec.run_dir.is_dir():
-                    where, epoch = _newest_checkpoint(spec.run_dir)
-                    message = (f"not requeued at the time limit ({exc}); its checkpoints are kept: "
-                               f"`python -m orchestrator slurm CONFIG --resume` continues from "
-                               f"{where}, give it a longer --time or a higher --max-num-timeout")
-                    write_status(spec.run_dir, "failed", _epochs_done(spec.run_dir, epoch), spec.train.epochs, message)
-                    EventLog(spec.run_dir, 0)("not-requeued", message)
-                raise
+                with ctx.stop.installed(usr2):
+                    return train_loop(spec, ctx)
+            except Preempted as exc:
+                self._stopped = exc
+                if callable(requeue):
+                    try:
+                        requeue(usr2, None)  # raises SystemExit after requeueing
+                    except UncompletedJobError as given_up:
+                        self._record_given_up(spec, ctx.rank, given_up)
+                        raise
+                return None  # other ranks: the requeue ends this job step
+
+    def _record_given_up(self, spec: RunSpec, rank: int, exc: UncompletedJobError) -> None:
+        """submitit's handler gives the job up instead of requeueing it once it has hit its time limit more than
+        --max-num-timeout times: say where the run stands and how to go on."""
+        if rank != 0 or not spec.run_dir.is_dir():
+            return
+        message = (f"not requeued at the time limit ({exc}); its checkpoints are kept: "
+                   f"`python -m orchestrator slurm CONFIG --resume` continues from "
+                   f"{self._resume_point(spec)}, give it a longer --time or a higher --max-num-timeout")
+        status = read_status(spec.run_dir) or {}
+        write_status(spec.run_dir, "failed", status.get("epoch", 0), spec.train.epochs, message, status.get("update"))
+        EventLog(spec.run_dir, 0)("not-requeued", message)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Called by submitit's USR2 handler: after the loop stopped with a checkpoint (self._stopped), or
+        # before it started. submitit requeues the job after this returns, unless it used up --max-num-timeout.
         spec = self.run_spec
-        run_dir = spec.run_dir
-        # The signal may have interrupted a checkpoint write: that one is a temp folder and is never picked;
-        # verifying here (checksums) means the requeued job starts from a checkpoint known to be complete.
-        status = read_status(run_dir)
-        done = status.get("epoch") if status else None
-        if run_dir.is_dir():
-            # submitit requeues the job after this returns, unless the job has used up --max-num-timeout.
-            EventLog(run_dir, 0)("requeue", f"signal received after epoch {done}: requeueing, will resume from "
-                                            f"{_newest_checkpoint(run_dir)[0]}")
-        self._requeueing = True
+        if spec.run_dir.is_dir():
+            EventLog(spec.run_dir, 0)("requeue", f"signal received: requeueing, will resume from "
+                                                 f"{self._resume_point(spec)}")
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
-
-def _newest_checkpoint(run_dir: Path) -> tuple[str, int]:
-    """(where a resumed job starts, e.g. 'ckpt-000004 (epoch 3)' or 'the start'; the epochs that checkpoint
-    holds), found once per call: verifying the checksums reads every checkpoint file."""
-    latest = ckpt.latest_valid(Path(run_dir) / CHECKPOINT_DIR)
-    if latest is None:
-        return "the start", 0
-    epoch = ckpt.read_manifest(latest).get("epoch")
-    return f"{latest.name} (epoch {'?' if epoch is None else epoch})", int(epoch or 0)
-
-
-def _epochs_done(run_dir: Path, checkpoint_epoch: int) -> int:
-    # A signal during start-up comes before the loop has resumed (its status still says epoch 0).
-    return max((read_status(run_dir) or {}).get("epoch", 0), checkpoint_epoch)
+    def _resume_point(self, spec: RunSpec) -> str:
+        """Where the requeued job continues, e.g. `ckpt-000004 (epoch 3 batch 12, update 40)`: the checkpoint
+        the loop just wrote, else the newest one on disk (verified by the requeued job, not here)."""
+        stopped = self._stopped
+        path = stopped.checkpoint if stopped is not None else next(iter(ckpt.numbered(spec.run_dir / CHECKPOINT_DIR)),
+                                                                    None)
+        if path is None:
+            return "the start"
+        meta = ckpt.read_manifest(path)
+        return f"{path.name} (epoch {meta.get('epoch')} batch {meta.get('batch')}, update {meta.get('num_updates')})"

@@ -54,7 +54,8 @@ class SlurmOptions(BaseModel):
                                    json_schema_extra={"aliases": ["-C"]})
     array_parallelism: int = Field(256, ge=1, description="runs of a study running at once (the job array's parallelism limit)")
     signal_delay_s: int = Field(120, ge=1, description="seconds before the time limit that USR2 asks the job to "
-                                "checkpoint and requeue", json_schema_extra={"flag": "--signal-delay"})
+                                "stop: it checkpoints within checkpoint.sync_every updates and requeues",
+                                json_schema_extra={"flag": "--signal-delay"})
     max_num_timeout: int = Field(3, ge=0, description="requeues after a time limit before a run is given up")
     extra: dict[str, str | bool] = Field(default_factory=dict, description="any other sbatch option, e.g. --sbatch "
                                          "exclusive=true --sbatch mail-type=END",
@@ -122,7 +123,9 @@ SIGNAL_SLACK_S = 30
 STARTUP_S = 30
 
 
-def time_warnings(runs: list[RunSpec], opts: SlurmOptions, epoch_s: float | None) -> list[str]:
+def time_warnings(opts: SlurmOptions) -> list[str]:
+    """A --time / --signal-delay pair that lets USR2 come before the job trains. (Any later signal loses nothing:
+    the job checkpoints at the update it stops at, so even a limit shorter than an epoch makes progress.)"""
     usable = opts.time_min * 60 - opts.signal_delay_s
     earliest = usable - SIGNAL_SLACK_S
     out = []
@@ -133,12 +136,4 @@ def time_warnings(runs: list[RunSpec], opts: SlurmOptions, epoch_s: float | None
         out.append(f"--time {opts.time_min} min with --signal-delay {opts.signal_delay_s} s: Slurm checks signals every "
                    f"{SIGNAL_SLACK_S} s, so USR2 may come {max(earliest, 0)} s after a job starts, while it is still "
                    "starting up (killed, or requeued before it trains); raise --time or lower --signal-delay")
-    elif epoch_s is not None:
-        every = max(r.checkpoint.every_epochs for r in runs)
-        interval = epoch_s * every
-        if usable < interval:
-            out.append(f"--time {opts.time_min} min leaves {usable:.0f} s before the USR2 signal, shorter than one "
-                       f"checkpoint interval (~{interval:.0f} s = {every} epoch(s) x {epoch_s:.0f} s measured in this "
-                       "study): every requeue would restart from the same checkpoint; raise --time or set "
-                       "checkpoint.every_steps")
     return out

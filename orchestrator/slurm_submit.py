@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,17 +10,7 @@ from typing import Any, Callable
 from jobs.spec import RunSpec
 from orchestrator.slurm_options import Layout, SlurmError, SlurmOptions, layout
 from orchestrator.slurm_queue import SUBMITIT_DIR, read_jobs, write_jobs
-from rundir import METRICS_FILE, blocker, check_metrics, error_line, run_state, stage_of
-
-
-def epoch_seconds_estimate(study_dir: Path) -> float | None:
-    """Median epoch duration of the study's runs so far (a resumed or re-used study), if any."""
-    values: list[float] = []
-    for path in Path(study_dir).glob(f"*/{METRICS_FILE}"):
-        table, errors, _ = check_metrics(path.parent, ("epoch_s",))
-        if not errors:  # else a file being rewritten by a live job: skip it
-            values += [v for v in table.column("epoch_s").to_pylist() if v]
-    return statistics.median(values) if values else None
+from rundir import blocker, error_line, run_state, stage_of
 
 
 def make_executor(folder: Path, opts: SlurmOptions, lay: Layout, name: str):

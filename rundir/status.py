@@ -1,7 +1,12 @@
 """A run's status.json: what the run's own processes last said about it.
 
-`{"state": "running|finished|failed", "epoch": epochs done, "epochs_total": planned epochs, "error": one line
-or null, "updated": unix time}`, written atomically by rank 0 (and by the Slurm job around requeues).
+`{"state": "running|finished|failed|preempted", "epoch": epochs done, "epochs_total": planned epochs, "error": one
+line or null, "update": the optimizer update a preempted run stopped at (its checkpoint) or null, "updated": unix
+time}`, written atomically by rank 0 through `write_status` (jobs.train's lifecycle; the engines only for what
+happens outside the loop: a trial or a job that ended without it).
+
+`preempted`: the run stopped on request (Slurm's USR2, SIGTERM/SIGINT) after writing a checkpoint at `update`;
+it is unfinished and continues from exactly there.
 """
 from __future__ import annotations
 
@@ -14,13 +19,15 @@ from rundir.atomic import atomic_write_text
 from rundir.errors import exception_line
 from rundir.names import STATUS_FILE
 
-RECORDED_STATES = ("running", "finished", "failed")
+RECORDED_STATES = ("running", "finished", "failed", "preempted")
 
 
-def write_status(run_dir: Path | str, state: str, epoch: int, epochs_total: int, error: str | None = None) -> None:
+def write_status(run_dir: Path | str, state: str, epoch: int, epochs_total: int, error: str | None = None,
+                 update: int | None = None) -> None:
     if state not in RECORDED_STATES:
         raise ValueError(f"status state {state!r} is not one of {', '.join(RECORDED_STATES)}")
-    status = {"state": state, "epoch": epoch, "epochs_total": epochs_total, "error": error, "updated": time.time()}
+    status = {"state": state, "epoch": epoch, "epochs_total": epochs_total, "error": error, "update": update,
+              "updated": time.time()}
     atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=1))
 
 

@@ -12,7 +12,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from jobs import checkpoint as ckpt
-from jobs.checkpointer import CheckpointConfig, Checkpointer, Position, Trainables
+from jobs.checkpointer import CheckpointConfig, Checkpointer, Position, Trainables, choose
 from jobs.local import LocalContext
 
 
@@ -50,7 +50,7 @@ def test_policy_from_the_checkpoint_block():
 
 def test_save_restore_roundtrip_and_numbering(tmp_path):
     cp, parts, events = make(tmp_path, keep_last=2)
-    assert cp.choose() is None  # nothing yet: start fresh
+    assert choose(cp.ctx) is None  # nothing yet: start fresh
     step(parts)
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     first = cp.save(Position(0, 4, 2), {"loss_sum": 1.5})
@@ -63,7 +63,7 @@ def test_save_restore_roundtrip_and_numbering(tmp_path):
     assert ckpt.read_manifest(second)["num_updates"] == 3 and ckpt.read_manifest(second)["model"] == "linear"
 
     fresh, fparts, _ = make(tmp_path, seed=1)
-    chosen = fresh.choose()
+    chosen = choose(fresh.ctx)
     assert chosen == second
     pos, sums = fresh.restore(chosen, updates_per_epoch=3)
     assert (pos, sums, fresh.resumed_from, fresh.number) == (Position(1, 0, 3), {"loss_sum": 2.5}, 1, 2)
@@ -86,13 +86,15 @@ def test_corrupt_newer_checkpoints_are_moved_aside_and_all_damaged_stops(tmp_pat
     bad = cp.save(Position(2, 0, 2), {})
     (bad / "model.pt").write_bytes(b"torn")
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        assert cp.choose() == good
+        chosen = choose(cp.ctx)
+    assert chosen == good and bad.exists()  # choosing moves nothing (a refused resume must leave the folder)
+    cp.quarantine(chosen)
     assert not bad.exists() and any(p.name.startswith("corrupt-ckpt-000002") for p in cp.dir.iterdir())
     assert any(kind == "warning" and "moved to corrupt-" in text for kind, text in events)
 
     (good / "manifest.json").unlink()
     with pytest.warns(RuntimeWarning), pytest.raises(ckpt.CheckpointError, match="all 1 checkpoints .* are damaged"):
-        cp.choose()
+        choose(cp.ctx)
     assert (good / "model.pt").is_file() and (good / "train_state.pt").is_file()  # nothing moved or deleted
 
 

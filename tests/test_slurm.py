@@ -46,6 +46,16 @@ def _comparable(rows: list[dict], drop: tuple[str, ...] = ()) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS + drop} for r in rows]
 
 
+def _stops(run_dir: Path) -> list[int]:
+    """The update each signalled stop wrote its checkpoint at (the loop's `preempted` events)."""
+    return [int(ln.rsplit("(update ", 1)[1].rstrip(")")) for ln in events(run_dir, "preempted")]
+
+
+def _resumed_updates(run_dir: Path) -> list[int]:
+    """The update each restart continued from (its `resume` event)."""
+    return [int(ln.rsplit(" update ", 1)[1]) for ln in events(run_dir, "resume")]
+
+
 def _local_reference(spec, out: Path) -> list[dict]:
     """The same run through the local engine (jobs.local.LocalContext), as `python -m jobs train` runs it."""
     import torch
@@ -139,9 +149,11 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
 
 @pytest.mark.slow
 def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, capsys):
-    """One run, interrupted three ways: preempted by a high-priority job, USR2 from outside (both go through
-    checkpoint()), and a plain `scontrol requeue` (no checkpoint() call). It resumes each time from its last
-    checkpoint, finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
+    """One run, interrupted three ways: preempted by a high-priority job and USR2 from outside (both a stop
+    request: a checkpoint at the update the signal was acted on, then checkpoint() and a requeue), and a plain
+    `scontrol requeue` (no stop request: back to the last checkpoint). With checkpoint.every_steps=0 the
+    signalled stops checkpoint mid-epoch and the restarts continue from exactly there: zero updates computed
+    twice. It finishes with every epoch exactly once, records resumed_from, and ends with the metrics of an
     uninterrupted run."""
     out = tmp_path / "runs"
     # After a plain requeue's SIGTERM (which submitit ignores) the task trains on until KillWait's SIGKILL
@@ -188,6 +200,11 @@ def test_preemption_usr2_and_plain_requeue(slurm_cluster, demo_data, tmp_path, c
     wait_until("the job to leave the queue", lambda: job_state(job) in ("GONE", "COMPLETED"), 60)
 
     assert len(events(run_dir, "requeue")) == 2  # only the signalled interruptions called checkpoint()
+    # Zero updates computed twice: each signalled stop's checkpoint is where the next start continued.
+    stops, resumed = _stops(run_dir), _resumed_updates(run_dir)
+    assert len(stops) == 2 and resumed[:2] == stops, (stops, resumed)
+    for requeue, stop in zip(events(run_dir, "requeue"), stops):
+        assert f"update {stop})" in requeue, requeue
     attempts = events(run_dir, "slurm")
     assert len(attempts) == 4 and all(f"job {job} " in a for a in attempts), attempts
     starts = resumes()
@@ -239,31 +256,24 @@ def test_resume_after_a_hard_kill(demo_data, tmp_path, capsys):
     assert "FAILED" in line and "5/10" in line and "job ended (FAILED) before the run finished: --resume" in line, line
 
 
-def test_signal_during_start_up_is_a_warning(demo_data, tmp_path):
+def test_signal_during_start_up_is_a_warning():
     """slurmctld sends --signal up to 30 s early: a limit that lets USR2 reach a job still starting up is flagged."""
-    cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "su", run_id="r0")
-    runs, _ = load_runs(cfg, [])
-    early, = so.time_warnings(runs, so.SlurmOptions(time_min=1, signal_delay_s=45), None)
+    early, = so.time_warnings(so.SlurmOptions(time_min=1, signal_delay_s=45))
     assert "USR2 may come 0 s after a job starts" in early, early
-    assert "may come 15 s after" in so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=75), None)[0]
+    assert "may come 15 s after" in so.time_warnings(so.SlurmOptions(time_min=2, signal_delay_s=75))[0]
     # What the time-out test uses (USR2 45-75 s after the start) and the defaults are fine.
-    assert so.time_warnings(runs, so.SlurmOptions(time_min=2, signal_delay_s=45), None) == []
-    assert so.time_warnings(runs, so.SlurmOptions(time_min=48 * 60), None) == []
+    assert so.time_warnings(so.SlurmOptions(time_min=2, signal_delay_s=45)) == []
+    assert so.time_warnings(so.SlurmOptions(time_min=48 * 60)) == []
 
 
 def test_time_limit_warning_before_submission(slurm_cluster, demo_data, tmp_path, capsys):
-    """A time limit shorter than one checkpoint interval (epochs measured earlier in the study) is a warning,
-    printed before sbatch is asked (which here refuses the partition, so nothing runs)."""
-    from rundir import METRICS_COLUMNS, append_row
-
+    """A time limit that lets USR2 reach a job still starting up is a warning, printed before sbatch is asked
+    (which here refuses the partition, so nothing runs)."""
     cfg = write_config(tmp_path / "run.yaml", demo_data.root, tmp_path / "runs", "tl", run_id="r0")
-    (tmp_path / "runs" / "tl" / "earlier").mkdir(parents=True)
-    append_row(tmp_path / "runs" / "tl" / "earlier", {**{c: None for c in METRICS_COLUMNS}, "epoch": 1, "epoch_s": 900.0})
-    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "10", "--signal-delay", "60"])
+    rc = slurm.main([str(cfg), "--partition", "no_such_partition", "--time", "1", "--signal-delay", "45"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "warning: --time 10 min leaves 540 s before the USR2 signal, shorter than one checkpoint interval" in err, err
-
+    assert "warning: --time 1 min with --signal-delay 45 s" in err and "USR2 may come 0 s after" in err, err
 
 
 def _sacct_attempts(job: str) -> list[str]:
@@ -344,7 +354,10 @@ def test_time_limit_requeue_give_up_and_resume(slurm_cluster, demo_data, tmp_pat
     for run_dir in (dir_a, dir_b):
         assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, epochs + 1)), run_dir
         (requeue,), (start,) = events(run_dir, "requeue"), resumes(run_dir)
-        assert 2 <= start < epochs and f"will resume from ckpt-{start:06d} (epoch {start})" in requeue, requeue
+        (stop,), (resumed,) = _stops(run_dir), _resumed_updates(run_dir)
+        # The stop's checkpoint, named when the signal came, is where the restart continued: nothing recomputed.
+        assert 2 <= start < epochs and f"epoch {start} " in requeue and f"update {stop})" in requeue, requeue
+        assert resumed == stop, (stop, resumed)
         assert len(events(run_dir, "start")) == 1  # the first job only: nobody started the run over
         assert [r["resumed_from"] for r in _rows(run_dir)] == [None] * start + [start] * (epochs - start)
     # Exact resume: the same metrics as an uninterrupted run through the local engine.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -120,28 +122,27 @@ def test_resume_is_exact_after_epoch_and_mid_epoch_kills_and_corrupt_latest(refe
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
     assert ckpt.read_manifest(latest)["batch"] == 2 and ckpt.read_manifest(latest)["epoch"] == 1
 
-    # The engine asks for a stop (Slurm's pre-timeout signal) at update 7, between step checkpoints.
-    class StoppingContext(LocalContext):
-        updates_done = 0
+    # A stop request (SIGTERM, handled as `python -m jobs train` installs it) after update 5, mid-epoch 2: the
+    # ranks agree at the epoch's last update (6), write a checkpoint there and record the run as preempted.
+    stop_ctx = LocalContext(spec.run_dir, use_gpu=False)
 
-        def stop_requested(self) -> bool:  # polled while finishing the next update
-            return self.updates_done == 6
+    def signal_after_update_5(state):
+        if state.num_updates == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    stop_ctx = StoppingContext(spec.run_dir, use_gpu=False)
-
-    def count(state):
-        stop_ctx.updates_done = state.num_updates
-
-    with stop_ctx, pytest.raises(Preempted):
-        train_loop(spec, stop_ctx, Hooks(after_step=count))
+    with stop_ctx, stop_ctx.stop.installed(signal.SIGTERM), pytest.raises(Preempted):
+        train_loop(spec, stop_ctx, Hooks(after_step=signal_after_update_5))
     latest = ckpt.latest_valid(spec.run_dir / CHECKPOINT_DIR)
-    assert ckpt.read_manifest(latest)["num_updates"] == 7
-    assert [r["resumed_from"] for r in rows(spec.run_dir)] == [None, 1]
+    assert {k: ckpt.read_manifest(latest)[k] for k in ("epoch", "batch", "num_updates")} == \
+        {"epoch": 1, "batch": 5, "num_updates": 6}  # the epoch's last micro-batch
+    status = metrics.read_status(spec.run_dir)
+    assert (status["state"], status["update"], status["epoch"]) == ("preempted", 6, 1)
+    assert [r["resumed_from"] for r in rows(spec.run_dir)] == [None]  # epoch 2's row comes after the resume
 
     run_local(spec)
     table = rows(spec.run_dir)
     assert stable_rows(table) == expected
-    assert [r["resumed_from"] for r in table] == [None, 1, 2]
+    assert [r["resumed_from"] for r in table] == [None, 1, 1]
 
     # A torn latest checkpoint: skipped with a warning, the previous (mid-epoch 3) one is used, and
     # the recomputed last epoch is again bitwise equal, its row replaced rather than duplicated.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ DEMO = ROOT / "configs" / "demo.yaml"
 PER_RANK_BATCH = 128
 
 
-def ddp_spec(demo_root: str, out: Path, batch_size: int):
+def ddp_spec(demo_root: str, out: Path, batch_size: int, *extra: str):
     from jobs.spec import load_spec
 
     # Augmentation, mixup and drop-path off: a batch is then the same images whoever reads it.
@@ -30,7 +31,7 @@ def ddp_spec(demo_root: str, out: Path, batch_size: int):
         "data.num_workers=1", "data.hflip=0", "data.rrc_scale=[1, 1]", "data.rrc_ratio=[1, 1]",
         "data.auto_augment=null", "data.reprob=0", "data.aug_repeats=1",
         "train.epochs=1", f"train.batch_size={batch_size}", "train.grad_accum=1", "train.mixup=0",
-        "train.cutmix=0", "train.ema=false", "train.warmup_epochs=0",
+        "train.cutmix=0", "train.ema=false", "train.warmup_epochs=0", *extra,
     ])
 
 
@@ -62,22 +63,40 @@ def _worker(out: Path, demo_root: str) -> None:
     with LocalContext(spec.run_dir, use_gpu=False) as ctx:
         train_loop(spec, ctx, Hooks(before_update=before_update, after_step=after_step, after_epoch=after_epoch))
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
+    _stop_worker(out, demo_root)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _stop_worker(out: Path, demo_root: str) -> None:
+    """A second run: rank 1 alone gets SIGTERM after update 1; the ranks agree at update 3 (sync_every=3)."""
+    from jobs.local import LocalContext
+    from jobs.stop import Preempted
+    from jobs.train import Hooks, train_loop
+
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    spec = ddp_spec(demo_root, out / "stopped", PER_RANK_BATCH, "checkpoint.sync_every=3")
+
+    def signal_rank1(state):
+        if rank == 1 and state.num_updates == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped_at = None
+    with LocalContext(spec.run_dir, use_gpu=False) as ctx, ctx.stop.installed(signal.SIGTERM):
+        try:
+            train_loop(spec, ctx, Hooks(after_step=signal_rank1))
+        except Preempted as exc:
+            stopped_at = exc.update
+    (out / f"stop{rank}.json").write_text(json.dumps({"update": stopped_at, "signalled": ctx.stop.requested()}))
 
 
-def test_two_process_ddp_matches_one_process(demo_data, tmp_path):
+def _run_ranks(tmp_path: Path, demo_root) -> None:
     port = _free_port()
     procs = []
     try:
         for rank in range(2):
             env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-            procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path), str(demo_data.root)], env=env,
+            procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path), str(demo_root)], env=env,
                                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         logs = [p.communicate(timeout=540)[0] for p in procs]
     finally:
@@ -87,6 +106,27 @@ def test_two_process_ddp_matches_one_process(demo_data, tmp_path):
                 p.wait()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process_and_stops_on_one_ranks_signal(demo_data, tmp_path):
+    _run_ranks(tmp_path, demo_data.root)
+
+    # A stop request on rank 1 only: both ranks stop at the same agreed update, with one checkpoint of both.
+    import rundir
+    from jobs import checkpoint as ckpt
+
+    stops = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(2)]
+    assert stops == [{"update": 3, "signalled": False}, {"update": 3, "signalled": True}]
+    stopped = tmp_path / "stopped" / "demo" / "ddp"
+    assert (rundir.read_status(stopped)["state"], rundir.read_status(stopped)["update"]) == ("preempted", 3)
+    latest = ckpt.latest_valid(stopped / rundir.CHECKPOINT_DIR)
+    assert (ckpt.read_manifest(latest)["num_updates"], ckpt.read_manifest(latest)["world_size"]) == (3, 2)
 
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # 1437 samples / 2 ranks / 128 per batch (last partial batch dropped): 5 updates

@@ -1,0 +1,57 @@
+"""A stop request from outside the run (Slurm's USR2, SIGTERM, Ctrl-C), the way Lightning handles them.
+
+The signal handler only sets a flag: a handler that checkpointed or exited itself could run in the middle
+of an optimizer step, a collective or a checkpoint write. The training loop reads the flag at its next
+agreement point (jobs.train_step: every `checkpoint.sync_every` updates, all ranks together), writes a
+checkpoint at that update, records the run as `preempted` and raises `Preempted`; the engine then exits or
+requeues. A second signal changes nothing (the checkpoint being written is never interrupted); SIGKILL is
+the way to stop without one.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class Preempted(Exception):
+    """The run stopped on request after writing a checkpoint; it continues from exactly there.
+
+    Not a RuntimeError: callers that treat runtime errors as failures must not catch it as one."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None, update: int = 0, epoch: int = 0):
+        super().__init__(message)
+        self.checkpoint, self.update, self.epoch = checkpoint, update, epoch
+
+
+class StopRequest:
+    """A flag that signal handlers set; `stop_requested()` is what an engine context exposes to the loop."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None   # the first signal received, e.g. "SIGUSR2"
+        self.count = 0                          # signals received (a second one changes nothing)
+
+    def __call__(self, signum: int, frame: Any = None) -> None:
+        # Only flags: no I/O, no locks, nothing that could deadlock in the middle of the interrupted code.
+        self.count += 1
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    @contextlib.contextmanager
+    def installed(self, *signums: int) -> Iterator["StopRequest"]:
+        """Handle `signums` with this flag while the block runs, then put back the previous handlers. Outside
+        the main thread (where Python allows no handler) nothing is installed."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous: dict[int, Callable | int | None] = {s: signal.signal(s, self) for s in signums}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
