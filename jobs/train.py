@@ -43,7 +43,6 @@ from jobs.spec import RunSpec, SpecError
 from jobs.stop import Preempted
 from jobs.train_step import NonFiniteLossError, stop_requested, to_format, train_epoch
 
-
 __all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "evaluate", "train_loop"]
 
 
