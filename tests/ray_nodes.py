@@ -2,7 +2,7 @@
 mid-run and a replacement added; what happened is written as JSON for a test to assert on.
 
     python tests/ray_nodes.py --out result.json --run-dir RUN_DIR --remove-after-checkpoint 2 \
-        --replace-after 5 -- python -m orchestrator run configs/demo.yaml ...
+        --replace-after-timeouts 1 -- python -m orchestrator run configs/demo.yaml ...
 
 The head has 0 CPUs (it hosts the driver and Ray Train's controller, which Ray pins to the driver's
 node); each worker node has `--node-cpus` CPUs, so a run with one CPU per worker puts one worker on
@@ -10,7 +10,8 @@ each node. The command gets RAY_ADDRESS of this cluster. Once `RUN_DIR/checkpoin
 (K = --remove-after-checkpoint) and `--remove-delay` seconds more have passed (the run is then in a
 later epoch), the worker node hosting rank `--victim-rank` (by the pids of the run's `workers:` event
 and the raylet each worker process belongs to) is removed (all its processes SIGKILLed, as in a node crash),
-and `--replace-after` seconds later a fresh node is added. Node management runs on this process's main
+and a fresh node is added once Ray Train has logged `--replace-after-timeouts` worker-group start timeouts
+since (a state, not a duration: however slow the machine, the run has waited across that many timeouts). Node management runs on this process's main
 thread (`Cluster.add_node` must). Run it as PID 1 of a private PID namespace
 (`unshare -fp --mount-proc --kill-child`): when it exits, every Ray process it started dies with it.
 Set RAY_TMPDIR to a short private folder so no state lands in the shared /tmp/ray.
@@ -88,6 +89,11 @@ def _failure_decisions() -> list[dict]:
     return out
 
 
+def _start_timeouts() -> list[dict]:
+    """The failure-policy decisions on a worker group whose start timed out (no room for it in the cluster)."""
+    return [d for d in _failure_decisions() if d["source"] == "controller" and "startup timed out" in d["error"]]
+
+
 def _cpus_per_node(cluster) -> dict[str, dict[str, float]]:
     """{node id: {"total": CPUs, "available": CPUs}} for the alive nodes, from the GCS."""
     total = cluster.global_state.total_resources_per_node()
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remove-after-checkpoint", type=int, default=2, help="K: remove a node once ckpt-K exists")
     p.add_argument("--remove-delay", type=float, default=1.0, help="seconds after ckpt-K before the removal")
     p.add_argument("--victim-rank", type=int, default=0, help="remove the node hosting this rank's worker")
-    p.add_argument("--replace-after", type=float, default=5.0, help="seconds after the removal; <0: never")
+    p.add_argument("--replace-after-timeouts", type=int, default=1,
+                   help="add a node once this many worker-group start timeouts were logged after the removal; <0: never")
     p.add_argument("--node-cpus", type=int, default=1, help="CPUs of each worker node")
     p.add_argument("--timeout", type=float, default=400.0, help="seconds for the whole command")
     args = p.parse_args(argv[:split])
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.time() + args.timeout
         target = f"ckpt-{args.remove_after_checkpoint:06d}"
         removed_at = None
-        replaced = args.replace_after < 0
+        replaced = args.replace_after_timeouts < 0
+        timeouts_before = 0  # controller decisions (start timeouts) logged before the removal
         while proc.poll() is None and time.time() < deadline:
             if removed_at is None and any(c >= target for c in _checkpoints(args.run_dir)):  # ckpt-K or newer
                 note("checkpoint seen", checkpoint=target)
@@ -165,16 +173,19 @@ def main(argv: list[str] | None = None) -> int:
                 victim = hosts[0]
                 before = _checkpoints(args.run_dir)
                 nodes = _cpus_per_node(cluster)
+                timeouts_before = len(_start_timeouts())
                 cluster.remove_node(victim, allow_graceful=False)
                 removed_at = time.time()
                 note("node removed", node=victim.node_id, rank=args.victim_rank, pid=victim_pid, ranks=ranks,
                      train_workers=placed, nodes_before=nodes,
                      checkpoints_before=before, checkpoints_after=_checkpoints(args.run_dir))
-            if removed_at is not None and not replaced and time.time() - removed_at >= args.replace_after:
+            if removed_at is not None and not replaced and \
+                    len(_start_timeouts()) - timeouts_before >= args.replace_after_timeouts:
                 node = cluster.add_node(num_cpus=args.node_cpus)
                 replaced = True
                 report["replacement"] = node.node_id
-                note("node added", node=node.node_id, nodes=_cpus_per_node(cluster))
+                note("node added", node=node.node_id, nodes=_cpus_per_node(cluster),
+                     seconds_without_node=round(time.time() - removed_at, 2))
             time.sleep(0.2)
         if proc.poll() is None:
             note("command timed out", timeout=args.timeout)
