@@ -58,19 +58,11 @@ def _resumed_updates(run_dir: Path) -> list[int]:
 
 def _local_reference(spec, out: Path) -> list[dict]:
     """The same run through the local engine (jobs.local.LocalContext), as `python -m jobs train` runs it."""
-    import torch
-
-    from jobs.local import LocalContext
-    from jobs.train import train_loop
+    from tests.tiny import one_thread, run_local
 
     spec = spec.model_copy(update={"output_root": out})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what the Slurm task gets (cpus_per_task=1)
-    try:
-        with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-            train_loop(spec, ctx)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():  # what the Slurm task gets (cpus_per_task=1)
+        run_local(spec)
     return _rows(spec.run_dir)
 
 

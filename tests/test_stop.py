@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import rundir
 from jobs import checkpoint as ckpt
@@ -19,7 +18,7 @@ from jobs.local import LocalContext
 from jobs.stop import Preempted
 from jobs.train import Hooks, train_loop
 from rundir import CHECKPOINT_DIR, EVENTS_FILE
-from tests.tiny import DEMO, TINY, stable_rows, tiny_spec
+from tests.tiny import DEMO, TINY, one_thread, run_local, stable_rows, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 epochs of 12 updates; agreement every 3 updates; a step checkpoint every 4 (the stop needs none).
@@ -28,24 +27,17 @@ CONFIG = ("train.epochs=2", "train.batch_size=128", "train.ema=true", "checkpoin
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def reference(demo_data, tmp_path_factory):
     """The uninterrupted run's metrics."""
     spec = tiny_spec(demo_data, tmp_path_factory.mktemp("reference"), *CONFIG)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-            train_loop(spec, ctx)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        run_local(spec)
     return stable_rows(spec.run_dir)
 
 
@@ -123,8 +115,7 @@ def test_signals_during_a_checkpoint_write_and_a_second_signal(demo_data, refere
     assert all(ckpt.verify(p) is None for p in ckpt.numbered(folder))
     assert info.value.update == 8 and rundir.read_status(spec.run_dir)["update"] == 8
 
-    with LocalContext(spec.run_dir, use_gpu=False) as again:
-        train_loop(spec, again)
+    run_local(spec)
     assert _resumed_update(spec.run_dir) == 8
     assert stable_rows(spec.run_dir) == reference
 
@@ -139,6 +130,5 @@ def test_signal_before_the_first_update_writes_no_checkpoint(demo_data, referenc
     status = rundir.read_status(spec.run_dir)
     assert (status["state"], status["update"], status["epoch"]) == ("preempted", 0, 0)
     assert "continues from the start (update 0)" in _events(spec.run_dir, "preempted")[0]
-    with LocalContext(spec.run_dir, use_gpu=False) as ctx:
-        train_loop(spec, ctx)
+    run_local(spec)
     assert stable_rows(spec.run_dir) == reference

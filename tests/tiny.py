@@ -2,7 +2,11 @@
 file states only how its runs differ and every file compares two runs' metrics the same way."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 import rundir
 from jobs.local import LocalContext
@@ -26,6 +30,18 @@ def run_local(spec: RunSpec, hooks: Hooks | None = None) -> dict:
     """Train (or resume) `spec` in this process on the CPU; returns the last metrics row."""
     with LocalContext(spec.run_dir, use_gpu=False) as ctx:
         return train_loop(spec, ctx, hooks)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while the block runs (what a Slurm task with cpus_per_task=1 gets): runs compared
+    bit for bit must use the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stable_rows(rows: Path | list[dict], volatile: frozenset[str] = VOLATILE) -> list[dict]:
