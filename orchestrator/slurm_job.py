@@ -46,12 +46,9 @@ class SlurmContext(LocalContext):
         super().__init__(run_dir, use_gpu=use_gpu, env=env, timeout_s=timeout_s)
         self.local_rank = job_env.local_rank
         assert (self.rank, self.world_size) == (dist_env.rank, dist_env.world_size)
-        self.last_checkpoint: Path | None = None
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None:
-            self.last_checkpoint = Path(checkpoint_dir)
         if self.rank == 0:
             # One line per epoch in the job's submitit log (slurm-status reads run files, not this).
             print(f"[{self.job_id}] epoch {metrics.get('epoch')}/{metrics.get('epochs_total')} "

@@ -28,5 +28,3 @@ _.NO_FIT, _.build_error, _.decode_region
 # Ray Train / Tune call these on our backend, searcher, reporter and callbacks
 _.share_cuda_visible_devices, _.on_start, _.on_shutdown, _.backend_cls, _.train_func_context, _.framework
 _.suggest, _.on_trial_complete, _.after_report, _.sys_info, _.run_context
-# orchestrator.slurm_job.SlurmRun: being rewritten on the `stop` branch (issue 21, part 1-2)
-_.last_checkpoint
