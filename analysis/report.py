@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, layer_stats, paper, recovery, tables
+from analysis import figures, layer_stats, paper, recovery, tables, tuning
 from analysis.load import Study, read_study
 from analysis.stats import ALPHA, summarize
 
@@ -187,9 +187,12 @@ def build_report(study_dir: str | Path, out_dir: str | Path, include_incomplete:
         rep.files.update(_figures(rep, include_incomplete))
     rep.files["report"] = out / "report.md"
     used = set(runs.loc[runs["usable"] & (runs["complete"] | include_incomplete), "run_id"])
+    tuned, files = tuning.report_section(study.root, runs, out, include_incomplete)
+    rep.files.update(files)
     stability, files = layer_stats.report_section(study.root, out, used)
     rep.files.update(files)
-    rep.files["report"].write_text(_report_markdown(rep, include_incomplete) + ("\n" + stability if stability else ""))
+    extra = "".join("\n" + text for text in (tuned, stability) if text)
+    rep.files["report"].write_text(_report_markdown(rep, include_incomplete) + extra)
     (out / "problems.json").write_text(json.dumps(
         [{"run": p.run, "reason": p.reason, "excluded": p.excluded} for p in study.problems], indent=1))
     rep.files["problems"] = out / "problems.json"

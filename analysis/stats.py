@@ -203,10 +203,10 @@ def _baseline_for(cond: pd.Series, summary: pd.DataFrame) -> tuple[int | None, s
     cands = summary[(summary["model"] == cond["model"]) & summary["is_baseline"]]
     if cands.empty:
         return None, f"no baseline condition for model {cond['model']}"
-    mine = json.loads(cond["ablation"])
+    mine = _compared_ablation(cond["ablation"])
     scored = []
     for i, b in cands.iterrows():
-        theirs = json.loads(b["ablation"])
+        theirs = _compared_ablation(b["ablation"])
         shared = set(mine) & set(theirs)
         if any(mine[k] != theirs[k] for k in shared):
             continue
@@ -217,6 +217,13 @@ def _baseline_for(cond: pd.Series, summary: pd.DataFrame) -> tuple[int | None, s
     if len(scored) > 1 and scored[0][:3] == scored[1][:3]:
         return None, "several baseline conditions fit equally; not tested"
     return scored[0][3], None
+
+
+def _compared_ablation(ablation: str) -> dict:
+    """The ablation values a baseline must share. A tuned confirm run's other keys are its own winning
+    hyperparameters, not a sweep: tuned runs are compared with the tuned baseline, untuned with untuned."""
+    values = json.loads(ablation)
+    return {"tuned": values["tuned"]} if "tuned" in values else values
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .holdout import HoldoutConfig
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,6 +63,9 @@ class DataConfig(BaseModel):
                     "bicubic = PIL's antialiased bicubic of the full-resolution crop (timm's, DeiT's, Swin's eval "
                     "resize, up to where the filter reads at the crop's border).",
     )
+    holdout: HoldoutConfig | None = Field(
+        None, description="Score on a class-balanced slice of train_path held out of training instead of on "
+                          "val_path (tuning trials; data.holdout); null: train on all of train_path, score on val.")
     # normalisation
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean of [0, 1] pixels.")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std of [0, 1] pixels.")

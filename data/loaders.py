@@ -17,6 +17,7 @@ import torch
 
 from .augment import TrainAugment, ValAugment
 from .config import DataConfig
+from .holdout import holdout_split, subset_order
 from .labels import read_label_map
 from .order import train_order, val_order
 from .rng import BICUBIC_PROBABILITY, stream_seed
@@ -118,9 +119,13 @@ def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int
     device = torch.device(device)
     _check_path(cfg, cfg.train_path, "train_path")
 
+    kept = holdout_split(cfg.train_path, cfg.backend, cfg.holdout)[0] if cfg.holdout else None
+
     def make_order(n: int) -> Callable[[int], np.ndarray]:
-        order_fn = partial(_train_order, n=n, seed=seed, rank=rank, world_size=world_size,
-                           aug_repeats=cfg.aug_repeats, selected_round=cfg.ra_selected_round)
+        order_fn = partial(_train_order, n=n if kept is None else len(kept), seed=seed, rank=rank,
+                           world_size=world_size, aug_repeats=cfg.aug_repeats, selected_round=cfg.ra_selected_round)
+        if kept is not None:
+            order_fn = subset_order(order_fn, kept)  # the held-out samples are never trained on
         if len(order_fn(0)) < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the {len(order_fn(0))} samples rank {rank} "
                              f"reads per epoch from {cfg.train_path}; lower the batch size")
@@ -137,10 +142,23 @@ def build_train_loader(cfg: DataConfig, *, batch_size: int, seed: int, rank: int
 
 def build_val_loader(cfg: DataConfig, *, batch_size: int, rank: int = 0, world_size: int = 1,
                      device: torch.device | str = "cpu") -> ImageLoader:
+    """The val set, or with `cfg.holdout` the slice of train_path held out of training (val_path unread)."""
     device = torch.device(device)
-    _check_path(cfg, cfg.val_path, "val_path")
+    if cfg.holdout:
+        _check_path(cfg, cfg.train_path, "train_path")
+        held = holdout_split(cfg.train_path, cfg.backend, cfg.holdout)[1]
+        path = cfg.train_path
+
+        def make_order(n: int) -> Callable[[int], np.ndarray]:
+            return subset_order(partial(_val_order, n=len(held), rank=rank, world_size=world_size), held)
+    else:
+        _check_path(cfg, cfg.val_path, "val_path")
+        path = cfg.val_path
+
+        def make_order(n: int) -> Callable[[int], np.ndarray]:
+            return partial(_val_order, n=n, rank=rank, world_size=world_size)
     source = BACKENDS[cfg.backend](
-        cfg, cfg.val_path, train=False, make_order=lambda n: partial(_val_order, n=n, rank=rank, world_size=world_size),
+        cfg, path, train=False, make_order=make_order,
         batch_size=batch_size, img_size=cfg.img_size,
         num_workers=cfg.num_workers, device=device, crop_pct=cfg.crop_pct,
         p_bicubic=1.0 if cfg.val_interpolation == "bicubic" else 0.0)

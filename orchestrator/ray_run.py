@@ -20,6 +20,7 @@ from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
 from orchestrator.study import StudySpec, SweepOptions
+from orchestrator.tune_space import tuning_started
 from rundir import (
     EVENTS_FILE,
     EXIT_LOCKED,
@@ -61,7 +62,10 @@ def tune_loggers() -> list:
 
 def plan_without_queue(kind: Kind, config: Path, runs: list[RunSpec], study: StudySpec | None, *, resume: bool) -> Plan:
     """Ray keeps no queue of its own between drivers (the study lock excludes a second one): the shared plan."""
-    return make_plan(kind, config, runs, study, resume=resume)
+    plan = make_plan(kind, config, runs, study, resume=resume)
+    if study is not None and study.axes.tune is not None and not resume:
+        plan.errors += [e for e in [tuning_started(plan.study_dir)] if e]
+    return plan
 
 
 def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str | None, resume: bool,
@@ -101,6 +105,12 @@ def run_config(config: Path, overrides: list[str], kind: Kind, *, address: str |
 def submit_plan(plan: Plan, session, options: SweepOptions, entry: str | None = None) -> int:
     """Train what the plan says (the caller holds the study lock); 0 when every run is finished."""
     quiet_env()
+    if plan.study is not None and plan.study.axes.tune is not None:
+        from orchestrator.tune_study import RayPlace, tune_then_plan
+
+        place = RayPlace(session, ray_root(plan.study_dir, options.storage_path),
+                         lambda runs: concurrency(runs, session.shape), tune_loggers())
+        plan = tune_then_plan(plan, place, options)  # the tuning stage; the plan of the winners' confirm runs
     plan.write_index()
     if plan.resume:
         print(plan.summary())

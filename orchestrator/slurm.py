@@ -7,6 +7,8 @@ still to be trained a job with Slurm's own `--dependency=afterok:` on exactly th
 runs `jobs.train.train_loop` with a `SlurmContext` (orchestrator.slurm_job), writing the same run directories
 as the Ray path. Preemption / time limit: USR2 -> stop flag -> checkpoint at the next agreed update -> run
 `preempted` -> submitit's `checkpoint()` and requeue -> resume from exactly that update.
+A tuned study (`tune:`) is submitted by orchestrator.slurm_tune: trials sampled ahead, a selection job, then
+the confirm runs, chained by Slurm dependencies.
 
 What is submitted is the shared plan (orchestrator.plan), with the runs whose job is still queued left to
 it. The study directory gets `slurm_jobs.json` (run -> job id, history of job ids) and `slurm/` (submitit's
@@ -27,6 +29,7 @@ from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_
 from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_warnings
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import submit, wait_for
+from orchestrator.slurm_tune import is_tuned, submit_tuned
 from orchestrator.study import StudySpec
 from rundir import EXIT_LOCKED, print_error, print_errors
 
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     study_dir = runs[0].run_dir.parent
     try:
         with study_lock(study_dir):
+            if is_tuned(study):
+                return submit_tuned(study, opts)
             record = read_jobs(study_dir)
             plan = plan_against_queue(kind, args.config, runs, study, opts=opts, record=record)
             if plan.errors:

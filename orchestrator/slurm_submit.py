@@ -61,11 +61,11 @@ def submit(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callab
         if opts.local and stage:
             group = _skip_blocked(group, jobs, deps, log)
         plain = [r for r in group if not _after(r, deps, job_of)]
-        submitted = _submit_arrays(plain, study_dir, opts, log)
+        submitted = submit_arrays(plain, study_dir, opts, log)
         for r in group:
             after = _after(r, deps, job_of)
             if after:
-                submitted += _submit_arrays([r], study_dir, opts, log, after)
+                submitted += submit_arrays([r], study_dir, opts, log, after)
         job_of.update({spec.run_id: str(job.job_id) for spec, job in submitted})
         jobs += submitted
     return jobs
@@ -92,12 +92,16 @@ def _skip_blocked(group: list[RunSpec], jobs: list, deps: dict[str, list[str]], 
     return keep
 
 
-def _submit_arrays(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None],
-                   after: list[str] | None = None) -> list:
-    """One array (or job) per distinct layout, each waiting for the jobs `after` when given."""
+def submit_arrays(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log: Callable[[str], None],
+                   after: list[str] | None = None, job_for: Callable[[dict], Any] | None = None) -> list:
+    """One array (or job) per distinct layout, each waiting for the jobs `after` when given. `job_for`: the
+    callable a run's job runs, from its spec as JSON (default SlurmRun). The record names a run by its folder
+    relative to the study (its run_id, or tuning/<trial> for a tuning trial)."""
     import submitit
 
     from orchestrator.slurm_job import SlurmRun
+
+    job_for = job_for or SlurmRun
 
     folder = study_dir / SUBMITIT_DIR
     record = read_jobs(study_dir)
@@ -113,20 +117,18 @@ def _submit_arrays(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log
     for lay, group in by_layout.items():
         ex = make_executor(folder, opts, lay, name=f"{group[0].study}")
         if after and not opts.local:
-            ex.update_parameters(additional_parameters={
-                **ex.parameters.get("additional_parameters", {}),
-                "dependency": "afterok:" + ":".join(after), "kill_on_invalid_dep": "yes"})
+            depend(ex, "afterok", after)
         if opts.local:
-            submitted = _submit_local(ex, group, opts.array_parallelism)
+            submitted = _submit_local(ex, group, opts.array_parallelism, job_for)
         else:
             try:
                 # submitit also prints sbatch's stderr: keep just our one line.
                 with contextlib.redirect_stderr(io.StringIO()), ex.batch():
-                    submitted = [ex.submit(SlurmRun(r.model_dump(mode="json"))) for r in group]
+                    submitted = [ex.submit(job_for(r.model_dump(mode="json"))) for r in group]
             except submitit.core.utils.FailedJobError as exc:
                 raise SlurmError(f"sbatch refused the job: {error_line(str(exc))}") from None
         for r, job in zip(group, submitted):
-            entry = record["runs"].setdefault(r.run_id, {"history": []})
+            entry = record["runs"].setdefault(str(r.run_dir.relative_to(study_dir)), {"history": []})
             entry.update(job_id=str(job.job_id), submitted=time.time(), tasks=lay.world_size)
             if after:
                 entry["after"] = list(after)
@@ -139,15 +141,21 @@ def _submit_arrays(runs: list[RunSpec], study_dir: Path, opts: SlurmOptions, log
     return jobs
 
 
-def _submit_local(ex, runs: list[RunSpec], parallelism: int) -> list:
-    """LocalExecutor starts every job at once; keep at most `parallelism` running (a local array's %K)."""
-    from orchestrator.slurm_job import SlurmRun
+def depend(ex, kind: str, after: list[str]) -> None:
+    """Slurm starts the executor's jobs after `after` (kind afterok / afterany), and drops them at once when that
+    can never happen (--kill-on-invalid-dep)."""
+    ex.update_parameters(additional_parameters={
+        **ex.parameters.get("additional_parameters", {}),
+        "dependency": f"{kind}:" + ":".join(after), "kill_on_invalid_dep": "yes"})
 
+
+def _submit_local(ex, runs: list[RunSpec], parallelism: int, job_for: Callable[[dict], Any]) -> list:
+    """LocalExecutor starts every job at once; keep at most `parallelism` running (a local array's %K)."""
     jobs: list = []
     for r in runs:
         while sum(not j.done() for j in jobs) >= parallelism:
             time.sleep(0.5)
-        jobs.append(ex.submit(SlurmRun(r.model_dump(mode="json"))))
+        jobs.append(ex.submit(job_for(r.model_dump(mode="json"))))
     return jobs
 
 

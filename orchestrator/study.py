@@ -12,6 +12,7 @@ A study YAML is a run spec with four extra top-level keys:
       train.epochs: [2, 4]
       strategy.shallow.keep_ratio: [0.25, 0.5]   # only multiplies conditions that use `shallow`
     sweep: {max_failures: 2}     # Ray options, see SweepOptions
+    tune: {...}                  # optional: tune every condition, then confirm the winners (orchestrator.tune_space)
 
 Everything else (model, data, train, resources, checkpoint, output_root, study, ...) is the run
 spec that every run starts from. `load_study` reports every error of the study and of every
@@ -34,10 +35,11 @@ from jobs.dependencies import run_sources
 from jobs.overrides import apply_overrides, field_path_error, parse_value, set_dotted
 from jobs.spec import ResourcesConfig, RunSpec, SpecError, format_validation_error, read_yaml, validate_spec
 from orchestrator.resources import ClusterShape, check_fits
+from orchestrator.tune_space import TuneBlock, check_block, check_trials, validate_block
 from rundir import write_index
 from rundir.stages import check_dependencies, needed_conditions
 
-STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep")
+STUDY_KEYS = ("base", "seeds", "conditions", "grid", "sweep", "tune")
 STRATEGY_AXIS = "strategy"  # grid axis prefix `strategy.<name>.<param>` addresses a strategy parameter
 
 
@@ -74,6 +76,8 @@ class StudyAxes(BaseModel):
     conditions: dict[str, Condition] = Field(default_factory=lambda: {"baseline": Condition()}, min_length=1, description="Named model variants.")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted run-spec field -> values (cartesian product over all conditions).")
     sweep: SweepOptions = Field(default_factory=SweepOptions, description="Ray Tune options.")
+    tune: TuneBlock | None = Field(None, description="Tune each condition on a held-out slice of train, then run the "
+                                                     "winners on the confirm seeds (the study's runs).")
 
     @field_validator("conditions")
     @classmethod
@@ -145,11 +149,14 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         else:
             run_overrides.append(item)
 
+    tune, tune_errors = validate_block(study_raw.pop("tune")) if "tune" in study_raw else (None, [])
+    errors.extend(tune_errors)
     try:
         axes = StudyAxes.model_validate(study_raw)
     except ValidationError as exc:
         errors.extend(format_validation_error(exc))
         axes = _valid_part(study_raw)  # still expand with what is valid, to report the runs' errors too
+    axes = axes.model_copy(update={"tune": tune})
     base: dict[str, Any] = {}
     if axes.base:
         try:
@@ -158,6 +165,8 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
             errors.extend(f"base: {e}" for e in exc.errors)
     _deep_merge(base, raw)
     errors.extend(apply_overrides(base, run_overrides))
+    if axes.tune is not None:  # the study's runs are the confirm runs: the winners at full length on val
+        axes = _confirm_axes(axes, base)
     axis_errors = _check_axes(axes)
     errors.extend(axis_errors)
     if axis_errors:
@@ -165,6 +174,8 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     runs, run_errors, invalid = _expand(axes, base, files)
     errors.extend(run_errors)
     errors.extend(check_dependencies(runs, run_sources))  # run:<condition> names, cycles, grids
+    if axes.tune is not None:
+        errors.extend(_check_tune(axes, runs))
     judged = runs + invalid
     if cluster is not None and judged:
         errors.extend(check_fits(judged, cluster))
@@ -244,6 +255,37 @@ def _without_bad_axes(axes: StudyAxes) -> StudyAxes:
             "strategies": [x for x in cond.strategies if isinstance(x, dict) and "name" in x]})
     # duplicate seeds are reported once by _check_axes, not again as colliding run ids
     return axes.model_copy(update={"grid": grid, "conditions": conditions, "seeds": list(dict.fromkeys(axes.seeds))})
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+
+
+def _confirm_axes(axes: StudyAxes, base: dict) -> StudyAxes:
+    """The confirm stage as plain study axes: the confirm seeds, confirm epochs set on the base run spec."""
+    if axes.tune.confirm.epochs is not None:
+        set_dotted(base, "train.epochs", axes.tune.confirm.epochs)
+    return axes.model_copy(update={"seeds": axes.tune.confirm.seeds or axes.seeds})
+
+
+def _check_tune(axes: StudyAxes, runs: list[RunSpec]) -> list[str]:
+    """The tune block's checks, then each condition's trial spec at the ends of every range (tune_space)."""
+    grids = bool(axes.grid) or any(c.grid for c in axes.conditions.values())
+    used = {s.get("name") for c in axes.conditions.values() for s in c.strategies if isinstance(s, dict)}
+    errors = check_block(axes.tune, grids, stages=any(_needs(r) for r in runs))
+    errors += [e for key in axes.tune.space for e in _check_axis(key, used, "tune.space")]
+    return errors or check_trials(axes.tune, runs, with_values)
+
+
+def with_values(spec: RunSpec, values: dict[str, Any], **update: Any) -> RunSpec:
+    """`spec` with dotted run-spec keys (grid-axis spelling) set to `values` and fields in `update`; validated."""
+    data = spec.model_dump(mode="json")
+    data.update(update, data_root=None)  # the data paths are already resolved against it
+    for key, value in values.items():
+        _apply_axis(data, key, value)
+    spec_data, errs = _validate_run(data)
+    if errs:
+        raise SpecError(errs)
+    return spec_data
 
 
 # ---------------------------------------------------------------------------------------------- expansion
