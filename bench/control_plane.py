@@ -188,10 +188,10 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
                       engine: str = "trial") -> dict:
     """`engine`: "trial" (one-worker runs train inside their Tune trial, the product's default) or "trainer"
     (a TorchTrainer per run: controller, helper actors and a worker)."""
+    from jobs.study import SweepOptions
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
     from orchestrator.ray_run import _fit_grid
-    from orchestrator.study import SweepOptions
 
     name = f"cp{k}-{engine}"
     marks = work / f"marks-{name}"

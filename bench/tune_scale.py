@@ -96,10 +96,10 @@ def _median(xs: list[float]) -> float | None:
 
 
 def study_point(n: int, k: int, work: Path, data_root: Path, step_s: float, epochs: int) -> dict:
+    from jobs.study import SweepOptions
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
     from orchestrator.ray_run import _fit_grid
-    from orchestrator.study import SweepOptions
 
     study = {"base": str(DEMO), "study": f"tune{n}", "output_root": str(work), "data_root": str(data_root),
              "seeds": list(range(max(1, n // len(CONDITIONS)))), "conditions": CONDITIONS}

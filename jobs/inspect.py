@@ -3,13 +3,14 @@ model name and strategy expressions.
 
     python -m jobs inspect configs/minivit/mini_deit_base.yaml            # the exact model the config builds
     python -m jobs inspect configs/demo.yaml strategies.0.params.keep_ratio=0.5 --format json
+    python -m jobs inspect configs/paper/study.yaml                       # one row per condition of a study
     python -m jobs inspect --model vit_base_patch16_224 --strategy grouped
     python -m jobs inspect --model vit_base_patch16_224                    # every registered strategy
     python -m jobs inspect --model vit_small_patch16_224 --strategy grouped+shallow:keep_ratio=0.25 --format json
 
-A config is read like `jobs train` reads it (model.kwargs, img_size, num_classes applied), without needing
-its dataset or weights files. A study's conditions: `python -m orchestrator inspect STUDY` (study
-expansion lives in the orchestrator layer).
+A config is read like `jobs train` (a run spec) or `orchestrator sweep` (a study: one row per condition and
+model-changing grid point) reads it, model.kwargs, img_size and num_classes applied, without needing its
+dataset or weights files.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from .accounting import model_stats
 from .models import build_model, check
 from .spec import RunSpec, SpecError, load_spec, read_yaml
 from .strategies import STRATEGIES, StrategyError, StrategySpec, parse_expression
+from .study import load_study, study_kind
 
-# A study's own keys (orchestrator.study.STUDY_KEYS): jobs reads run specs only.
+# A study's own keys (jobs.study.STUDY_KEYS): jobs reads run specs only.
 STUDY_KEYS = {"base", "seeds", "conditions", "grid", "sweep"}
 CONVENTION = (
     "GFLOPs = the paper's convention: 1e9 multiply-accumulates per image of every layer except the attention "
@@ -116,18 +118,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inspect_config(config: Path, overrides: list[str], fmt: str) -> int:
+    kind = "config"
     try:
-        if STUDY_KEYS & set(read_yaml(config)):
-            print_error(f"{config} is a study: python -m orchestrator inspect {config} shows one row per condition")
-            return 2
-        spec = load_spec(config, overrides, files=False)  # counting needs neither the dataset nor the weights
-        rows = inspect_runs([spec])
+        kind = study_kind(read_yaml(config), overrides)
+        # counting needs neither the dataset nor the weights
+        runs = load_study(config, overrides, files=False).runs if kind == "study" else \
+            [load_spec(config, overrides, files=False)]
+        rows = inspect_runs(runs)
     except SpecError as exc:
-        return print_errors(f"{config} is not a valid run spec", exc.errors)
+        return print_errors(f"{config} is not a valid {'run spec' if kind == 'run' else kind}", exc.errors)
     except StrategyError as exc:
         print_error(str(exc))
         return 2
-    return print_rows(rows, f"{config}: {spec.model.name}", fmt, "Condition")
+    return print_rows(rows, f"{config}: {runs[0].model.name}", fmt, "Condition")
 
 
 def print_rows(rows: list[dict], title: str, fmt: str, first: str) -> int:

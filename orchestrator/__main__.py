@@ -1,4 +1,4 @@
-"""`python -m orchestrator run|sweep|demo|inspect|slurm|slurm-status|config-keys ...`.
+"""`python -m orchestrator run|sweep|demo|slurm|slurm-status|config-keys ...`.
 
 Every config error is printed (one line each) and the command exits with status 2 before Ray starts.
 """
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from jobs.configdoc import add_print_config
+from jobs.study import SweepOptions
 from orchestrator.options import add_options, options_from_args
-from orchestrator.study import SweepOptions
 
 DEMO_STUDY = Path("configs/demo_study.yaml")
 # `run` trains one spec: of the sweep options only these apply to it.
@@ -65,30 +65,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 print_config=args.print_config, dashboard=not args.no_dashboard)
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    """The model of each condition of a study (or of a run spec): params, unique params, GMACs. Needs no data."""
-    from jobs.inspect import inspect_runs, print_rows
-    from jobs.spec import SpecError
-    from jobs.strategies import StrategyError
-    from rundir import print_error, print_errors
-
-    from .plan import load_config
-
-    try:
-        _, runs, _ = load_config(args.config, args.overrides, files=False)
-        rows = inspect_runs(runs)
-    except SpecError as exc:
-        return print_errors(f"{args.config} is not a valid config", exc.errors)
-    except StrategyError as exc:
-        print_error(str(exc))
-        return 2
-    return print_rows(rows, str(args.config), args.format, "Condition")
-
-
 def _config_keys(argv: list[str]) -> int:
     from jobs.configdoc import key_rows, keys_main, run_spec_rows
-
-    from .study import StudyAxes
+    from jobs.study import StudyAxes
 
     return keys_main(argv, "python -m orchestrator config-keys", lambda: key_rows(StudyAxes) + run_spec_rows(),
                      "study and run-spec")
@@ -111,7 +90,7 @@ def main(argv: list[str] | None = None, *, entry: str | None = None) -> int:
         return _config_keys(argv[1:])
 
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="Run ViT parameter-reduction studies.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,inspect,slurm,slurm-status,config-keys}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,demo,slurm,slurm-status,config-keys}")
     p = sub.add_parser("run", help="one run spec as a Ray TorchTrainer")
     _ray_args(p)
     add_options(p, SweepOptions, RUN_OPTIONS)
@@ -127,11 +106,6 @@ def main(argv: list[str] | None = None, *, entry: str | None = None) -> int:
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_print_config(p)
     p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("inspect", help="params, unique params and GMACs of each condition's model (no data needed)")
-    p.add_argument("config", type=Path, help="study or run spec YAML")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, as for run/sweep")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.set_defaults(func=_cmd_inspect)
     sub.add_parser("slurm", help="a run or study through Slurm (python -m orchestrator slurm -h)")
     sub.add_parser("slurm-status", help="Slurm state of a study's runs (python -m orchestrator slurm-status -h)")
     sub.add_parser("config-keys", help="every study and run-spec key with its type, default and doc")

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from jobs.configdoc import print_config
 from jobs.spec import RunSpec, SpecError, file_problems, load_spec, read_yaml
-from orchestrator.resources import ClusterShape
-from orchestrator.study import STUDY_KEYS, StudySpec, load_study
+from jobs.study import StudySpec, load_study, study_kind
+from orchestrator.resources import ClusterShape, fits_on
 from rundir import RunState, State, blocker, dependencies, node_from_spec, print_errors, run_state, stage_of
 
 Kind = Literal["run", "study"]
@@ -115,12 +115,6 @@ class Plan:
             self.study.write_index()
 
 
-def study_kind(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Kind:
-    """The one rule telling a study from a run spec: any study key at the top, or an override of one."""
-    keys = set(raw) | {o.split("=", 1)[0].split(".")[0] for o in overrides}
-    return "study" if keys & set(STUDY_KEYS) else "run"
-
-
 def resolve_paths(spec: RunSpec) -> RunSpec:
     """The spec with output_root and data paths made absolute against this process's cwd, so the workers
     (whose cwd Ray or Slurm chooses, also after a requeue) read and write the same files. Cloud URIs kept."""
@@ -142,7 +136,7 @@ def load_config(config: Path | str, overrides: list[str] | tuple[str, ...] = (),
     overrides = list(overrides)
     kind = kind or study_kind(read_yaml(config), overrides)
     if kind == "study":
-        study = load_study(config, overrides, cluster=cluster, files=files)
+        study = load_study(config, overrides, files=files, judge=fits_on(cluster))
         return kind, [resolve_paths(r) for r in study.runs], study
     return kind, [resolve_paths(load_spec(config, overrides, files=files))], None
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec import RunSpec, SpecError
+from jobs.study import StudySpec, SweepOptions
 from orchestrator.cluster import quiet_env, ray_session, resolve_address
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
 from orchestrator.resources import ClusterShape, check_fits
-from orchestrator.study import StudySpec, SweepOptions
-from orchestrator.tune_space import tuning_started
+from orchestrator.tune_domains import tuning_started
 from rundir import (
     EVENTS_FILE,
     EXIT_LOCKED,

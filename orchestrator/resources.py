@@ -30,6 +30,11 @@ class ClusterShape(BaseModel):
         return cls(cpus=cpus, gpus=gpus, node_cpus=cpus, node_gpus=gpus)
 
 
+def fits_on(cluster: ClusterShape | None):
+    """A study loader's `judge` (jobs.study.load_study): check_fits against `cluster`; None judges nothing."""
+    return None if cluster is None else (lambda runs: check_fits(runs, cluster))
+
+
 def check_fits(runs: list[RunSpec], cluster: ClusterShape) -> list[str]:
     """One line per distinct resource request the cluster can never satisfy."""
     errors: list[str] = []

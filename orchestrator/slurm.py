@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.configdoc import add_print_config
 from jobs.spec import RunSpec, SpecError
+from jobs.study import StudySpec
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.options import add_options, options_from_args
 from orchestrator.plan import Action, Kind, Plan, load_config, make_plan, print_resolved
@@ -30,7 +31,6 @@ from orchestrator.slurm_options import SlurmError, SlurmOptions, layout, time_wa
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, live_jobs, read_jobs, recorded_jobs
 from orchestrator.slurm_submit import submit, wait_for
 from orchestrator.slurm_tune import is_tuned, submit_tuned
-from orchestrator.study import StudySpec
 from rundir import EXIT_LOCKED, print_error, print_errors
 
 

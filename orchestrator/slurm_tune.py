@@ -1,4 +1,4 @@
-"""A tuned study (`tune:`, orchestrator.tune_space) on Slurm: the search sampled ahead, then Slurm chains the stages.
+"""A tuned study (`tune:`, jobs.tune_space) on Slurm: the search sampled ahead, then Slurm chains the stages.
 
 1. Sampled ahead: each condition's trial configs come from Tune's own BasicVariantGenerator seeded with
    `tune.seed`, the searcher the Ray path uses for `search: random`, asked for its trials up front. So the same
@@ -23,11 +23,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from jobs.spec import RunSpec
+from jobs.study import StudySpec
+from jobs.study_expand import with_values
+from jobs.tune_space import TuneBlock, trial_spec
 from orchestrator.slurm_options import Layout, SlurmError, SlurmOptions
 from orchestrator.slurm_queue import JOBS_FILE, SUBMITIT_DIR, read_jobs, write_jobs
 from orchestrator.slurm_submit import depend, make_executor, submit_arrays, wait_for
-from orchestrator.study import StudySpec, with_values
-from orchestrator.tune_space import TuneBlock, trial_spec
+from orchestrator.tune_domains import param_space
 from rundir import write_index
 
 SELECT_LAYOUT = Layout(nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=1)
@@ -44,7 +46,7 @@ def sample_ahead(block: TuneBlock) -> list[dict[str, Any]]:
     from ray.tune.search import BasicVariantGenerator
 
     searcher = BasicVariantGenerator(random_state=block.seed)
-    searcher.add_configurations([Experiment("sample-ahead", _trainable, config=block.param_space(),
+    searcher.add_configurations([Experiment("sample-ahead", _trainable, config=param_space(block),
                                             num_samples=block.trials)])
     configs = []
     while (trial := searcher.next_trial()) is not None:

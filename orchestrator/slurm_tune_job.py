@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec import RunSpec
+from jobs.tune_space import TRIALS_FOLDER, Scheduler, TuneBlock
 from orchestrator.slurm_job import SlurmRun
-from orchestrator.tune_space import TRIALS_FOLDER, Scheduler, TuneBlock
 from orchestrator.tune_study import images_per_epoch, summary_path, write_summary
 from rundir import check_metrics, run_state
 
@@ -86,7 +86,7 @@ class ConfirmRun(SlurmRun):
 
     @property
     def run_spec(self) -> RunSpec:
-        from orchestrator.study import with_values
+        from jobs.study_expand import with_values
 
         base = RunSpec.model_validate(self.spec)
         best = read_winner(base.run_dir.parent, base.condition)

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.study import SweepOptions
+from jobs.study_expand import with_values
+from jobs.tune_space import TRIALS_FOLDER, TuneBlock, trial_spec
 from orchestrator.plan import Plan, make_plan
 from orchestrator.ray_engine import TRAIN_ENTRY, scalar_metrics, trainer_job
-from orchestrator.study import SweepOptions, with_values
-from orchestrator.tune_space import TRIALS_FOLDER, TuneBlock, trial_spec
+from orchestrator.tune_domains import param_space
 from rundir import print_error, read_metrics, run_state
 
 SUMMARY_FILE = "tuning.json"
@@ -129,7 +131,7 @@ def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOpt
     epochs = first.train.epochs
     tuner = tune.Tuner(
         trainable,
-        param_space=block.param_space(),
+        param_space=param_space(block),
         tune_config=tune.TuneConfig(
             metric=block.metric, mode=block.mode, search_alg=_searcher(block, k), scheduler=_scheduler(block, epochs),
             num_samples=block.trials, max_concurrent_trials=k if block.search == "optuna" else None, reuse_actors=False,

@@ -232,7 +232,7 @@ def test_too_few_matched_seeds_is_a_note_not_a_crash(tmp_path):
 
 
 def test_ablation_axis_bench_and_malformed_runs(tmp_path):
-    """A keep_ratio grid as orchestrator.study writes it: one condition label, the value in `ablation`."""
+    """A keep_ratio grid as jobs.study writes it: one condition label, the value in `ablation`."""
     study = tmp_path / "ablation"
     finals = {0.25: (30.0, 31.0), 0.5: (33.0, 35.0), 0.75: (36.0, 36.5)}
     tiny_params = {0.25: 3_000_000, 0.5: 4_000_000, 0.75: 5_000_000, None: 5_717_416}

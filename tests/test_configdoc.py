@@ -15,9 +15,9 @@ from jobs.configdoc import main as jobs_keys_main
 from jobs.configdoc import resolved
 from jobs.spec import RunSpec, load_spec, validate_spec
 from jobs.strategies import STRATEGIES
+from jobs.study import StudyAxes
 from jobs.train_cli import main as train_main
 from orchestrator.__main__ import main as orchestrator_main
-from orchestrator.study import StudyAxes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO, STUDY = ROOT / "configs" / "demo.yaml", ROOT / "configs" / "demo_study.yaml"

@@ -84,7 +84,7 @@ def test_resolution_of_unfinished_runs(tmp_path, demo_data):
 
 
 def test_load_study_reports_dependency_errors_with_the_rest(tmp_path, demo_data):
-    from orchestrator.study import load_study
+    from jobs.study import load_study
 
     study = tmp_path / "study.yaml"
     study.write_text(f"""

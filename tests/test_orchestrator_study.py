@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from jobs.spec import SpecError
+from jobs.study import load_study
 from orchestrator.lock import StudyLocked, study_lock
-from orchestrator.resources import ClusterShape, check_fits
-from orchestrator.study import load_study
+from orchestrator.resources import ClusterShape, check_fits, fits_on
 from rundir import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_every_error_at_once_one_line_each(tmp_path, demo_data):
         sweep={"max_concurrent_trials": 0},
     )
     errors = errors_of(path, ["resources.num_workerz=2", "train.epochs=-1", "oops"],
-                       cluster=ClusterShape(cpus=2, node_cpus=2))
+                       judge=fits_on(ClusterShape(cpus=2, node_cpus=2)))
     text = "\n".join(errors)
     assert all("\n" not in e for e in errors)
     assert "sweep.max_concurrent_trials" in text                     # study field range
@@ -115,14 +115,14 @@ def test_every_error_at_once_one_line_each(tmp_path, demo_data):
 def test_missing_data_and_cluster_too_small(tmp_path, demo_data):
     path = write_study(tmp_path, demo_data, resources={"num_workers": 4, "use_gpu": True, "cpus_per_worker": 3,
                                                        "gpus_per_worker": 1})
-    errors = errors_of(path, ["data.train_path=/nonexistent/train.beton"], cluster=ClusterShape(cpus=8, node_cpus=2))
+    errors = errors_of(path, ["data.train_path=/nonexistent/train.beton"], judge=fits_on(ClusterShape(cpus=8, node_cpus=2)))
     text = "\n".join(errors)
     assert "/nonexistent/train.beton does not exist" in text
     assert "cpus_per_worker=3 but the largest node has 2 CPUs" in text
     assert "gpus_per_worker=1 but the largest node has 0 GPUs" in text
     assert "4 workers x 3 CPUs = 12 > 8 CPUs" in text
     # Without a cluster (Slurm path) resources are not judged; with a big one they fit.
-    load_study(path, ["resources.use_gpu=false"], cluster=ClusterShape(cpus=16, node_cpus=4))
+    load_study(path, ["resources.use_gpu=false"], judge=fits_on(ClusterShape(cpus=16, node_cpus=4)))
 
 
 def test_check_fits_counts_gpus_per_cluster(tmp_path, demo_data):
@@ -136,7 +136,7 @@ def test_check_fits_counts_gpus_per_cluster(tmp_path, demo_data):
 
 def test_shipped_study_configs_validate(demo_data):
     demo = load_study(REPO / "configs/demo_study.yaml", [f"data_root={demo_data.root}"],
-                      cluster=ClusterShape(cpus=2, node_cpus=2))
+                      judge=fits_on(ClusterShape(cpus=2, node_cpus=2)))
     base = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     assert len(demo.runs) == 14 and {r.model.depth for r in demo.runs} == {base["model"]["depth"]}
     assert "multiplexed" in {r.condition for r in demo.runs}

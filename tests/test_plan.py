@@ -11,8 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from harness import write_config  # noqa: E402
 
+from jobs.study import study_kind  # noqa: E402
 from orchestrator import ray_run, slurm  # noqa: E402
-from orchestrator.plan import Action, load_config, resolve_paths, study_kind  # noqa: E402
+from orchestrator.plan import Action, load_config, resolve_paths  # noqa: E402
 from orchestrator.slurm_options import SlurmOptions  # noqa: E402
 from orchestrator.slurm_queue import read_jobs  # noqa: E402
 from rundir import CHECKPOINT_DIR, METRICS_COLUMNS, STATUS_FILE, State, append_row, write_status  # noqa: E402

@@ -21,7 +21,7 @@ from data.rng import BICUBIC_PROBABILITY
 from jobs import recipe
 from jobs.models import build_model
 from jobs.spec import RunSpec, TrainConfig, read_yaml
-from orchestrator.study import load_study
+from jobs.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 U = 7  # optimizer updates per epoch of the stand-in loader

@@ -2,7 +2,7 @@
 
 One table of broken run specs and studies (types, ranges, unknown keys, impossible strategy/model
 combinations, missing or wrong files, resource requests larger than the cluster), each with the one
-problem it has. Through `jobs.spec.load_spec`, `orchestrator.study.load_study` and, for a few, the CLIs
+problem it has. Through `jobs.spec.load_spec`, `jobs.study.load_study` and, for a few, the CLIs
 (`python -m jobs train`, `python -m orchestrator run|sweep`): each must give exactly one one-line error
 naming the field or file, exit status 2 from a CLI, and start nothing (no run directory, no Ray).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from jobs.spec import SpecError, load_spec
-from orchestrator.resources import ClusterShape
-from orchestrator.study import load_study
+from jobs.study import load_study
+from orchestrator.resources import ClusterShape, fits_on
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -138,7 +138,7 @@ def _errors_in_process(case: Case, config: Path, out: Path) -> list[str]:
         if case.entry == "spec":
             load_spec(config, overrides)
         else:
-            load_study(config, overrides, cluster=CLUSTER)
+            load_study(config, overrides, judge=fits_on(CLUSTER))
     except SpecError as exc:
         return exc.errors
     return []

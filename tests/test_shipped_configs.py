@@ -10,9 +10,9 @@ import yaml
 
 from jobs.inspect import main as jobs_inspect
 from jobs.spec import read_yaml
+from jobs.study import study_kind
 from jobs.train_cli import main as train_main
-from orchestrator.__main__ import main as orchestrator_main
-from orchestrator.plan import print_resolved, study_kind
+from orchestrator.plan import print_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -55,9 +55,7 @@ def test_print_config_and_inspect_work_without_data(config, no_data, capsys, mon
         assert train_main([config, *no_data, "--print-config"]) == 0
         direct = yaml.safe_load(capsys.readouterr().out)  # paths not made absolute, unlike the orchestrator's
         assert (direct["model"], direct["strategies"]) == (printed["model"], printed["strategies"])
-    rc = orchestrator_main(["inspect", config, *no_data, "--format", "json"]) if study else \
-        jobs_inspect([config, *no_data, "--format", "json"])
-    assert rc == 0, capsys.readouterr().err
+    assert jobs_inspect([config, *no_data, "--format", "json"]) == 0, capsys.readouterr().err
     rows = json.loads(capsys.readouterr().out)
     assert rows and all(r["params"] > 0 and r["gmacs"] > 0 for r in rows)
     if "mini_deit" in config:
@@ -65,9 +63,12 @@ def test_print_config_and_inspect_work_without_data(config, no_data, capsys, mon
         assert [r["params"] for r in rows] == [upstream_mini_deit_params(dim, heads)]
 
 
-def test_a_study_is_inspected_through_the_orchestrator(capsys):
-    assert jobs_inspect(["configs/paper/study.yaml"]) == 2
-    assert "python -m orchestrator inspect configs/paper/study.yaml" in capsys.readouterr().err
+def test_a_study_is_inspected_one_row_per_condition(capsys):
+    assert jobs_inspect(["configs/paper/study.yaml", "--format", "json"]) == 0
+    rows = {r["strategy"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["baseline", "grouped", "shallow", "thin"]  # the 2 seeds build the same models
+    assert rows["baseline"]["params"] == 86_567_656  # timm's vit_base_patch16_224
+    assert all(rows[c]["params"] < rows["baseline"]["params"] for c in ("grouped", "shallow", "thin"))
 
 
 def test_mini_deit_switches_are_one_override_away(capsys):

@@ -108,7 +108,7 @@ def test_study_array_failure_resume_and_local_equality(slurm_cluster, demo_data,
     assert len(files) >= 3 * 4, sorted(files)  # spec, status, metrics, events and checkpoints of each
 
     # The Slurm run and the local engine agree on every non-timing column, for the same seed.
-    from orchestrator.study import load_study
+    from jobs.study import load_study
 
     spec = next(r for r in load_study(cfg).runs if r.run_id == "baseline-s0")
     reference = _local_reference(spec, tmp_path / "local")

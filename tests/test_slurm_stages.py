@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from harness import events, session_cluster, status, wait_until, write_config  # noqa: E402
 
 from analysis.__main__ import main as analysis_main  # noqa: E402
+from jobs.tune_space import TuneBlock  # noqa: E402
 from orchestrator import slurm  # noqa: E402
 from orchestrator import slurm_queue as sq  # noqa: E402
 from orchestrator.slurm_tune import sample_ahead  # noqa: E402
-from orchestrator.tune_space import TuneBlock  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 SHALLOW = [{"name": "shallow", "params": {"keep_ratio": 0.5, "select": "diversity"}}]

@@ -2,9 +2,9 @@
 (The study's stages on the real Slurm: tests/test_slurm_stages.py.)"""
 from __future__ import annotations
 
+from jobs.tune_space import TuneBlock
 from orchestrator.slurm_tune import limits, sample_ahead
 from orchestrator.slurm_tune_job import winner
-from orchestrator.tune_space import TuneBlock
 
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.warmup_epochs": {"grid": [0, 1]}}
 

@@ -1,4 +1,4 @@
-"""Tuned studies (orchestrator.tune_space / tune_study, data.holdout): the tune block's validation, the held-out
+"""Tuned studies (jobs.tune_space / tune_study, data.holdout): the tune block's validation, the held-out
 slice, and one end-to-end sweep through the CLI: tuning -> confirm, with a driver kill in the middle of tuning and
 `--resume` ending with the same winners as an undisturbed run of the same study.
 """
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from jobs.spec import SpecError
-from orchestrator.study import load_study
+from jobs.study import load_study
 from tests.test_ray_run import REPO, SMALL, cli, env, events, status, survivors
 from tests.test_ray_run import pytestmark as needs_unshare
 
@@ -50,6 +50,24 @@ def test_bad_tune_blocks_are_refused_one_line_each(tmp_path, demo_data):
         assert expected in text, text
     ok = load_study(tuned_study(tmp_path, demo_data, "ok"))
     assert [r.run_id for r in ok.runs] == ["baseline-s0", "shallow-s0"] and ok.runs[0].train.epochs == 1
+
+
+def test_every_distribution_is_a_tune_domain():
+    """The block is checked in jobs (no Ray there) and sampled by the engine: both name the same distributions,
+    and each becomes the Tune domain of its name."""
+    from ray import tune
+
+    from jobs.tune_space import DISTRIBUTIONS, TuneBlock
+    from orchestrator.tune_domains import DOMAINS, param_space
+
+    assert set(DOMAINS) == set(DISTRIBUTIONS)
+    block = TuneBlock(trials=1, space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "train.weight_decay": {"uniform": [0, 1]},
+                                       "model.drop_path_rate": {"choice": [0.0, 0.1]}, "seed": {"grid": [1, 2]}})
+    space = param_space(block)
+    assert isinstance(space["train.lr"], tune.search.sample.Float) and space["train.lr"].lower == 1e-4
+    assert isinstance(space["train.lr"].get_sampler(), tune.search.sample.LogUniform)
+    assert isinstance(space["train.weight_decay"].get_sampler(), tune.search.sample.Uniform)
+    assert space["model.drop_path_rate"].categories == [0.0, 0.1] and space["seed"] == {"grid_search": [1, 2]}
 
 
 def test_holdout_is_class_balanced_deterministic_and_never_trained_on(demo_data):

@@ -1,5 +1,5 @@
 """The `tune:` block of a study: a search space over run-spec keys, the budget per condition, the searcher, the
-scheduler, the metric, the held-out slice and the confirm stage (layout on disk: orchestrator.tune_study).
+scheduler, the metric, the held-out slice and the confirm stage (run on Ray Tune by orchestrator.tune_study, on Slurm by orchestrator.slurm_tune).
 
 Distributions are written as one-key mappings, so a study stays plain YAML:
 
@@ -13,7 +13,8 @@ Distributions are written as one-key mappings, so a study stays plain YAML:
       scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
       confirm: {seeds: [0, 1], epochs: 12}
 
-Each distribution is a registry entry (its check and its Tune domain), validated before anything starts.
+Each distribution is a registry entry (its check and the values that cover it), validated before anything
+starts; its Ray Tune domain is the engine's (orchestrator.tune_domains), so this layer needs no Ray.
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data.holdout import HoldoutConfig
 
+from .spec import SpecError
+
 
 @dataclass(frozen=True)
 class Distribution:
     check: Callable[[Any], str | None]      # why the arguments are wrong, or None
-    domain: Callable[[Any], Any]            # the Tune search-space object
     extremes: Callable[[Any], list[Any]]    # values that validate every run the distribution can produce
 
 
@@ -53,12 +55,6 @@ def _values(args: Any) -> str | None:
     return None if isinstance(args, list) and args else "expects a non-empty list of values"
 
 
-def _tune():
-    from ray import tune
-
-    return tune
-
-
 def _range_points(args: list) -> list:
     """Both ends and a fractional value inside: an integer field (epochs) must be tuned with choice or grid."""
     low, high = args
@@ -66,10 +62,10 @@ def _range_points(args: list) -> list:
 
 
 DISTRIBUTIONS: dict[str, Distribution] = {
-    "loguniform": Distribution(lambda a: _range(a, positive=True), lambda a: _tune().loguniform(*a), _range_points),
-    "uniform": Distribution(lambda a: _range(a, positive=False), lambda a: _tune().uniform(*a), _range_points),
-    "choice": Distribution(_values, lambda a: _tune().choice(a), list),
-    "grid": Distribution(_values, lambda a: _tune().grid_search(a), list),
+    "loguniform": Distribution(lambda a: _range(a, positive=True), _range_points),
+    "uniform": Distribution(lambda a: _range(a, positive=False), _range_points),
+    "choice": Distribution(_values, list),
+    "grid": Distribution(_values, list),
 }
 
 
@@ -112,11 +108,6 @@ class TuneBlock(BaseModel):
     def distribution(self, key: str) -> tuple[str, Any]:
         (name, args), = self.space[key].items()
         return name, args
-
-    def param_space(self) -> dict[str, Any]:
-        """Tune's param_space: the dotted keys stay flat (Tune's config is one level deep here)."""
-        return {key: DISTRIBUTIONS[name].domain(args) for key, (name, args) in
-                ((k, self.distribution(k)) for k in self.space)}
 
     def extremes(self) -> list[dict[str, Any]]:
         """A few points covering every value range (each low end, each high end), to validate trial specs."""
@@ -218,8 +209,6 @@ def trial_spec(confirm: Any, block: TuneBlock, sampled: dict[str, Any], index: i
 
 def check_trials(block: TuneBlock, runs: list[Any], with_values: Callable) -> list[str]:
     """Each condition's trial spec at the ends of every range: a value that can never train is an error now."""
-    from jobs.spec import SpecError
-
     errors: list[str] = []
     firsts: dict[str, Any] = {}
     for r in runs:
@@ -232,13 +221,3 @@ def check_trials(block: TuneBlock, runs: list[Any], with_values: Callable) -> li
                 values = ", ".join(f"{k}={v}" for k, v in point.items())
                 errors.extend(f"tune.space ({values}), condition {run.condition}: {e}" for e in exc.errors)
     return list(dict.fromkeys(errors))
-
-
-def tuning_started(study_dir: Any) -> str | None:
-    """Why a fresh (not --resume) start must refuse: trials of an earlier start are on disk."""
-    from pathlib import Path
-
-    folder = Path(study_dir) / TRIALS_FOLDER
-    if folder.is_dir() and any(folder.iterdir()):
-        return f"tuning trials already exist in {folder}; pass --resume to continue, or set another study"
-    return None
