@@ -29,22 +29,19 @@ from jobs.distributed import gather, is_distributed
 from jobs.loop_state import EpochSums, LoopState
 from jobs.rng import isolated_batches, rng_isolated
 from jobs.spec import RunSpec
-from jobs.stop import Preempted
+from jobs.stop import Preempted, stop_requested
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stops and its last good checkpoint is kept."""
 
 
-def stop_requested(ctx) -> bool:
-    # Optional engine member (jobs.context): `stop_requested() -> bool`, set by the engine's signal handler.
-    fn = getattr(ctx, "stop_requested", None)
-    return bool(fn()) if callable(fn) else False
-
-
-def agree(state: LoopState, bad: torch.Tensor) -> tuple[int, bool]:
+def agree(state: LoopState, bad: torch.Tensor | None = None) -> tuple[int, bool]:
     """(non-finite micro-batches on all ranks since the last agreement, whether any rank was asked to stop):
-    the one host sync of an agreement point."""
+    the one host sync of an agreement point, and the only place the ranks agree on a stop (`bad` None: outside
+    an epoch, where nothing was counted)."""
+    if bad is None:
+        bad = torch.zeros((), dtype=torch.int64, device=state.device)
     counts = torch.stack([bad, torch.full_like(bad, int(stop_requested(state.ctx)))])
     if is_distributed(state.ctx):
         torch.distributed.all_reduce(counts)

@@ -114,10 +114,16 @@ def train_fn_per_worker(config: dict) -> None:
     worker) with a RayContext. The spec travels as a plain dict so that no driver-side process has to import
     the spec's model code to unpickle it."""
     from jobs.spec import RunSpec
+    from jobs.stop import Preempted
 
     spec = RunSpec.model_validate(config["spec"])
     loop = resolve_entry(config.get("entry", TRAIN_ENTRY))
-    loop(spec, RayContext(spec.run_dir))
+    try:
+        loop(spec, RayContext(spec.run_dir))
+    except Preempted:
+        # Every rank stopped at the same update (the loop recorded the run as preempted): a normal end for Ray,
+        # which must not restart the group as after a failure (orchestrator.ray_stop).
+        return
 
 
 def resolve_entry(entry: str):

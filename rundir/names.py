@@ -13,6 +13,7 @@ BEST_DIR = "best"                 # checkpoints/best/: the best export
 BEST_WEIGHTS = "model.pt"         # its weights, what a later stage's `run:<condition>` starts from
 EVENTS_FILE = "events.log"        # append-only, one line per event (rundir.events.EventLog)
 STATUS_FILE = "status.json"       # {"state", "epoch", "epochs_total", "error", "updated"} (rundir.status)
+STOP_REQUEST_FILE = "stop.request"  # a driver asks the run to stop with it (jobs.stop); the run removes it when it stops
 LAYER_STATS_FILE = "layer_stats.parquet"  # optional (logging.layer_stats): per-block gradient norms (jobs.layer_stats)
 
 # A study directory.
