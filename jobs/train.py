@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 import rundir as run_files
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs import recipe, weights
-from jobs.checkpointer import Position, choose
+from jobs.checkpoint_policy import Position, choose
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, gather

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.configdoc import add_print_config, print_config
 from jobs.local import LocalContext
 from jobs.spec import SpecError, file_problems, load_spec

@@ -24,7 +24,7 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 
 from jobs import recipe
-from jobs.checkpointer import Position
+from jobs.checkpoint_policy import Position
 from jobs.distributed import gather, is_distributed
 from jobs.loop_state import EpochSums, LoopState
 from jobs.rng import isolated_batches, rng_isolated

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import rundir
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from orchestrator.study import load_study
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, STOP_REQUEST_FILE
 from tests.test_ray_run import REPO, cli, env

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import rundir
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.local import LocalContext
 from jobs.stop import Preempted
 from jobs.train import Hooks, train_loop
@@ -85,7 +85,7 @@ def test_sigterm_to_jobs_train_checkpoints_and_the_same_command_continues(demo_d
 
 def test_signals_during_a_checkpoint_write_and_a_second_signal(demo_data, reference, tmp_path):
     """SIGTERM arrives while a checkpoint file is being written (a profile hook sends it from inside
-    jobs.checkpoint's writer); a second one arrives during the stop's own checkpoint. Both writes complete,
+    jobs.checkpoint_files' writer); a second one arrives during the stop's own checkpoint. Both writes complete,
     the stop is acted on once, at the agreement point after the first signal."""
     spec = tiny_spec(demo_data, tmp_path, *CONFIG, "checkpoint.every_steps=4", "checkpoint.sync_every=100")
     ctx = LocalContext(spec.run_dir, use_gpu=False)
