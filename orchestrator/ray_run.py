@@ -133,6 +133,7 @@ def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions, entry: str |
         trainer.fit()
     except Exception as exc:  # TrainingFailedError and friends: one line, details in events.log
         print_error(f"run {spec.run_id} failed: {error_line(str(exc))}")
+        _record_failure(spec, str(exc))  # e.g. a worker ended by a SIGTERM, before the loop could say so
         print(f"  details: {Path(spec.run_dir) / EVENTS_FILE}", file=sys.stderr)
         return
     print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
