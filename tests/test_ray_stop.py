@@ -12,9 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from ray.tune.search import Searcher
 
 import rundir
 from jobs import checkpoint_files as ckpt
+from orchestrator.ray_stages import StageSearcher
 from orchestrator.study import load_study
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, STOP_REQUEST_FILE
 from tests.test_ray_run import REPO, cli, env
@@ -86,3 +88,11 @@ def test_sigterm_to_the_sweep_driver_stops_at_an_update_and_resume_continues_the
     with one_thread():
         run_local(reference)
     assert stable_rows(run_dir) == stable_rows(reference.run_dir)
+
+
+def test_no_trial_starts_once_the_driver_was_asked_to_stop():
+    stopped = []
+    searcher = StageSearcher(["a", "b"], {}, finished=[], is_finished=lambda run: False, stopping=lambda: bool(stopped))
+    assert searcher.suggest("t1") == {"run_id": "a"}
+    stopped.append("SIGTERM")
+    assert searcher.suggest("t2") == Searcher.FINISHED  # "b" is never started: `--resume` starts it
