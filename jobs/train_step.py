@@ -1,7 +1,7 @@
 """One training epoch: the train step (forward, loss, backward, update) and where the ranks agree.
 
 No host sync per update. Every micro-batch's finite check stays on the device (a counter, and where the
-first non-finite loss was); the ranks agree, in one small all-reduce, on that counter and on the engine's stop
+first non-finite loss was); the ranks agree, in one small all-reduce (`agree`), on that counter and on a stop
 flag only at an *agreement point*: every `checkpoint.sync_every` updates, before every mid-epoch checkpoint
 and at the epoch's last update. Consequences, by choice:
 
