@@ -6,6 +6,7 @@ imports Ray or submitit.
 
 Optional member: `stop_requested() -> bool`, true once the engine was asked to stop (its signal handler sets a
 flag, jobs.stop); the loop then checkpoints at the next update the ranks agree on and raises jobs.stop.Preempted.
+An engine without a handler in the training process (Ray) asks through a file in the run folder instead (jobs.stop).
 """
 from __future__ import annotations
 

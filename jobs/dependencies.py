@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from rundir import BEST_DIR, CHECKPOINT_DIR, RunRecord, find_runs, part_of, run_source
 
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.spec import RunSpec, format_validation_error
 from rundir import (
     CHECKPOINT_DIR,

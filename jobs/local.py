@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from jobs import checkpoint
+from jobs import checkpoint_files
 from jobs.stop import StopRequest
 from rundir import CHECKPOINT_DIR
 
@@ -76,7 +76,7 @@ class LocalContext:
         self.reports.append((dict(metrics), checkpoint_dir))
 
     def latest_checkpoint(self) -> Path | None:
-        return checkpoint.latest_valid(self.run_dir / CHECKPOINT_DIR)
+        return checkpoint_files.latest_valid(self.run_dir / CHECKPOINT_DIR)
 
     def stop_requested(self) -> bool:
         return self.stop.requested()

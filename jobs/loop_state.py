@@ -20,7 +20,7 @@ from torch import nn
 from data.loaders import build_train_loader, build_val_loader
 from jobs import recipe, weights
 from jobs.accounting import model_stats
-from jobs.checkpointer import Checkpointer, Trainables
+from jobs.checkpoint_policy import Checkpointer, Trainables
 from jobs.context import EngineContext
 from jobs.distill.runtime import make_distiller
 from jobs.distributed import is_distributed

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.config import DataConfig
-from jobs.checkpointer import CheckpointConfig
+from jobs.checkpoint_policy import CheckpointConfig
 from jobs.distill.config import DistillConfig
 from jobs.overrides import apply_overrides, submodel
 from jobs.run_logger import LoggingConfig

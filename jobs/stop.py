@@ -1,4 +1,5 @@
-"""A stop request from outside the run (Slurm's USR2, SIGTERM, Ctrl-C), the way Lightning handles them.
+"""A stop request from outside the run (Slurm's USR2, SIGTERM, Ctrl-C, a driver's stop-request file), the way
+Lightning handles signals.
 
 The signal handler only sets a flag: a handler that checkpointed or exited itself could run in the middle
 of an optimizer step, a collective or a checkpoint write. The training loop reads the flag at its next
@@ -6,6 +7,12 @@ agreement point (jobs.train_step: every `checkpoint.sync_every` updates, all ran
 checkpoint at that update, records the run as `preempted` and raises `Preempted`; the engine then exits or
 requeues. A second signal changes nothing (the checkpoint being written is never interrupted); SIGKILL is
 the way to stop without one.
+
+Where no handler of ours can run in the training process (a Ray worker: Ray core owns its SIGTERM and the
+train function runs in a thread), the engine's driver takes the signal and writes `STOP_REQUEST_FILE` into the
+run folder (orchestrator.ray_stop). Rank 0 looks for it at the agreement points only (one stat per
+`sync_every` updates), and the agreement's collective carries it to the other ranks; the run removes it once
+it has stopped. Any engine's run can be stopped so, e.g. `touch <run_dir>/stop.request`.
 """
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ import signal
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from rundir import STOP_REQUEST_FILE
 
 
 class Preempted(Exception):
@@ -55,3 +64,17 @@ class StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def stop_requested(ctx) -> bool:
+    """Whether this rank was asked to stop: its engine's flag (optional member `stop_requested() -> bool`,
+    jobs.context) or, on rank 0, a stop-request file in the run folder. Called at agreement points only."""
+    fn = getattr(ctx, "stop_requested", None)
+    if callable(fn) and fn():
+        return True
+    return ctx.rank == 0 and (Path(ctx.run_dir) / STOP_REQUEST_FILE).exists()
+
+
+def withdraw_request(run_dir: Path) -> None:
+    """The request was acted on: a later start of the run (`--resume`, the same command) trains on."""
+    (Path(run_dir) / STOP_REQUEST_FILE).unlink(missing_ok=True)

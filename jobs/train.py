@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 import rundir as run_files
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs import recipe, weights
-from jobs.checkpointer import Position, choose
+from jobs.checkpoint_policy import Position, choose
 from jobs.context import EngineContext
 from jobs.distill.teacher import resume_error, teacher_identity
 from jobs.distributed import all_reduce_sum, gather
@@ -40,8 +40,8 @@ from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, seed_everything
 from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError
-from jobs.stop import Preempted
-from jobs.train_step import NonFiniteLossError, stop_requested, to_format, train_epoch
+from jobs.stop import Preempted, withdraw_request
+from jobs.train_step import NonFiniteLossError, agree, to_format, train_epoch
 
 __all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "evaluate", "train_loop"]
 
@@ -75,6 +75,8 @@ class Lifecycle:
             self.epochs_done = exc.epoch
             where = exc.checkpoint.name if exc.checkpoint is not None else "the start"
             self.status("preempted", update=exc.update)
+            if self.rank0:
+                withdraw_request(self.run_dir)
             self.log("preempted", f"{exc}; continues from {where} (update {exc.update})")
             raise
         except BaseException as exc:
@@ -208,11 +210,6 @@ def _refuse_changed_teacher(spec: RunSpec, chosen: Path | None) -> None:
         raise SpecError([f"{problem} (checkpoint {chosen})"])
 
 
-def _stop_agreed(state: LoopState) -> bool:
-    """Whether any rank was asked to stop (one collective: at the start and at epoch ends only)."""
-    return all_reduce_sum([int(stop_requested(state.ctx))], state.ctx, state.device, dtype=torch.int64)[0] > 0
-
-
 def train_loop(spec: RunSpec, ctx: EngineContext, hooks: Hooks | None = None) -> dict:
     """Train `spec` under engine `ctx`, resuming from its newest valid checkpoint; returns the last row.
     Raises Preempted after a stop request (a checkpoint was written at the update it names)."""
@@ -245,7 +242,7 @@ def _train(spec: RunSpec, ctx: EngineContext, hooks: Hooks, life: Lifecycle, cho
         spec, run_dir, rank=ctx.rank, world_size=ctx.world_size, start_step=state.num_updates,
         steps_per_epoch=state.updates_per_epoch, log_event=life.log)
     state.logger.attach(state.model)
-    if _stop_agreed(state):  # asked to stop while starting up: nothing trained since `chosen`
+    if agree(state)[1]:  # asked to stop while starting up: nothing trained since `chosen`
         raise Preempted("stopped on request before the first update", chosen, state.num_updates, state.epoch)
     start_epoch, start_batch = state.epoch, state.batch
     for epoch in range(start_epoch, epochs):
@@ -260,7 +257,7 @@ def _train(spec: RunSpec, ctx: EngineContext, hooks: Hooks, life: Lifecycle, cho
         state.logger.epoch_end(state.num_updates, row)
         state.checkpointer.record(row)
         path = None
-        stop = epoch + 1 < epochs and _stop_agreed(state)  # a request that came during the evaluation
+        stop = epoch + 1 < epochs and agree(state)[1]  # a request that came during the evaluation
         if stop or state.checkpointer.due_at_epoch_end(epoch + 1, epochs):
             path = state.checkpointer.save(Position(epoch + 1, 0, state.num_updates), dict(state.sums.__dict__))
         life.epochs_done = epoch + 1

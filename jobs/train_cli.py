@@ -15,15 +15,13 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.configdoc import add_print_config, print_config
 from jobs.local import LocalContext
 from jobs.spec import SpecError, file_problems, load_spec
 from jobs.stop import Preempted
 from jobs.train import NonFiniteLossError, train_loop
-from rundir import EXIT_BAD_INPUT, State, print_error, print_errors, read_status, run_state
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; the same command continues the run
+from rundir import EXIT_BAD_INPUT, EXIT_PREEMPTED, State, print_error, print_errors, read_status, run_state
 
 
 def refuse_existing(run_dir: Path, epochs: int, resume: bool) -> str | None:

@@ -1,7 +1,7 @@
 """One training epoch: the train step (forward, loss, backward, update) and where the ranks agree.
 
 No host sync per update. Every micro-batch's finite check stays on the device (a counter, and where the
-first non-finite loss was); the ranks agree, in one small all-reduce, on that counter and on the engine's stop
+first non-finite loss was); the ranks agree, in one small all-reduce (`agree`), on that counter and on a stop
 flag only at an *agreement point*: every `checkpoint.sync_every` updates, before every mid-epoch checkpoint
 and at the epoch's last update. Consequences, by choice:
 
@@ -24,27 +24,24 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 
 from jobs import recipe
-from jobs.checkpointer import Position
+from jobs.checkpoint_policy import Position
 from jobs.distributed import gather, is_distributed
 from jobs.loop_state import EpochSums, LoopState
 from jobs.rng import isolated_batches, rng_isolated
 from jobs.spec import RunSpec
-from jobs.stop import Preempted
+from jobs.stop import Preempted, stop_requested
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stops and its last good checkpoint is kept."""
 
 
-def stop_requested(ctx) -> bool:
-    # Optional engine member (jobs.context): `stop_requested() -> bool`, set by the engine's signal handler.
-    fn = getattr(ctx, "stop_requested", None)
-    return bool(fn()) if callable(fn) else False
-
-
-def agree(state: LoopState, bad: torch.Tensor) -> tuple[int, bool]:
+def agree(state: LoopState, bad: torch.Tensor | None = None) -> tuple[int, bool]:
     """(non-finite micro-batches on all ranks since the last agreement, whether any rank was asked to stop):
-    the one host sync of an agreement point."""
+    the one host sync of an agreement point, and the only place the ranks agree on a stop (`bad` None: outside
+    an epoch, where nothing was counted)."""
+    if bad is None:
+        bad = torch.zeros((), dtype=torch.int64, device=state.device)
     counts = torch.stack([bad, torch.full_like(bad, int(stop_requested(state.ctx)))])
     if is_distributed(state.ctx):
         torch.distributed.all_reduce(counts)

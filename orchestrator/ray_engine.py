@@ -1,7 +1,7 @@
 """Ray Train as an engine of the training loop: the worker-side context and the TorchTrainer.
 
 Checkpoints stay where the loop writes them (`run_dir/checkpoints/ckpt-N`, atomic and checksummed by
-jobs.checkpoint). Ray is handed a *pointer* checkpoint (a few bytes naming that folder) so that its
+jobs.checkpoint_files). Ray is handed a *pointer* checkpoint (a few bytes naming that folder) so that its
 checkpoint manager, failure handling and `get_checkpoint()` work as designed without copying
 gigabytes per epoch, and without Ray ever deleting or referencing the loop's own pruned folders.
 On restart the newer of Ray's pointer and the newest valid folder on disk wins: the last checkpoint
@@ -90,7 +90,7 @@ class RayContext:
     def latest_checkpoint(self) -> Path | None:
         import ray.train
 
-        from jobs.checkpoint import checkpoint_number, latest_valid, verify
+        from jobs.checkpoint_files import checkpoint_number, latest_valid, verify
 
         ours = latest_valid(self.run_dir / "checkpoints")
         pointed = None
@@ -114,10 +114,16 @@ def train_fn_per_worker(config: dict) -> None:
     worker) with a RayContext. The spec travels as a plain dict so that no driver-side process has to import
     the spec's model code to unpickle it."""
     from jobs.spec import RunSpec
+    from jobs.stop import Preempted
 
     spec = RunSpec.model_validate(config["spec"])
     loop = resolve_entry(config.get("entry", TRAIN_ENTRY))
-    loop(spec, RayContext(spec.run_dir))
+    try:
+        loop(spec, RayContext(spec.run_dir))
+    except Preempted:
+        # Every rank stopped at the same update (the loop recorded the run as preempted): a normal end for Ray,
+        # which must not restart the group as after a failure (orchestrator.ray_stop).
+        return
 
 
 def resolve_entry(entry: str):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.local import LocalContext
+from jobs.stop import Preempted
 from orchestrator.ray_engine import TRAIN_ENTRY, resolve_entry, scalar_metrics
 
 
@@ -49,6 +50,8 @@ def train_in_trial(job: dict[str, Any]) -> None:
     ctx = TrialContext(spec.run_dir, use_gpu=spec.resources.use_gpu, cpu_threads=threads)
     try:
         resolve_entry(job.get("entry", TRAIN_ENTRY))(spec, ctx)
+    except Preempted:
+        return  # stopped on request, recorded as preempted by the loop: an end, not a failure for Tune to retry
     finally:
         ctx.close()
 

@@ -12,18 +12,20 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jobs.spec import RunSpec, SpecError
 from jobs.study import StudySpec, SweepOptions
 from orchestrator.cluster import quiet_env, ray_session, resolve_address
 from orchestrator.lock import StudyLocked, study_lock
 from orchestrator.plan import Kind, Plan, current_states, load_config, make_plan
+from orchestrator.ray_stop import DriverStop
 from orchestrator.resources import ClusterShape, check_fits
 from orchestrator.tune_domains import tuning_started
 from rundir import (
     EVENTS_FILE,
     EXIT_LOCKED,
+    EXIT_PREEMPTED,
     State,
     error_line,
     print_error,
@@ -117,12 +119,18 @@ def submit_plan(plan: Plan, session, options: SweepOptions, entry: str | None = 
     for line in plan.lines():
         print(f"  {line}")
     todo = plan.to_submit
+    stop = DriverStop(r.run_dir for r in todo)
     if todo:
         if plan.kind == "run":
-            _fit_one(todo[0], plan.study_dir, options, entry)
+            stop.run(lambda: _fit_one(todo[0], plan.study_dir, options, entry))
         else:
-            _fit_grid(todo, plan, session, options, entry)
-    return _summary(plan)
+            stop.run(lambda: _fit_grid(todo, plan, session, options, entry, stopping=stop.requested))
+    code = _summary(plan)
+    if stop.requested() and code:
+        print(f"stopped on request ({stop.request.signal_name}): the unfinished runs continue from where they "
+              f"stopped with the same command and --resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return code
 
 
 def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions, entry: str | None = None) -> None:
@@ -135,6 +143,7 @@ def _fit_one(spec: RunSpec, study_dir: Path, options: SweepOptions, entry: str |
         trainer.fit()
     except Exception as exc:  # TrainingFailedError and friends: one line, details in events.log
         print_error(f"run {spec.run_id} failed: {error_line(str(exc))}")
+        _record_failure(spec, str(exc))  # e.g. a worker ended by a SIGTERM, before the loop could say so
         print(f"  details: {Path(spec.run_dir) / EVENTS_FILE}", file=sys.stderr)
         return
     print(f"{spec.run_dir}: {run_state(spec.run_dir, spec.train.epochs).describe()} in {time.time() - t0:.0f} s")
@@ -161,12 +170,13 @@ def _stage_graph(plan: Plan | Path) -> tuple[Path, dict, dict, list[str]]:
 
 
 def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOptions, entry: str | None = None,
-              trial=None) -> None:
+              trial=None, stopping: Callable[[], bool] | None = None) -> None:
     """One Tune trial per run to train, each suggested by the StageSearcher once the runs it needs have finished.
     A fresh experiment each time rather than Tuner.restore: the run folders hold all the state that matters, and
     runs added to the study since are included. `plan`: the plan (its stage graph), or just the study dir when the
     runs need no other run. `entry` (module:function run on the workers) is the training loop and `trial` (the
-    function of each Tune trial) is `trial_driver`, unless a test or a benchmark substitutes its own."""
+    function of each Tune trial) is `trial_driver`, unless a test or a benchmark substitutes its own. `stopping`:
+    true once the driver was asked to stop (orchestrator.ray_stop): no further trial starts."""
     from ray import tune
 
     from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
@@ -182,7 +192,8 @@ def _fit_grid(todo: list[RunSpec], plan: Plan | Path, session, options: SweepOpt
     searcher = StageSearcher(
         sorted(specs, key=lambda r: stages.get(r, 0)), deps,
         finished=finished,
-        is_finished=lambda r: run_state(run_specs[r].run_dir, run_specs[r].train.epochs).finished)
+        is_finished=lambda r: run_state(run_specs[r].run_dir, run_specs[r].train.epochs).finished,
+        stopping=stopping)
     k = concurrency(todo, session.shape)
     if options.max_concurrent_trials:
         k = min(k, options.max_concurrent_trials)

@@ -15,7 +15,7 @@ import submitit
 import torch
 from submitit.core.utils import UncompletedJobError
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.local import LocalContext
 from jobs.spec import RunSpec
 from jobs.stop import Preempted

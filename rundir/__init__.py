@@ -7,7 +7,15 @@ expressions (`expression`), atomic writes (`atomic`) and the one-line error prin
 Only the standard library and pyarrow: `jobs`, `orchestrator` and `analysis` all import it, it imports none.
 """
 from rundir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from rundir.errors import EXIT_BAD_INPUT, EXIT_LOCKED, error_line, exception_line, print_error, print_errors
+from rundir.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_LOCKED,
+    EXIT_PREEMPTED,
+    error_line,
+    exception_line,
+    print_error,
+    print_errors,
+)
 from rundir.events import EventLog, read_events, read_timed_events
 from rundir.expression import parse_scalar, split_expression
 from rundir.index import read_index, write_index
@@ -33,6 +41,7 @@ from rundir.names import (
     SPEC_FILE,
     SPEC_JSON,
     STATUS_FILE,
+    STOP_REQUEST_FILE,
 )
 from rundir.record import (
     Architecture,
@@ -65,8 +74,8 @@ from rundir.status import RECORDED_STATES, check_status, read_status, write_stat
 
 __all__ = [
     "BENCH_FILE", "BEST_DIR", "BEST_WEIGHTS", "CHECKPOINT_DIR", "EVENTS_FILE", "EXIT_BAD_INPUT", "EXIT_LOCKED",
-    "LOCK_FILE", "METRICS_COLUMNS", "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS",
-    "RUN_PREFIX", "SPEC_FILE", "SPEC_JSON", "STATUS_FILE",
+    "EXIT_PREEMPTED", "LOCK_FILE", "METRICS_COLUMNS", "METRICS_FILE", "METRICS_SCHEMA", "RECORDED_STATES", "RUNS_FILE", "RUN_MARKERS",
+    "RUN_PREFIX", "SPEC_FILE", "SPEC_JSON", "STATUS_FILE", "STOP_REQUEST_FILE",
     "Architecture", "EventLog", "MetricsError", "Node", "RecordedSpec", "RunRecord", "RunState", "State",
     "append_row", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "best_metric_column", "blocker",
     "check_dependencies", "check_metrics", "check_row", "check_spec", "check_status", "condition_graph",

@@ -11,6 +11,7 @@ from typing import TextIO
 
 EXIT_BAD_INPUT = 2   # the input is wrong: nothing was started
 EXIT_LOCKED = 3      # another driver holds the study directory
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with checkpoints; the same command (`--resume` for a driver) continues
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")
 

@@ -206,7 +206,7 @@ class RunRecord:
 
     @property
     def best_export(self) -> Path | None:
-        """checkpoints/best/model.pt when the run wrote one (jobs.checkpoint verifies it before use)."""
+        """checkpoints/best/model.pt when the run wrote one (jobs.checkpoint_files verifies it before use)."""
         path = self.run_dir / CHECKPOINT_DIR / BEST_DIR / BEST_WEIGHTS
         return path if path.is_file() else None
 

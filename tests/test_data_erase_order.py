@@ -12,7 +12,7 @@ from timm.data import Mixup
 
 from data.config import DataConfig
 from data.loaders import build_train_loader
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR
 from tests.tiny import run_local, stable_rows, tiny_spec

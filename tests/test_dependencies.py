@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.dependencies import resolve_run_export
 from jobs.spec import SpecError, load_spec
 from rundir import CHECKPOINT_DIR, check_dependencies, write_status

@@ -14,7 +14,7 @@ import rundir as metrics
 from data.convert import convert
 from data.demo import DEMO_OPTIONS
 from data.labels import label_map_path, read_label_map
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.loop_state import Hooks
 from jobs.spec import SpecError
 from rundir import CHECKPOINT_DIR

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import jobs
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.__main__ import main as jobs_main
 from jobs.export import CONFIG_FILE, OURS, WEIGHTS_FILE, ExportError, export_model
 from jobs.local import LocalContext

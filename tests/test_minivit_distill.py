@@ -11,7 +11,7 @@ import timm
 import torch
 
 import rundir
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.distill.runtime import make_distiller
 from jobs.local import LocalContext
 from jobs.loop_state import Hooks, build_start, build_state

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from jobs.accounting import model_stats
-from jobs.checkpoint import load_model_state, pack_state
+from jobs.checkpoint_files import load_model_state, pack_state
 from jobs.models import build_model, check
 from jobs.spec import SpecError, load_spec
 from jobs.strategies import StrategyError, parse_expression, parse_params
@@ -288,7 +288,7 @@ def test_minivit_configs_validate(name, model, params, demo_data):
 
 def test_multiplexed_run_resumes_exactly(demo_data, tmp_path):
     import rundir
-    from jobs import checkpoint as ckpt
+    from jobs import checkpoint_files as ckpt
     from jobs.local import LocalContext
     from jobs.train import Hooks, train_loop
 

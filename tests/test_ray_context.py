@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import ray.train
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from orchestrator.ray_engine import POINTER_FILE, RayContext, scalar_metrics
 
 

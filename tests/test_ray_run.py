@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rundir import CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE
+from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, METRICS_FILE, SPEC_FILE, STATUS_FILE
 from tests import ray_faults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +245,8 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
 
 
 def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_data):
-    """No namespace here on purpose: the CLI itself must stop the Ray it started when it gets SIGTERM."""
+    """No namespace here on purpose: the CLI itself must stop the Ray it started when it gets SIGTERM (after its
+    run stopped on request)."""
     temp_dir = Path(f"/tmp/rt{os.getpid()}")  # every process of that Ray has it in its command line
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}",
@@ -262,8 +263,10 @@ def test_embedded_ray_is_stopped_when_the_driver_is_terminated(tmp_path, demo_da
         assert processes_matching(str(temp_dir))
         driver.send_signal(signal.SIGTERM)
         out, _ = driver.communicate(timeout=120)
-        assert driver.returncode == 130, out[-3000:]
+        # A stop request (orchestrator.ray_stop): the TorchTrainer's run stopped at an update, not killed.
+        assert driver.returncode == EXIT_PREEMPTED, out[-3000:]
         assert "--resume" in out
+        assert status(tmp_path / "demo" / "term")["state"] == "preempted", out[-3000:]
         left = survivors(str(temp_dir))
         assert not left, f"Ray processes left after the driver exited: {left}"
     finally:

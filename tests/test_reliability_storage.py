@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import rundir as metrics
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR, EVENTS_FILE
 from tests.tiny import run_local, stable_rows, tiny_spec

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import rundir
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.local import LocalContext
 from jobs.stop import Preempted
 from jobs.train import Hooks, train_loop
-from rundir import CHECKPOINT_DIR, EVENTS_FILE
+from rundir import CHECKPOINT_DIR, EVENTS_FILE, STOP_REQUEST_FILE
 from tests.tiny import DEMO, TINY, one_thread, run_local, stable_rows, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_sigterm_to_jobs_train_checkpoints_and_the_same_command_continues(demo_d
 
 def test_signals_during_a_checkpoint_write_and_a_second_signal(demo_data, reference, tmp_path):
     """SIGTERM arrives while a checkpoint file is being written (a profile hook sends it from inside
-    jobs.checkpoint's writer); a second one arrives during the stop's own checkpoint. Both writes complete,
+    jobs.checkpoint_files' writer); a second one arrives during the stop's own checkpoint. Both writes complete,
     the stop is acted on once, at the agreement point after the first signal."""
     spec = tiny_spec(demo_data, tmp_path, *CONFIG, "checkpoint.every_steps=4", "checkpoint.sync_every=100")
     ctx = LocalContext(spec.run_dir, use_gpu=False)
@@ -131,4 +131,22 @@ def test_signal_before_the_first_update_writes_no_checkpoint(demo_data, referenc
     assert (status["state"], status["update"], status["epoch"]) == ("preempted", 0, 0)
     assert "continues from the start (update 0)" in _events(spec.run_dir, "preempted")[0]
     run_local(spec)
+    assert stable_rows(spec.run_dir) == reference
+
+
+def test_a_stop_request_file_stops_the_run_at_the_next_agreement_point(demo_data, reference, tmp_path):
+    """The engine-agnostic channel (what the Ray driver writes): rank 0 reads it at agreement points only."""
+    spec = tiny_spec(demo_data, tmp_path, *CONFIG)
+    request = spec.run_dir / STOP_REQUEST_FILE
+
+    def ask(state):
+        if state.num_updates == 4:  # after the agreement point at update 3: acted on at update 6
+            request.write_text("test\n")
+
+    with pytest.raises(Preempted) as info:
+        run_local(spec, Hooks(after_step=ask))
+    assert info.value.update == 6 and rundir.read_status(spec.run_dir)["update"] == 6
+    assert not request.exists()  # withdrawn by the run that acted on it: the same command trains on
+    run_local(spec)
+    assert _resumed_update(spec.run_dir) == 6
     assert stable_rows(spec.run_dir) == reference

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rundir as metrics
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.local import LocalContext
 from jobs.models import build_model
 from jobs.spec import load_spec

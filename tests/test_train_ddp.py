@@ -119,7 +119,7 @@ def test_two_process_ddp_matches_one_process_and_stops_on_one_ranks_signal(demo_
 
     # A stop request on rank 1 only: both ranks stop at the same agreed update, with one checkpoint of both.
     import rundir
-    from jobs import checkpoint as ckpt
+    from jobs import checkpoint_files as ckpt
 
     stops = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(2)]
     assert stops == [{"update": 3, "signalled": False}, {"update": 3, "signalled": True}]

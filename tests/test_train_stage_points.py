@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import rundir
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs import recipe
 from jobs.spec import TrainConfig
 from jobs.train import Hooks

@@ -10,7 +10,7 @@ import pytest
 import torch
 from timm.scheduler import create_scheduler
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.train import Hooks
 from rundir import CHECKPOINT_DIR, EVENTS_FILE
 from tests.tiny import run_local, stable_rows, tiny_spec

@@ -1,4 +1,4 @@
-"""jobs.checkpoint and the rundir files without training: atomic folders, checksums, pruning, fallback,
+"""jobs.checkpoint_files and the rundir files without training: atomic folders, checksums, pruning, fallback,
 shared-tensor storage, metrics rows without duplicates."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rundir as metrics
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.models import build_model
 from rundir import METRICS_COLUMNS
 

@@ -2,7 +2,7 @@
 
 `Checkpointer` is configured by the run spec's `checkpoint:` block (`CheckpointConfig`) and holds the
 objects a checkpoint restores (`Trainables`). The file format (numbered atomic folders, checksums,
-shared-tensor packing) is jobs.checkpoint's; this module decides:
+shared-tensor packing) is jobs.checkpoint_files'; this module decides:
 
 - what: the model, its EMA, optimizer, schedule, grad scaler, the best value so far, the position
   (epoch, batch, optimizer updates) and, per rank, the generator states and the partial-epoch sums
@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from jobs import checkpoint as ckpt
+from jobs import checkpoint_files as ckpt
 from jobs.context import EngineContext
 from jobs.distributed import barrier, broadcast, gather
 from jobs.rng import rng_state, seed_everything, set_rng_state

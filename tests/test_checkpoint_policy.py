@@ -11,8 +11,8 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from jobs import checkpoint as ckpt
-from jobs.checkpointer import CheckpointConfig, Checkpointer, Position, Trainables, choose
+from jobs import checkpoint_files as ckpt
+from jobs.checkpoint_policy import CheckpointConfig, Checkpointer, Position, Trainables, choose
 from jobs.local import LocalContext
 
 
