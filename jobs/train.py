@@ -9,7 +9,8 @@ life, from one place:
              one metrics row, checkpoint, `ctx.report`;
     end:     finished | failed (with the error) | preempted (a stop request: checkpoint at the update the
              ranks agreed on, then `Preempted`; the same command, or the engine's requeue, continues from
-             exactly there).
+             exactly there) | stopped (the engine ended the run early for good at an epoch's report:
+             `StoppedEarly`, e.g. an ASHA-stopped tuning trial).
 
 Every status change goes through `Lifecycle.status` (rank 0; rundir.write_status underneath).
 
@@ -40,10 +41,10 @@ from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, seed_everything
 from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError
-from jobs.stop import Preempted
+from jobs.stop import Preempted, StoppedEarly
 from jobs.train_step import NonFiniteLossError, stop_requested, to_format, train_epoch
 
-__all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "evaluate", "train_loop"]
+__all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "StoppedEarly", "evaluate", "train_loop"]
 
 
 class Lifecycle:
@@ -67,9 +68,15 @@ class Lifecycle:
 
     @contextlib.contextmanager
     def recorded(self) -> Iterator[None]:
-        """How the block ended, recorded: a stop request as `preempted` (resumable), anything else as `failed`."""
+        """How the block ended, recorded: a stop request as `preempted` (resumable), the engine ending the run
+        early as `stopped` (at the epoch it last reported), anything else as `failed`."""
         try:
             yield
+        except StoppedEarly as exc:
+            self._close_logger()
+            self.status("stopped")
+            self.log("stopped", f"{exc} after epoch {self.epochs_done}/{self.epochs}")
+            raise
         except Preempted as exc:
             self._close_logger()
             self.epochs_done = exc.epoch

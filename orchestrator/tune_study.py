@@ -2,9 +2,10 @@
 every condition), scored on a held-out slice of train; then the confirm runs, each condition's winner on the
 confirm seeds at full length, scored on val, submitted as the study's runs through the ordinary plan.
 
-On disk (`<output_root>/<study>/`; the full description is docs/tuning.md):
+On disk (`<output_root>/<study>/`; README, "Tuned studies"):
 
-    tuning/<condition>-tNNN/   one run folder per trial (rundir layout; NNN: Tune's trial index in its condition)
+    tuning/<condition>-tNNN/   one run folder per trial (rundir layout; NNN: Tune's trial index in its condition);
+                               a trial ASHA stopped records status `stopped` at its last epoch
     tuning/tuning.json         the summary: per condition the winner and every trial (params, metric, stopped early,
                                epochs and images computed), rewritten after each condition
     .ray/tune-<condition>/     Tune's experiment of that condition: `--resume` restores it (searcher and scheduler
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.plan import Plan, make_plan
-from orchestrator.ray_engine import TRAIN_ENTRY, scalar_metrics, trainer_job
+from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
 from orchestrator.study import SweepOptions, with_values
 from orchestrator.tune_space import TRIALS_FOLDER, TuneBlock, trial_spec
 from rundir import print_error, read_metrics, run_state
@@ -72,9 +73,9 @@ def tune_trial(config: dict, confirm: dict, block: dict, max_failures: int, stor
     job = trainer_job(spec, TRAIN_ENTRY, in_trial=spec.resources.num_workers == 1)
     state = run_state(spec.run_dir, spec.train.epochs)
     if state.started:
-        for row in sorted(read_metrics(spec.run_dir).to_pylist(), key=lambda r: r["epoch"]):
-            tune.report(scalar_metrics(row))
-        if state.finished:
+        from orchestrator.ray_in_trial import replay_rows
+
+        if not replay_rows(spec, read_metrics(spec.run_dir).to_pylist()) or state.finished:
             return
     trial_driver({"run_id": spec.run_id}, {spec.run_id: job}, storage_path, max_failures)
 
