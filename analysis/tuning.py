@@ -36,10 +36,6 @@ class Tuning:
     def metric(self) -> str:
         return str(self.doc.get("metric", "top1"))
 
-    @property
-    def maximize(self) -> bool:
-        return self.doc.get("mode", "max") != "min"
-
 
 def read_tuning(study_dir: Path) -> Tuning | None:
     """The study's tuning summary and trial curves; None for a study that was not tuned."""
