@@ -34,7 +34,7 @@ test: install
 
 # Every benchmark of BENCHMARKS.md, side by side figures printed as ratios (CPU by default; GPU when visible).
 # Each command runs through bench/record.py, which appends date, machine, command and figures to
-# BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 on a 2-core machine (BENCHMARKS.md, Log);
+# BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 + P11 (~6 min) on a 2-core machine (BENCHMARKS.md, Log);
 # `make -k bench` goes on past a failing one.
 RECORD := $(PY) bench/record.py
 bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p7b bench-p9 bench-p11 bench-stages bench-scale
