@@ -1,6 +1,6 @@
 """P11: ASHA with random search against the exhaustive grid, on the shipped digits (BENCHMARKS.md, P11).
 
-    python bench/tune_vs_grid.py                  # JSON on stdout; ~8-10 min on 2 cores
+    python bench/tune_vs_grid.py                  # JSON on stdout; ~6 min on 2 cores
     python bench/tune_vs_grid.py --epochs 4 --trials 6
 
 Two tuned studies of the same condition (the demo ViT shrunk to 2 blocks of width 32, one seed), run side by side
