@@ -73,9 +73,7 @@ class Lifecycle:
         try:
             yield
         except StoppedEarly as exc:
-            self._close_logger()
-            self.status("stopped")
-            self.log("stopped", f"{exc} after epoch {self.epochs_done}/{self.epochs}")
+            self.stopped(str(exc))
             raise
         except Preempted as exc:
             self._close_logger()
@@ -94,6 +92,12 @@ class Lifecycle:
                 with contextlib.suppress(OSError):
                     self.events("error", message)
             raise
+
+    def stopped(self, reason: str) -> None:
+        """The engine ended the run for good after `epochs_done` epochs, short of its planned ones."""
+        self._close_logger()
+        self.status("stopped")
+        self.log("stopped", f"{reason} after epoch {self.epochs_done}/{self.epochs}")
 
     def _close_logger(self) -> None:
         if self.logger is not None:
@@ -275,7 +279,12 @@ def _train(spec: RunSpec, ctx: EngineContext, hooks: Hooks, life: Lifecycle, cho
         ema_text = f"{evals['ema_top1']:.2f}" if evals["ema_top1"] is not None else "-"
         life.log("epoch", f"{epoch + 1}/{epochs} loss {row['train_loss']:.4f} top1 {evals['top1']:.2f} "
                           f"ema_top1 {ema_text} lr {row['lr']:.3g} ({row['epoch_s']:.1f} s, {state.val_count} val samples)")
-        ctx.report(row, path if life.rank0 else None)
+        try:
+            ctx.report(row, path if life.rank0 else None)
+        except StoppedEarly:
+            if epoch + 1 < epochs:
+                raise
+            # the engine's decision on the last row (ASHA's rung at max_t) has nothing left to stop: finished
         if stop:
             raise Preempted(f"stopped on request after epoch {epoch + 1}", path, state.num_updates, epoch + 1)
         if state.hooks.after_epoch:

@@ -50,19 +50,21 @@ class TrialContext(LocalContext):
 
 def replay_rows(spec, rows: list[dict]) -> bool:
     """Report `rows` (already in the run's folder: a trial restarted by a restore) to Tune in epoch order, so its
-    scheduler sees every epoch once; False when Tune stopped the trial on one of them, which the run's Lifecycle
-    then records as `stopped` at that epoch (as the loop would have)."""
+    scheduler sees every epoch once; False when Tune stopped the trial on one of them: short of the run's epochs,
+    the run's Lifecycle records it `stopped` at that epoch (as the loop would have)."""
     from jobs.train import Lifecycle
 
     ctx = TrialContext(spec.run_dir, use_gpu=False)
-    life = Lifecycle(spec, ctx)
     try:
-        with life.recorded():
-            for row in sorted(rows, key=lambda r: r["epoch"]):
-                life.epochs_done = row["epoch"]
+        for row in sorted(rows, key=lambda r: r["epoch"]):
+            try:
                 ctx.report(row, None)
-    except StoppedEarly:
-        return False
+            except StoppedEarly as exc:
+                if row["epoch"] < spec.train.epochs:
+                    life = Lifecycle(spec, ctx)
+                    life.epochs_done = row["epoch"]
+                    life.stopped(str(exc))
+                return False
     finally:
         ctx.close()
     return True

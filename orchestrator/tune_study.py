@@ -13,8 +13,8 @@ On disk (`<output_root>/<study>/`; README, "Tuned studies"):
     <condition>-s<seed>/       the confirm runs (and <condition>-untuned-s<seed> with confirm.untuned)
 
 A trial restarted by a restore first replays the rows its folder already holds, so the scheduler sees every epoch
-once (its recorded rungs are kept; a rung it missed before the kill is decided on the same values), then the loop
-continues from the folder's newest checkpoint.
+once (its recorded rungs and decisions are kept: orchestrator.tune_asha; a rung it missed before the kill is decided
+on the same values), then the loop continues from the folder's newest checkpoint.
 """
 from __future__ import annotations
 
@@ -95,15 +95,19 @@ def _searcher(block: TuneBlock, k: int):
     return BasicVariantGenerator(random_state=block.seed, max_concurrent=k)
 
 
-def _scheduler(block: TuneBlock, epochs: int):
+SCHEDULER_STATE = "asha-state.pkl"
+
+
+def _scheduler(block: TuneBlock, epochs: int, experiment_dir: str):
     if block.scheduler.name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from orchestrator.tune_asha import RestorableASHA
 
     # Time in epochs (the loop's own counter): a trial restarted by a restore continues its count. A trial that
     # reaches max_t ends by itself (stop_last_trials=False), so its loop records the run as finished.
-    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=block.scheduler.grace_period,
-                         reduction_factor=block.scheduler.reduction_factor, stop_last_trials=False)
+    return RestorableASHA(f"{experiment_dir}/{SCHEDULER_STATE}", time_attr="epoch", max_t=epochs,
+                          grace_period=block.scheduler.grace_period,
+                          reduction_factor=block.scheduler.reduction_factor, stop_last_trials=False)
 
 
 def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOptions, *, resume: bool):
@@ -125,6 +129,7 @@ def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOpt
         print(f"condition {confirm.condition}: restoring its tuning experiment {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
+    Path(path, SCHEDULER_STATE).unlink(missing_ok=True)  # a fresh experiment decides from scratch
     k = place.fits([first] * (block.trials * _grid_size(block)))
     k = min(k, block.max_concurrent or k, options.max_concurrent_trials or k)
     epochs = first.train.epochs
@@ -132,7 +137,8 @@ def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOpt
         trainable,
         param_space=block.param_space(),
         tune_config=tune.TuneConfig(
-            metric=block.metric, mode=block.mode, search_alg=_searcher(block, k), scheduler=_scheduler(block, epochs),
+            metric=block.metric, mode=block.mode, search_alg=_searcher(block, k),
+            scheduler=_scheduler(block, epochs, path),
             num_samples=block.trials, max_concurrent_trials=k if block.search == "optuna" else None, reuse_actors=False,
             trial_name_creator=lambda t: f"{confirm.condition}-t{trial_index(t.trial_id):03d}",
             trial_dirname_creator=lambda t: f"{confirm.condition}-t{trial_index(t.trial_id):03d}"),

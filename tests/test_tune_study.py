@@ -25,7 +25,6 @@ SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.weight_decay": {"c
 def tuned_study(tmp_path: Path, demo_data, name: str, **tune) -> Path:
     study = {"base": str(REPO / "configs/demo.yaml"), "study": name, "output_root": str(tmp_path / "runs"),
              "data_root": str(demo_data.root), "seeds": [0],
-             "model": {"embed_dim": 32, "num_heads": 2, "patch_size": 8},  # tests/tiny.py's width: ~1 s an epoch
              "conditions": {"baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}},
              "sweep": {"progress_every_s": 5},
              "tune": {"space": SPACE, "trials": 3, "seed": 1, "epochs": 2, "max_concurrent": 1,
