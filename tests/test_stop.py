@@ -137,7 +137,8 @@ def test_signal_before_the_first_update_writes_no_checkpoint(demo_data, referenc
 def test_an_engine_ending_the_run_early_is_recorded_stopped_not_failed(demo_data, tmp_path):
     """A tuning trial that its scheduler stops (ASHA): the engine ends it from `report` after epoch 1 of 2
     (orchestrator.ray_in_trial turns Tune's SystemExit(0) into StoppedEarly; tests/test_tune_study.py on real Ray).
-    The loop records `stopped` at that epoch, without an error, and the run stays continuable."""
+    The loop records `stopped` at that epoch, without an error, and the run stays continuable; stopped on its
+    last epoch, a run is finished."""
 
     class EndsAfterTheFirstEpoch(LocalContext):
         def report(self, metrics, checkpoint_dir):
@@ -152,3 +153,8 @@ def test_an_engine_ending_the_run_early_is_recorded_stopped_not_failed(demo_data
     assert any(" stopped: stopped by the scheduler after epoch 1/2" in ln
                for ln in (spec.run_dir / EVENTS_FILE).read_text().splitlines())
     assert rundir.run_state(spec.run_dir, 2).describe() == "unfinished (1/2 epochs)"
+    # a decision on the last row (ASHA's rung at max_t) has nothing left to stop: the run is finished
+    last = tiny_spec(demo_data, tmp_path, *CONFIG, "train.epochs=1", run_id="last")
+    with EndsAfterTheFirstEpoch(last.run_dir, use_gpu=False) as ctx:
+        train_loop(last, ctx)
+    assert rundir.read_status(last.run_dir)["state"] == "finished"
