@@ -9,7 +9,8 @@ On disk (`<output_root>/<study>/`; README, "Tuned studies"):
     tuning/tuning.json         the summary: per condition the winner and every trial (params, metric, stopped early,
                                epochs and images computed), rewritten after each condition
     .ray/tune-<condition>/     Tune's experiment of that condition: `--resume` restores it (searcher and scheduler
-                               state, finished and stopped trials kept) with Tuner.restore
+                               state, finished and stopped trials kept) with Tuner.restore; asha-state.pkl holds
+                               ASHA's rungs and decisions, which Tune does not restore (orchestrator.tune_asha)
     <condition>-s<seed>/       the confirm runs (and <condition>-untuned-s<seed> with confirm.untuned)
 
 A trial restarted by a restore first replays the rows its folder already holds, so the scheduler sees every epoch
