@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYS_PKGS := pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test gpu-check bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p7b bench-p9 bench-stages bench-scale sysdeps install lint clean
+.PHONY: demo test gpu-check bench bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p7b bench-p9 bench-p11 bench-stages bench-scale sysdeps install lint clean
 
 sysdeps:
 	@missing=$$(for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -34,10 +34,10 @@ test: install
 
 # Every benchmark of BENCHMARKS.md, side by side figures printed as ratios (CPU by default; GPU when visible).
 # Each command runs through bench/record.py, which appends date, machine, command and figures to
-# BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 on a 2-core machine (BENCHMARKS.md, Log);
+# BENCHMARKS.md's log. One at a time: `make bench-p5`. ~20-25 min + P7 + P11 (~6 min) on a 2-core machine (BENCHMARKS.md, Log);
 # `make -k bench` goes on past a failing one.
 RECORD := $(PY) bench/record.py
-bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p7b bench-p9 bench-stages bench-scale
+bench: bench-p1 bench-p2 bench-p3p4 bench-p5 bench-p7 bench-p7b bench-p9 bench-p11 bench-stages bench-scale
 
 bench-p1: install
 	$(RECORD) -- $(PY) bench/loader_bench.py
@@ -62,6 +62,10 @@ bench-p7b: install
 
 bench-p9: install
 	$(RECORD) -- $(PY) bench/distill_step.py
+
+# ASHA with random search against the exhaustive grid, side by side (two tuned studies, ~10 min on 2 cores).
+bench-p11: install
+	$(RECORD) -- $(PY) bench/tune_vs_grid.py
 
 bench-stages: install
 	rm -rf build/bench/stage-latency

@@ -35,6 +35,12 @@ class Preempted(Exception):
         self.checkpoint, self.update, self.epoch = checkpoint, update, epoch
 
 
+class StoppedEarly(Exception):
+    """The engine ended the run after the epoch it was just told about, short of its planned epochs, for good (a
+    tuning trial that its scheduler stopped, e.g. ASHA at a rung): the loop records the run as `stopped` at that
+    epoch. Not a failure, and nothing to continue: the engine raises it from `ctx.report`."""
+
+
 class StopRequest:
     """A flag that signal handlers set; `stop_requested()` is what an engine context exposes to the loop."""
 

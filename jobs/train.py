@@ -9,7 +9,8 @@ life, from one place:
              one metrics row, checkpoint, `ctx.report`;
     end:     finished | failed (with the error) | preempted (a stop request: checkpoint at the update the
              ranks agreed on, then `Preempted`; the same command, or the engine's requeue, continues from
-             exactly there).
+             exactly there) | stopped (the engine ended the run early for good at an epoch's report:
+             `StoppedEarly`, e.g. an ASHA-stopped tuning trial).
 
 Every status change goes through `Lifecycle.status` (rank 0; rundir.write_status underneath).
 
@@ -40,10 +41,10 @@ from jobs.loop_state import EpochSums, Hooks, LoopState, build_state
 from jobs.rng import isolated_batches, seed_everything
 from jobs.run_logger import RunLogger
 from jobs.spec import RunSpec, SpecError
-from jobs.stop import Preempted, withdraw_request
+from jobs.stop import Preempted, StoppedEarly, withdraw_request
 from jobs.train_step import NonFiniteLossError, agree, to_format, train_epoch
 
-__all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "evaluate", "train_loop"]
+__all__ = ["Hooks", "Lifecycle", "NonFiniteLossError", "Preempted", "StoppedEarly", "evaluate", "train_loop"]
 
 
 class Lifecycle:
@@ -67,9 +68,13 @@ class Lifecycle:
 
     @contextlib.contextmanager
     def recorded(self) -> Iterator[None]:
-        """How the block ended, recorded: a stop request as `preempted` (resumable), anything else as `failed`."""
+        """How the block ended, recorded: a stop request as `preempted` (resumable), the engine ending the run
+        early as `stopped` (at the epoch it last reported), anything else as `failed`."""
         try:
             yield
+        except StoppedEarly as exc:
+            self.stopped(str(exc))
+            raise
         except Preempted as exc:
             self._close_logger()
             self.epochs_done = exc.epoch
@@ -89,6 +94,12 @@ class Lifecycle:
                 with contextlib.suppress(OSError):
                     self.events("error", message)
             raise
+
+    def stopped(self, reason: str) -> None:
+        """The engine ended the run for good after `epochs_done` epochs, short of its planned ones."""
+        self._close_logger()
+        self.status("stopped")
+        self.log("stopped", f"{reason} after epoch {self.epochs_done}/{self.epochs}")
 
     def _close_logger(self) -> None:
         if self.logger is not None:
@@ -265,7 +276,12 @@ def _train(spec: RunSpec, ctx: EngineContext, hooks: Hooks, life: Lifecycle, cho
         ema_text = f"{evals['ema_top1']:.2f}" if evals["ema_top1"] is not None else "-"
         life.log("epoch", f"{epoch + 1}/{epochs} loss {row['train_loss']:.4f} top1 {evals['top1']:.2f} "
                           f"ema_top1 {ema_text} lr {row['lr']:.3g} ({row['epoch_s']:.1f} s, {state.val_count} val samples)")
-        ctx.report(row, path if life.rank0 else None)
+        try:
+            ctx.report(row, path if life.rank0 else None)
+        except StoppedEarly:
+            if epoch + 1 < epochs:
+                raise
+            # the engine's decision on the last row (ASHA's rung at max_t) has nothing left to stop: finished
         if stop:
             raise Preempted(f"stopped on request after epoch {epoch + 1}", path, state.num_updates, epoch + 1)
         if state.hooks.after_epoch:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.local import LocalContext
-from jobs.stop import Preempted
+from jobs.stop import Preempted, StoppedEarly
 from orchestrator.ray_engine import TRAIN_ENTRY, resolve_entry, scalar_metrics
 
 
@@ -37,7 +37,37 @@ class TrialContext(LocalContext):
         from ray import tune
 
         # The checkpoint stays the loop's own folder (latest_checkpoint finds it); Tune gets the metrics only.
-        tune.report(scalar_metrics(metrics))
+        try:
+            tune.report(scalar_metrics(metrics))
+        except SystemExit as exc:
+            # Tune's function trainable blocks in report until Tune has decided on the row; a trial it stops there
+            # (its scheduler, a stop criterion) is ended by SystemExit(0) out of report. For the loop that is the
+            # end of the run, not a failure: StoppedEarly records it `stopped` at this epoch.
+            if exc.code not in (0, None):
+                raise
+            raise StoppedEarly("stopped by Tune (its scheduler or a stop criterion)") from None
+
+
+def replay_rows(spec, rows: list[dict]) -> bool:
+    """Report `rows` (already in the run's folder: a trial restarted by a restore) to Tune in epoch order, so its
+    scheduler sees every epoch once; False when Tune stopped the trial on one of them: short of the run's epochs,
+    the run's Lifecycle records it `stopped` at that epoch (as the loop would have)."""
+    from jobs.train import Lifecycle
+
+    ctx = TrialContext(spec.run_dir, use_gpu=False)
+    try:
+        for row in sorted(rows, key=lambda r: r["epoch"]):
+            try:
+                ctx.report(row, None)
+            except StoppedEarly as exc:
+                if row["epoch"] < spec.train.epochs:
+                    life = Lifecycle(spec, ctx)
+                    life.epochs_done = row["epoch"]
+                    life.stopped(str(exc))
+                return False
+    finally:
+        ctx.close()
+    return True
 
 
 def train_in_trial(job: dict[str, Any]) -> None:
@@ -52,6 +82,8 @@ def train_in_trial(job: dict[str, Any]) -> None:
         resolve_entry(job.get("entry", TRAIN_ENTRY))(spec, ctx)
     except Preempted:
         return  # stopped on request, recorded as preempted by the loop: an end, not a failure for Tune to retry
+    except StoppedEarly:
+        raise SystemExit(0) from None  # recorded by the loop; end the trial's thread the way Tune ends it
     finally:
         ctx.close()
 

@@ -2,18 +2,20 @@
 every condition), scored on a held-out slice of train; then the confirm runs, each condition's winner on the
 confirm seeds at full length, scored on val, submitted as the study's runs through the ordinary plan.
 
-On disk (`<output_root>/<study>/`; the full description is docs/tuning.md):
+On disk (`<output_root>/<study>/`; README, "Tuned studies"):
 
-    tuning/<condition>-tNNN/   one run folder per trial (rundir layout; NNN: Tune's trial index in its condition)
+    tuning/<condition>-tNNN/   one run folder per trial (rundir layout; NNN: Tune's trial index in its condition);
+                               a trial ASHA stopped records status `stopped` at its last epoch
     tuning/tuning.json         the summary: per condition the winner and every trial (params, metric, stopped early,
                                epochs and images computed), rewritten after each condition
     .ray/tune-<condition>/     Tune's experiment of that condition: `--resume` restores it (searcher and scheduler
-                               state, finished and stopped trials kept) with Tuner.restore
+                               state, finished and stopped trials kept) with Tuner.restore; asha-state.pkl holds
+                               ASHA's rungs and decisions, which Tune does not restore (orchestrator.tune_asha)
     <condition>-s<seed>/       the confirm runs (and <condition>-untuned-s<seed> with confirm.untuned)
 
 A trial restarted by a restore first replays the rows its folder already holds, so the scheduler sees every epoch
-once (its recorded rungs are kept; a rung it missed before the kill is decided on the same values), then the loop
-continues from the folder's newest checkpoint.
+once (its recorded rungs and decisions are kept: orchestrator.tune_asha; a rung it missed before the kill is decided
+on the same values), then the loop continues from the folder's newest checkpoint.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from jobs.study import SweepOptions
 from jobs.study_expand import with_values
 from jobs.tune_space import TRIALS_FOLDER, TuneBlock, trial_spec
 from orchestrator.plan import Plan, make_plan
-from orchestrator.ray_engine import TRAIN_ENTRY, scalar_metrics, trainer_job
+from orchestrator.ray_engine import TRAIN_ENTRY, trainer_job
 from orchestrator.tune_domains import param_space
 from rundir import print_error, read_metrics, run_state
 
@@ -74,9 +76,9 @@ def tune_trial(config: dict, confirm: dict, block: dict, max_failures: int, stor
     job = trainer_job(spec, TRAIN_ENTRY, in_trial=spec.resources.num_workers == 1)
     state = run_state(spec.run_dir, spec.train.epochs)
     if state.started:
-        for row in sorted(read_metrics(spec.run_dir).to_pylist(), key=lambda r: r["epoch"]):
-            tune.report(scalar_metrics(row))
-        if state.finished:
+        from orchestrator.ray_in_trial import replay_rows
+
+        if not replay_rows(spec, read_metrics(spec.run_dir).to_pylist()) or state.finished:
             return
     trial_driver({"run_id": spec.run_id}, {spec.run_id: job}, storage_path, max_failures)
 
@@ -96,15 +98,19 @@ def _searcher(block: TuneBlock, k: int):
     return BasicVariantGenerator(random_state=block.seed, max_concurrent=k)
 
 
-def _scheduler(block: TuneBlock, epochs: int):
+SCHEDULER_STATE = "asha-state.pkl"
+
+
+def _scheduler(block: TuneBlock, epochs: int, experiment_dir: str):
     if block.scheduler.name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from orchestrator.tune_asha import RestorableASHA
 
     # Time in epochs (the loop's own counter): a trial restarted by a restore continues its count. A trial that
     # reaches max_t ends by itself (stop_last_trials=False), so its loop records the run as finished.
-    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=block.scheduler.grace_period,
-                         reduction_factor=block.scheduler.reduction_factor, stop_last_trials=False)
+    return RestorableASHA(f"{experiment_dir}/{SCHEDULER_STATE}", time_attr="epoch", max_t=epochs,
+                          grace_period=block.scheduler.grace_period,
+                          reduction_factor=block.scheduler.reduction_factor, stop_last_trials=False)
 
 
 def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOptions, *, resume: bool):
@@ -126,6 +132,7 @@ def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOpt
         print(f"condition {confirm.condition}: restoring its tuning experiment {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
+    Path(path, SCHEDULER_STATE).unlink(missing_ok=True)  # a fresh experiment decides from scratch
     k = place.fits([first] * (block.trials * _grid_size(block)))
     k = min(k, block.max_concurrent or k, options.max_concurrent_trials or k)
     epochs = first.train.epochs
@@ -133,7 +140,8 @@ def tune_condition(confirm, block: TuneBlock, place: RayPlace, options: SweepOpt
         trainable,
         param_space=param_space(block),
         tune_config=tune.TuneConfig(
-            metric=block.metric, mode=block.mode, search_alg=_searcher(block, k), scheduler=_scheduler(block, epochs),
+            metric=block.metric, mode=block.mode, search_alg=_searcher(block, k),
+            scheduler=_scheduler(block, epochs, path),
             num_samples=block.trials, max_concurrent_trials=k if block.search == "optuna" else None, reuse_actors=False,
             trial_name_creator=lambda t: f"{confirm.condition}-t{trial_index(t.trial_id):03d}",
             trial_dirname_creator=lambda t: f"{confirm.condition}-t{trial_index(t.trial_id):03d}"),

@@ -1,12 +1,14 @@
 """A run's status.json: what the run's own processes last said about it.
 
-`{"state": "running|finished|failed|preempted", "epoch": epochs done, "epochs_total": planned epochs, "error": one
+`{"state": "running|finished|failed|preempted|stopped", "epoch": epochs done, "epochs_total": planned epochs, "error": one
 line or null, "update": the optimizer update a preempted run stopped at (its checkpoint) or null, "updated": unix
 time}`, written atomically by rank 0 through `write_status` (jobs.train's lifecycle; the engines only for what
 happens outside the loop: a trial or a job that ended without it).
 
 `preempted`: the run stopped on request (Slurm's USR2, SIGTERM/SIGINT) after writing a checkpoint at `update`;
 it is unfinished and continues from exactly there.
+`stopped`: the engine ended the run early for good after epoch `epoch` (a tuning trial stopped by its scheduler,
+e.g. ASHA): short of `epochs_total`, not a failure, and not continued by its tuning experiment.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from rundir.atomic import atomic_write_text
 from rundir.errors import exception_line
 from rundir.names import STATUS_FILE
 
-RECORDED_STATES = ("running", "finished", "failed", "preempted")
+RECORDED_STATES = ("running", "finished", "failed", "preempted", "stopped")
 
 
 def write_status(run_dir: Path | str, state: str, epoch: int, epochs_total: int, error: str | None = None,

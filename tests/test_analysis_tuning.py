@@ -38,13 +38,13 @@ def write_tuned_study(root: Path, tune_on_val: bool = False) -> Path:
     for (cond, tuned, seed), top1 in CONFIRM.items():
         ablation = {"tuned": True, "train.lr": LR[cond]} if tuned else {"tuned": False}
         curve = [top1 - 10.0, top1 - 5.0, top1]
-        write_run(study, f"{cond}-{'tuned' if tuned else 'untuned'}-s{seed}", cond, seed, curve,
+        write_run(study, f"{cond}-s{seed}" if tuned else f"{cond}-untuned-s{seed}", cond, seed, curve,  # as confirm_runs
                   ablation=ablation, epochs_total=3)
     conditions: dict = {}
     for run_id, (status, params, curve) in TRIALS.items():
         cond = run_id.split("-")[0]
         write_run(study / "tuning", run_id, cond, 0, curve, ablation=params, epochs_total=3,
-                  state="finished" if status == "finished" else "running")
+                  state=status)  # an ASHA-stopped trial's loop records `stopped` (jobs.train.Lifecycle)
         c = conditions.setdefault(cond, {"done": True, "trials": []})
         c["trials"].append({"run_id": run_id, "trial_id": f"x_{run_id}", "params": params, "status": status,
                             "metric": curve[-1], "best_metric": max(curve), "epochs_done": len(curve),

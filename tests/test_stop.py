@@ -15,7 +15,7 @@ import pytest
 import rundir
 from jobs import checkpoint_files as ckpt
 from jobs.local import LocalContext
-from jobs.stop import Preempted
+from jobs.stop import Preempted, StoppedEarly
 from jobs.train import Hooks, train_loop
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, STOP_REQUEST_FILE
 from tests.tiny import DEMO, TINY, one_thread, run_local, stable_rows, tiny_spec
@@ -150,3 +150,29 @@ def test_a_stop_request_file_stops_the_run_at_the_next_agreement_point(demo_data
     run_local(spec)
     assert _resumed_update(spec.run_dir) == 6
     assert stable_rows(spec.run_dir) == reference
+
+
+def test_an_engine_ending_the_run_early_is_recorded_stopped_not_failed(demo_data, tmp_path):
+    """A tuning trial that its scheduler stops (ASHA): the engine ends it from `report` after epoch 1 of 2
+    (orchestrator.ray_in_trial turns Tune's SystemExit(0) into StoppedEarly; tests/test_tune_study.py on real Ray).
+    The loop records `stopped` at that epoch, without an error, and the run stays continuable; stopped on its
+    last epoch, a run is finished."""
+
+    class EndsAfterTheFirstEpoch(LocalContext):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            raise StoppedEarly("stopped by the scheduler")
+
+    spec = tiny_spec(demo_data, tmp_path, *CONFIG)
+    with EndsAfterTheFirstEpoch(spec.run_dir, use_gpu=False) as ctx, pytest.raises(StoppedEarly):
+        train_loop(spec, ctx)
+    status = rundir.read_status(spec.run_dir)
+    assert (status["state"], status["epoch"], status["error"]) == ("stopped", 1, None), status
+    assert any(" stopped: stopped by the scheduler after epoch 1/2" in ln
+               for ln in (spec.run_dir / EVENTS_FILE).read_text().splitlines())
+    assert rundir.run_state(spec.run_dir, 2).describe() == "unfinished (1/2 epochs)"
+    # a decision on the last row (ASHA's rung at max_t) has nothing left to stop: the run is finished
+    last = tiny_spec(demo_data, tmp_path, *CONFIG, "train.epochs=1", run_id="last")
+    with EndsAfterTheFirstEpoch(last.run_dir, use_gpu=False) as ctx:
+        train_loop(last, ctx)
+    assert rundir.read_status(last.run_dir)["state"] == "finished"

@@ -144,10 +144,14 @@ def test_tuned_sweep_confirms_winners_and_resumes_after_a_driver_kill(tmp_path, 
         for t in s["trials"]:
             assert t["status"] in ("finished", "stopped") and t["images"] == t["epochs_done"] * t["images_per_epoch"]
             assert (t["status"] == "stopped") == (t["epochs_done"] < t["epochs"])
+            # the trial's own record agrees: a trial ASHA stopped is `stopped` at that epoch, never `failed`
+            recorded = status(study_dir / "tuning" / t["run_id"])
+            assert (recorded["state"], recorded["epoch"]) == (t["status"], t["epochs_done"]), (t, recorded)
             assert len(events(study_dir / "tuning" / t["run_id"], "start")) == 1  # never restarted from scratch
         confirm = yaml.safe_load((study_dir / f"{cond}-s0" / "spec.yaml").read_text())
         assert confirm["ablation"] == {"tuned": True, **s["best"]}
         assert confirm["data"]["holdout"] is None and confirm["train"]["lr"] == pytest.approx(s["best"]["train.lr"])
         assert status(study_dir / f"{cond}-s0")["state"] == "finished"
+    assert any(t["status"] == "stopped" for s in summary["conditions"].values() for t in s["trials"]), summary
     trial = yaml.safe_load((study_dir / "tuning" / "baseline-t000" / "spec.yaml").read_text())
     assert trial["data"]["holdout"] == {"fraction": 0.2, "seed": 0} and trial["train"]["epochs"] == 2
