@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=8, help="a full trial's epochs (the grid's, ASHA's max_t)")
     p.add_argument("--trials", type=int, default=10, help="ASHA's random draws")
-    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--reduction-factor", type=int, default=4, help="ASHA keeps 1/this of each rung (P11 run: 4)")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     p.add_argument("--timeout", type=float, default=1500, help="seconds for both studies together")
     args = p.parse_args(argv)
