@@ -185,9 +185,10 @@ class Sampler(threading.Thread):
 # --------------------------------------------------------------------------- concurrency
 
 def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs: int, waves: int = 2,
-                      engine: str = "trial") -> dict:
+                      engine: str = "trial", dashboard: bool = True) -> dict:
     """`engine`: "trial" (one-worker runs train inside their Tune trial, the product's default) or "trainer"
-    (a TorchTrainer per run: controller, helper actors and a worker)."""
+    (a TorchTrainer per run: controller, helper actors and a worker). `dashboard`: start Ray's dashboard, as a
+    sweep does by default (one of Ray's fixed daemons, not a per-run cost)."""
     from jobs.study import SweepOptions
     from orchestrator.cluster import ray_session
     from orchestrator.plan import load_config
@@ -206,7 +207,7 @@ def concurrency_point(k: int, work: Path, data_root: Path, step_s: float, epochs
     _, runs, _ = load_config(path, [f"train.epochs={epochs}", "resources.num_workers=1",
                                     "resources.cpus_per_worker=1"], kind="study")
     sampler = Sampler(k, every_s=1.0, trials_train=engine == "trial")
-    with ray_session(None, num_cpus=k) as session:
+    with ray_session(None, num_cpus=k, dashboard=dashboard) as session:
         sampler.start()
         t0 = time.time()
         _fit_grid(runs, work / name, session, SweepOptions(progress_every_s=600, one_worker_in_trial=engine == "trial"),
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=4, help="stand-in: rows per run")
     p.add_argument("--waves", type=int, default=2, help="runs per concurrency point, in units of k (2: latency too)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: one run (concurrency 1, no latency, no fit), 2 rows; N = 10")
+                   help="smoke test: one run (concurrency 1, no latency, no fit, no dashboard), 2 rows; N = 10")
     p.add_argument("--data-dir", type=Path, default=REPO / "demo_data")
     args = p.parse_args(argv)
     if args.quick:
@@ -312,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="control-plane-") as d:
         studies = [study_point(int(n), Path(d) / "studies", data_root) for n in args.studies.split(",")]
         engines = args.engines.split(",")
-        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves, engine)
+        # --quick checks the per-run processes only: no dashboard, whose start is slow on a small machine
+        points = [concurrency_point(int(k), Path(d), data_root, args.step_s, args.epochs, args.waves, engine,
+                                    dashboard=not args.quick)
                   for k in args.concurrency.split(",") for engine in engines]
     compare_in_trial(points)
     result.update(concurrency=points, studies=studies,

@@ -140,7 +140,8 @@ def outer_pid(root: int, inner: int) -> int | None:
 
 def _launch(run_id: str, out: Path, data_root: Path, overrides: list[str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "orchestrator", "run", str(DEMO), f"data_root={data_root}", f"output_root={out}",
-           f"run_id={run_id}", *overrides, "--max-failures=1"]
+           f"run_id={run_id}", *overrides, "--max-failures=1",
+           "--no-dashboard"]  # not part of the recovery: it only slows each Ray's start on a small machine
     return subprocess.Popen(_isolated(cmd), cwd=REPO, env=_env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -82,7 +82,7 @@ def test_trial_drivers_and_controllers_do_not_import_torch_and_one_worker_runs_n
     torch-free; a one-worker run trains inside its Tune trial (no trainer, no controller, no Ray Train state)."""
     path = write_study(tmp_path, demo_data, seeds=[0], conditions={
         "one": {}, "two": {"overrides": {"resources.num_workers": 2, "train.batch_size": 64}}})
-    proc = subprocess.Popen(cli("sweep", str(path), *SMALL, "train.epochs=1"), cwd=REPO, env=env(),
+    proc = subprocess.Popen(cli("sweep", str(path), *SMALL, "train.epochs=1", "--no-dashboard"), cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch = ProcessWatch(proc.pid)
     watch.start()

@@ -18,7 +18,7 @@ import worker_kill  # noqa: E402
 def test_one_worker_run_killed_in_its_trial_resumes_exactly(tmp_path, demo_data):
     marker = tmp_path / "killed"
     path = write_study(tmp_path, demo_data, seeds=[0], conditions={"a": {}, "b": {}})
-    proc = subprocess.run(isolated(ray_faults.cli("sweep", str(path), *SMALL, "checkpoint.every_epochs=1",
+    proc = subprocess.run(isolated(ray_faults.cli("sweep", str(path), *SMALL, "checkpoint.every_epochs=1", "--no-dashboard",
                                                   fail_at_epoch=1, marker=marker, rank=0)),
                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]

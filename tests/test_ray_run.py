@@ -106,7 +106,7 @@ def test_two_worker_run_survives_a_worker_death(tmp_path, demo_data):
     proc = subprocess.Popen(
         isolated(ray_faults.cli("run", str(REPO / "configs/demo.yaml"), f"data_root={demo_data.root}",
                                 f"output_root={tmp_path}", "run_id=two", *SMALL, "resources.num_workers=2",
-                                "train.batch_size=64", "--max-failures=1", fail_at_epoch=1, marker=marker)),
+                                "train.batch_size=64", "--max-failures=1", "--no-dashboard", fail_at_epoch=1, marker=marker)),
         cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=480)
@@ -139,7 +139,7 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     run_ids = ["baseline-s0", "baseline-s1", "shallow-s0", "shallow-s1"]
     log = (tmp_path / "sweep1.log").open("w")
     temp_dir = Path(f"/tmp/rs{os.getpid()}")  # every process of this driver's Ray has it in its command line
-    driver = subprocess.Popen(cli("sweep", str(path), *SMALL), cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)), stdout=log,
+    driver = subprocess.Popen(cli("sweep", str(path), *SMALL, "--no-dashboard"), cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)), stdout=log,
                               stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
@@ -171,7 +171,7 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     write_study(tmp_path, demo_data, seeds=[0, 1, 2], conditions={
         "baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}})
     run_ids += ["baseline-s2", "shallow-s2"]
-    proc = subprocess.run(cli("sweep", str(path), *SMALL, "--resume"), cwd=REPO, env=env(),
+    proc = subprocess.run(cli("sweep", str(path), *SMALL, "--no-dashboard", "--resume"), cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     summary = re.search(r"(\d+) finished runs kept, (\d+) continue from their checkpoints, (\d+) new", proc.stdout)

@@ -47,7 +47,7 @@ def test_stages_wait_for_dependencies_block_on_failure_and_resume(tmp_path, demo
     config = write_stage_study(tmp_path, demo_data)
     small = [o for o in SMALL if not o.startswith("train.epochs")] + ["train.epochs=1"]
     marker = tmp_path / "killed"
-    out = subprocess.run(isolated(ray_faults.cli("sweep", str(config), *small, fail_at_epoch=1, marker=marker)),
+    out = subprocess.run(isolated(ray_faults.cli("sweep", str(config), *small, "--no-dashboard", fail_at_epoch=1, marker=marker)),
                          env=env(), capture_output=True, text=True, timeout=900, cwd=REPO)
     assert marker.exists(), out.stdout[-3000:] + out.stderr[-3000:]
     assert out.returncode == 1
@@ -72,7 +72,7 @@ def test_stages_wait_for_dependencies_block_on_failure_and_resume(tmp_path, demo
     assert status.stdout.count(f"blocked by {failed[0]}") == 2, status.stdout
 
     # --resume: the failed baseline continues (no fault this time: the marker exists), then its stages run.
-    out = subprocess.run(cli("sweep", str(config), *small, "--resume"), env=env(), capture_output=True, text=True,
+    out = subprocess.run(cli("sweep", str(config), *small, "--no-dashboard", "--resume"), env=env(), capture_output=True, text=True,
                          timeout=900, cwd=REPO)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 finished runs kept" not in out.stdout  # the good seed's 3 runs are kept

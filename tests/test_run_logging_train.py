@@ -97,15 +97,22 @@ def test_jobs_train_prints_step_lines(demo_data, tmp_path):
             "train.epochs=1", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.patch_size=8",
             "data.num_workers=1", "train.batch_size=128", "logging.every_steps=4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = [ln for ln in out.stderr.splitlines() if " step " in ln]
+    # both at once (separate run_ids): each spends most of its time starting up
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for cmd in (args, args[:4] + ["--log-level", "WARNING"] + args[4:] + ["run_id=quiet"])]
+    try:
+        (_, loud_err), (_, quiet_err) = (proc.communicate(timeout=300) for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert procs[0].returncode == 0, loud_err
+    lines = [ln for ln in loud_err.splitlines() if " step " in ln]
     assert lines and all("epoch 1/1 step " in ln and " loss " in ln and " img/s" in ln and " ETA " in ln
                          for ln in lines)
     assert "step 4/" in lines[0]
-    quiet = subprocess.run(args[:4] + ["--log-level", "WARNING"] + args[4:] + ["run_id=quiet"], capture_output=True, text=True,
-                           cwd=ROOT, env=env, timeout=300)
-    assert quiet.returncode == 0 and " step " not in quiet.stderr
+    assert procs[1].returncode == 0 and " step " not in quiet_err
     assert list((tmp_path / "demo" / "quiet").glob("events.out.tfevents.*"))
 
 
