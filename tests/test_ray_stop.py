@@ -12,11 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from orchestrator.study import load_study
 from ray.tune.search import Searcher
 
 import rundir
 from jobs import checkpoint_files as ckpt
+from jobs.study import load_study
 from orchestrator.ray_stages import StageSearcher
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, STOP_REQUEST_FILE
 from tests.test_ray_run import REPO, cli, env
