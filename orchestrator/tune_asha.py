@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 class RestorableASHA(ASHAScheduler):
     def __init__(self, state_path: str, **kwargs):
         super().__init__(**kwargs)
+        self.decided_by = kwargs.get("time_attr", "training_iteration")  # ASHA's own default; public in kwargs only
         self.state_path = state_path
         self.decisions: dict[str, str] = {}  # "<trial id>@<epoch>" -> CONTINUE | STOP
         self.loaded = False
@@ -41,7 +42,7 @@ class RestorableASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
-        key = f"{trial.trial_id}@{result.get(self._time_attr)}"
+        key = f"{trial.trial_id}@{result.get(self.decided_by)}"
         if key not in self.decisions:
             self.decisions[key] = super().on_trial_result(tune_controller, trial, result)
             self._save()

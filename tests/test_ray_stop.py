@@ -5,6 +5,8 @@ update, with metrics bitwise those of an undisturbed run (real Ray in a private 
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import rundir
 from jobs import checkpoint_files as ckpt
 from jobs.study import load_study
 from orchestrator.ray_stages import StageSearcher
+from orchestrator.ray_stop import DriverStop
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, STOP_REQUEST_FILE
 from tests.test_ray_run import REPO, cli, env
 from tests.tiny import TINY, one_thread, run_local, stable_rows
@@ -96,3 +99,30 @@ def test_no_trial_starts_once_the_driver_was_asked_to_stop():
     assert searcher.suggest("t1") == {"run_id": "a"}
     stopped.append("SIGTERM")
     assert searcher.suggest("t2") == Searcher.FINISHED  # "b" is never started: `--resume` starts it
+
+
+def test_ctrl_c_to_the_driver_asks_the_started_runs_and_a_second_one_changes_nothing(tmp_path):
+    """SIGINT (Ctrl-C) to a driver, delivered for real: the engine thread keeps running (no KeyboardInterrupt),
+    the runs that started find a stop request, a run that never started finds none once the engine returns."""
+    started, never = tmp_path / "started", tmp_path / "never-started"
+    started.mkdir()
+    stop = DriverStop([started, never])
+
+    def engine() -> str:
+        deadline = time.time() + 30
+        os.kill(os.getpid(), signal.SIGINT)
+        while not stop.requested() and time.time() < deadline:  # one pending signal: a second one would merge
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C
+        while not (started / STOP_REQUEST_FILE).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        never.mkdir()  # a run folder that appears after the request, as a trial that starts late
+        while not (never / STOP_REQUEST_FILE).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        return (started / STOP_REQUEST_FILE).read_text() + (never / STOP_REQUEST_FILE).read_text()
+
+    before = signal.getsignal(signal.SIGINT)
+    assert stop.run(engine) == "SIGINT\nSIGINT\n"
+    assert stop.requested() and stop.request.count == 2
+    assert not (started / STOP_REQUEST_FILE).exists() and not (never / STOP_REQUEST_FILE).exists()
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C works as before once the driver is done
