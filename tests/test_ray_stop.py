@@ -63,7 +63,9 @@ def test_sigterm_to_the_sweep_driver_stops_at_an_update_and_resume_continues_the
         deadline = time.time() + 120
         while driver.poll() is None and time.time() < deadline and _updates_checkpointed(run_dir) < 4:
             time.sleep(0.1)
-        assert driver.poll() is None and _updates_checkpointed(run_dir) == 4, driver.communicate()[0][-3000:]
+        # in epoch 1: the poll may see the checkpoint at 4 or, on a loaded machine, a later one
+        assert driver.poll() is None and 4 <= (seen := _updates_checkpointed(run_dir)) < 22, \
+            driver.communicate()[0][-3000:]
         psutil.Process(pid).terminate()  # SIGTERM, as `ray job stop` sends it
         out, _ = driver.communicate(timeout=120)
     finally:
@@ -76,7 +78,7 @@ def test_sigterm_to_the_sweep_driver_stops_at_an_update_and_resume_continues_the
     assert status["state"] == "preempted", (status, out[-3000:])
     stop = status["update"]
     # An agreement point after the signal: every 3 updates, at a step checkpoint (every 4), at an epoch's end (22).
-    assert 4 < stop < 44 and (stop % 3 == 0 or stop % 4 == 0 or stop == 22), stop
+    assert seen < stop < 44 and (stop % 3 == 0 or stop % 4 == 0 or stop == 22), stop
     assert _updates_checkpointed(run_dir) == stop
     assert not (run_dir / STOP_REQUEST_FILE).exists()
 
