@@ -30,7 +30,7 @@ demo: install
 	$(PY) -m orchestrator demo
 
 test: install
-	$(PY) -m pytest -q --durations=12 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 # Every benchmark of BENCHMARKS.md, side by side figures printed as ratios (CPU by default; GPU when visible).
 # Each command runs through bench/record.py, which appends date, machine, command and figures to
