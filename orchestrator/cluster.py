@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,21 @@ QUIET_ENV = {
 def quiet_env() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _own_state_api(dashboard_port: int) -> dict[str, str]:
+    """The environment that points an embedded Ray's processes at its own state API. Ray Train's
+    PlacementGroupCleaner asks the state API every second whether the run's controller lives; left to find that
+    API itself (the machine-wide /tmp/ray/ray_current_cluster, else 127.0.0.1:8265, where even a Ray started
+    without a dashboard looks), it can reach another Ray on this machine, hear "no such actor" and remove a live
+    run's placement group. Without a dashboard nothing answers on this port, and the cleaner keeps waiting."""
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -103,6 +119,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     address = resolve_address(address)
     if address is None:
         machine = ClusterShape.this_machine()
+        dashboard_port = _free_port()
         context = ray.init(
             address="local",
             num_cpus=int(num_cpus or machine.cpus),
@@ -110,9 +127,10 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             resources={DRIVER_TOKEN: DRIVER_TOKEN_AMOUNT},
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
             log_to_driver=True,
             logging_level=logging.WARNING,
-            runtime_env={"env_vars": dict(QUIET_ENV)},
+            runtime_env={"env_vars": {**QUIET_ENV, **_own_state_api(dashboard_port)}},
         )
     else:
         # No runtime_env here: inside `ray job submit` it would replace the job's (its working_dir).

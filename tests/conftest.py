@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The modules that start a Ray
-# cluster run on one worker, one after another, and so do those that start the suite's private Slurm: two Rays
-# (or two Slurms) at once on 2 cores would slow each other past their waits, and an in-process Ray binds fixed
-# ports (its dashboard). Everything else spreads over both workers.
-RAY_MODULES = {"test_reliability_concurrency", "test_reliability_configs", "test_reliability_ray_nodes",
-               "test_reliability_worker_kill", "test_scale_bench", "test_stage_configs", "test_tune_study",
-               "test_orchestrator_study"}
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The modules that use the
+# suite's private Slurm run on one worker, one after another: that worker starts the Slurm daemons once (a second
+# set on the other worker would cost its start-up and the cores its jobs need). Ray modules spread like the rest: each starts its own Ray, and an embedded
+# Ray asks only its own state API (orchestrator.cluster), so two at once do not mistake each other's actors.
 SLURM_MODULES = {"test_slurm", "test_slurm_stages"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the xdist_group marks into the groups it schedules
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        name = item.module.__name__.rsplit(".", 1)[-1]
-        if name.startswith("test_ray_") or name in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif name in SLURM_MODULES:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLURM_MODULES:
             item.add_marker(pytest.mark.xdist_group("slurm"))
 
 

@@ -2,12 +2,18 @@
 off Tune's automatic TensorBoard logger (the runs write their own curves)."""
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from orchestrator.cluster import ray_session
 from orchestrator.ray_run import tune_loggers
@@ -41,3 +47,65 @@ def test_tune_keeps_csv_and_json_results_but_not_its_tensorboard_copy(monkeypatc
     callbacks = _create_default_callbacks(tune_loggers(), air_verbosity=None)
     kinds = {type(c) for c in callbacks}
     assert CSVLoggerCallback in kinds and JsonLoggerCallback in kinds and TBXLoggerCallback not in kinds
+
+
+class _NoSuchActor(http.server.BaseHTTPRequestHandler):
+    """Another Ray's state API, as the one on this machine's 127.0.0.1:8265 answers: it knows no actor of ours."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = json.dumps({"result": True, "msg": "", "data": {"result": {
+            "result": [], "total": 0, "num_after_truncation": 0, "num_filtered": 0,
+            "partial_failure_warning": "", "warnings": None}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def another_state_api_on_8265():
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 8265), _NoSuchActor)
+    except OSError:  # something already serves there: that is the situation this test is about
+        yield
+        return
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("dashboard", [True, False])
+def test_a_live_actor_is_never_reported_missing_by_another_ray_on_this_machine(dashboard):
+    """Ray Train's PlacementGroupCleaner removes a run's placement group once the state API says its controller
+    is gone. Asked from inside the embedded Ray (where the cleaner runs), the state API is this Ray's own: with
+    the dashboard it finds the live actor, without one it is unreachable (the cleaner waits), and it is never
+    another Ray's, which would answer "no such actor"."""
+    import ray
+    from ray.util.state import get_actor
+    from ray.util.state.exception import RayStateApiException
+
+    @ray.remote(num_cpus=0)
+    class Alive:
+        def actor_id(self) -> str:
+            return ray.get_runtime_context().get_actor_id()
+
+    @ray.remote(num_cpus=0)
+    def state_of(actor_id: str) -> str:
+        try:
+            found = get_actor(actor_id, timeout=30)
+        except RayStateApiException:
+            return "unreachable"
+        return found.state if found else "missing"
+
+    with another_state_api_on_8265(), ray_session(num_cpus=1, dashboard=dashboard):
+        actor = Alive.remote()
+        state = ray.get(state_of.remote(ray.get(actor.actor_id.remote())), timeout=120)
+    assert state == ("ALIVE" if dashboard else "unreachable")

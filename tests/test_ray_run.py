@@ -209,7 +209,9 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
     head = subprocess.Popen(
         isolated(["ray", "start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                   f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]),
-        cwd=REPO, env=env(), stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT)
+        # The head's processes ask its own state API (README, "Ray on a machine with other Rays").
+        cwd=REPO, env=env(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}"), stdout=(tmp_path / "head.log").open("w"),
+        stderr=subprocess.STDOUT)
     try:
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 120

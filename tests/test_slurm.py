@@ -38,6 +38,14 @@ def slurm_cluster():
     yield from session_cluster(pytest.skip)
 
 
+def test_the_slurm_modules_run_as_one_xdist_group(request):
+    """Under `make test` (pytest-xdist, --dist loadgroup) the Slurm modules share one worker and one set of daemons:
+    conftest's marks must reach xdist (a pytest that drops them, pytest-xdist#1386, fails here)."""
+    if not request.config.getoption("loadgroup", False):  # xdist sets it on its workers for --dist loadgroup
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@slurm"), request.node.nodeid
+
+
 def _rows(run_dir: Path) -> list[dict]:
     return pq.read_table(Path(run_dir) / "metrics.parquet").to_pylist()
 
