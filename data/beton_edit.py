@@ -21,7 +21,7 @@ def drop_samples(path: Path | str, drop: np.ndarray, *, label_field: str | None 
                  label_remap: np.ndarray | None = None) -> int:
     """Remove the samples where `drop` is True; optionally map the kept samples' labels
     (`label_field` of the metadata, e.g. 'f1') through `label_remap[old] -> new`. Returns the count kept."""
-    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_handlers, get_metadata_type
+    from .ffcv_api import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_handlers, get_metadata_type
 
     path = str(path)
     drop = np.asarray(drop, dtype=bool)

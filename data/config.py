@@ -152,7 +152,8 @@ def beton_problem(path: Path) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _beton_problem(path: str, size: int, _mtime_ns: int) -> str | None:
     import numpy as np
-    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
+
+    from .ffcv_api import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
 
     if size < HeaderType.itemsize:
         return f"is {size} bytes, shorter than a .beton header (truncated?)"

@@ -194,13 +194,8 @@ def _max_pixels(paths: list[str], opts: ConvertOptions, skipped: list[tuple[str,
 
 def _write(out_tmp: Path, paths: list[str], labels: list[int], opts: ConvertOptions, events: Path,
            max_pixels: int) -> None:
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.fields.rgb_image import IMAGE_MODES
-    from ffcv.writer import DatasetWriter
+    from .ffcv_api import DatasetWriter, IntField, RGBImageField
 
-    # RGBImageField.encode looks the mode up in a numba typed Dict, compiled on first use: done here,
-    # the forked writer processes inherit it instead of each compiling it (~0.14 s CPU per process).
-    IMAGE_MODES["jpg"]
     fields = {
         "image": RGBImageField(write_mode=opts.write_mode, max_resolution=opts.max_res,
                                smart_threshold=opts.smart_threshold, jpeg_quality=opts.jpeg_quality,

@@ -12,16 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
-from ffcv.loader import Loader
-from ffcv.pipeline.compiler import Compiler
-from ffcv.transforms import ToDevice, ToTensor
-from ffcv.traversal_order.base import TraversalOrder
 from numba import njit
 
 from . import jpegcrop
+from .ffcv_api import (
+    IMAGE_MODES,
+    CenterCropRGBImageDecoder,
+    Compiler,
+    IntDecoder,
+    Loader,
+    ResizedCropRGBImageDecoder,
+    ToDevice,
+    ToTensor,
+    TraversalOrder,
+    imdecode,
+    resize_crop,
+)
 from .resample import bicubic_resize
 from .rng import batch_key, bicubic_draw, center_crop_params, flip_draw, rrc_params, sample_key
 

@@ -35,7 +35,7 @@ def sample_labels(path: Path | str, backend: str) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _labels(path: str, backend: str, _mtime_ns: int) -> np.ndarray:
     if backend == "ffcv":
-        from ffcv.reader import Reader
+        from .ffcv_api import Reader
 
         reader = Reader(path)
         return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"], dtype=np.int64)

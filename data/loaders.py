@@ -37,8 +37,7 @@ class Source(Protocol):
 
 def _ffcv_source(cfg: DataConfig, path: Path, make_order: Callable[[int], Callable[[int], np.ndarray]],
                  **kw) -> Source:
-    from ffcv.reader import Reader
-
+    from .ffcv_api import Reader
     from .ffcv_backend import FfcvSource
 
     if not kw["train"]:

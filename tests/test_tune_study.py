@@ -22,10 +22,12 @@ from tests.test_ray_run import pytestmark as needs_unshare
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.weight_decay": {"choice": [0.0, 0.05]}}
 
 
-def tuned_study(tmp_path: Path, demo_data, name: str, **tune) -> Path:
+CONDITIONS = {"baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}}
+
+
+def tuned_study(tmp_path: Path, demo_data, name: str, conditions: dict = CONDITIONS, **tune) -> Path:
     study = {"base": str(REPO / "configs/demo.yaml"), "study": name, "output_root": str(tmp_path / "runs"),
-             "data_root": str(demo_data.root), "seeds": [0],
-             "conditions": {"baseline": {}, "shallow": {"strategies": [{"name": "shallow", "params": {"keep_ratio": 0.5}}]}},
+             "data_root": str(demo_data.root), "seeds": [0], "conditions": conditions,
              "sweep": {"progress_every_s": 5},
              "tune": {"space": SPACE, "trials": 3, "seed": 1, "epochs": 2, "max_concurrent": 1,
                       "scheduler": {"grace_period": 1, "reduction_factor": 2}, "holdout": {"fraction": 0.2},
@@ -100,11 +102,13 @@ def _winners(study_dir: Path) -> dict:
 @pytest.mark.slow
 @needs_unshare
 def test_tuned_sweep_confirms_winners_and_resumes_after_a_driver_kill(tmp_path, demo_data):
-    """Two copies of one tuned study (2 conditions x 3 trials, ASHA, one trial at a time so the scheduler's
-    decisions are deterministic) side by side: one undisturbed, one whose driver is SIGKILLed once its second
-    trial has trained an epoch, then `sweep --resume`d. Both end with the same trials, stops and winners; the
-    resumed one re-ran nothing that had finished; the confirm runs train the winners on val."""
-    plain, killed = tuned_study(tmp_path, demo_data, "plain"), tuned_study(tmp_path, demo_data, "killed")
+    """Two copies of one tuned study (3 trials, ASHA, one trial at a time so the scheduler's decisions are
+    deterministic) side by side: one undisturbed, one whose driver is SIGKILLed once its second trial has trained
+    an epoch, then `sweep --resume`d. Both end with the same trials, stops and winners; the resumed one re-ran
+    nothing that had finished; the confirm run trains the winner on val. One condition: choosing per condition
+    is the tuned Slurm study's (test_slurm_stages.py) and test_analysis_tuning's to check."""
+    one = {"baseline": CONDITIONS["baseline"]}
+    plain, killed = tuned_study(tmp_path, demo_data, "plain", one), tuned_study(tmp_path, demo_data, "killed", one)
     a = subprocess.Popen(cli("sweep", str(plain), *SMALL), cwd=REPO, env=env(), stdout=(tmp_path / "a.log").open("w"),
                          stderr=subprocess.STDOUT)
     temp_dir = Path(f"/tmp/rt{id(a) % 100000}")
