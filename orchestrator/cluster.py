@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 from collections.abc import Iterator
@@ -42,10 +43,24 @@ def quiet_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Below the kernel's ephemeral range (Linux 32768-60999, elsewhere higher), where nothing is handed a port
+# unasked, and above Ray's worker ports (10002-19999): a port found free here is still free when our Ray binds
+# it a moment later. (Ray's own fixed ports, 44227 for metrics and 52365 for the dashboard agent, are outside.)
+UNUSED_PORTS = range(20000, 32768)
+
+
+def unused_port() -> int:
+    """A free localhost port for a server this process is about to start (an embedded Ray's dashboard)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(UNUSED_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {UNUSED_PORTS.start}-{UNUSED_PORTS.stop - 1} on 127.0.0.1")
 
 
 def _own_state_api(dashboard_port: int) -> dict[str, str]:
@@ -119,7 +134,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     address = resolve_address(address)
     if address is None:
         machine = ClusterShape.this_machine()
-        dashboard_port = _free_port()
+        dashboard_port = unused_port()
         context = ray.init(
             address="local",
             num_cpus=int(num_cpus or machine.cpus),

@@ -22,18 +22,13 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from orchestrator.cluster import unused_port
 
 
 def _checkpoints(run_dir: Path) -> list[str]:
@@ -149,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         # No dashboard: nothing here needs it, and it is the slowest part of a head to start. Its processes
         # (started from here, so with this environment) ask a state API that nothing serves: Ray Train's
         # placement-group cleaner then waits, instead of asking another Ray on 127.0.0.1:8265 (orchestrator.cluster).
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{_free_port()}"
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{unused_port()}"
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         report["address"] = cluster.address
         report["head"] = cluster.head_node.node_id

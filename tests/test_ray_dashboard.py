@@ -109,3 +109,18 @@ def test_a_live_actor_is_never_reported_missing_by_another_ray_on_this_machine(d
         actor = Alive.remote()
         state = ray.get(state_of.remote(ray.get(actor.actor_id.remote())), timeout=120)
     assert state == ("ALIVE" if dashboard else "unreachable")
+
+
+def test_the_dashboard_port_is_free_and_outside_the_ranges_others_draw_from():
+    """An embedded Ray's dashboard port is chosen below the kernel's ephemeral range and above Ray's worker ports,
+    so no other process is handed it between the choice and our Ray's bind (a taken port fails ray.init)."""
+    import socket
+
+    from orchestrator.cluster import UNUSED_PORTS, unused_port
+
+    low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    assert UNUSED_PORTS.stop <= low and UNUSED_PORTS.start > 19999
+    ports = {unused_port() for _ in range(20)}
+    assert all(p in UNUSED_PORTS for p in ports) and len(ports) > 1
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))

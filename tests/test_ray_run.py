@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from orchestrator.cluster import unused_port
 from rundir import CHECKPOINT_DIR, EVENTS_FILE, EXIT_PREEMPTED, METRICS_FILE, SPEC_FILE, STATUS_FILE
 from tests import ray_faults
 
@@ -194,21 +195,17 @@ def test_sweep_driver_kill_and_resume(tmp_path, demo_data):
     assert "run" in proc.stdout and "finished" in proc.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
     """`ray job submit --working-dir . -- python -m orchestrator sweep ...` against a head this test starts
-    (dashboard + job server on free ports) in its own PID namespace, stopped by killing that namespace."""
+    (dashboard + job server on free ports) in its own PID namespace, stopped by killing that namespace.
+    The dashboard agent, which runs the submitted job, gets a free port too: on its default (52365) it would
+    fail to start beside another Ray's agent, and the head would answer "No available agent" for good."""
     path = write_study(tmp_path, demo_data, seeds=[0], conditions={"baseline": {}})
-    port, dash = free_port(), free_port()
+    port, dash, agent = unused_port(), unused_port(), unused_port()
     temp_dir = Path(f"/tmp/rj{os.getpid()}")  # short: Ray's unix socket paths must stay < 108 chars
     head = subprocess.Popen(
         isolated(["ray", "start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                  f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]),
+                  f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]),
         # The head's processes ask its own state API (README, "Ray on a machine with other Rays").
         cwd=REPO, env=env(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}"), stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT)
