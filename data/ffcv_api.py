@@ -2,11 +2,12 @@
 Dict it never needs.
 
 FFCV 1.0.2 defines `ffcv.fields.rgb_image.IMAGE_MODES` ({'jpg': 0, 'raw': 1}) as a numba typed Dict at import.
-Compiling that Dict's methods costs about 3.4 s of CPU in every process that imports FFCV: each training
-process, Ray Train worker, Tune trial and Slurm task. FFCV reads IMAGE_MODES only from Python, never inside
-jitted code, so a plain dict gives the same lookups. We import FFCV once with `numba.typed.Dict` standing in
-as `dict`, then restore it. This depends on FFCV's module body, so it applies to the pinned version only
-(pyproject.toml). Any other version is imported unchanged, and tests/test_ffcv_api.py fails with the reason.
+Compiling that Dict's methods makes FFCV's import cost 4.1 s more CPU in every process that imports it: each
+training process, Ray Train worker, Tune trial and Slurm task (bench/import_cost.py, BENCHMARKS.md). FFCV reads
+IMAGE_MODES only from Python, never inside jitted code, so a plain dict gives the same lookups. We import FFCV
+once with `numba.typed.Dict` standing in as `dict`, then restore it. This depends on FFCV's module body, so it
+applies to the pinned version only (pyproject.toml). Any other version is imported unchanged, and
+tests/test_ffcv_api.py fails with the reason.
 The `import-linter` contract "ffcv-through-one-module" keeps every other module of ours importing from here.
 """
 from __future__ import annotations
@@ -17,10 +18,9 @@ from importlib.metadata import version
 PATCHED_FOR = "1.0.2"
 
 
-def _import_ffcv_without_typed_dict() -> bool:
-    """Import FFCV; True when IMAGE_MODES became a plain dict."""
+def _import_ffcv_without_typed_dict() -> None:
     if "ffcv.fields.rgb_image" in sys.modules or version("ffcv") != PATCHED_FOR:
-        return False
+        return  # imported already, or a version this was not checked against: FFCV's own import
     import numba.typed
 
     typed_dict = numba.typed.Dict
@@ -29,7 +29,6 @@ def _import_ffcv_without_typed_dict() -> bool:
         import ffcv.fields.rgb_image  # noqa: F401
     finally:
         numba.typed.Dict = typed_dict
-    return True
 
 
 _import_ffcv_without_typed_dict()

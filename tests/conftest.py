@@ -5,8 +5,9 @@ import pytest
 
 # `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). The modules that use the
 # suite's private Slurm run on one worker, one after another: that worker starts the Slurm daemons once (a second
-# set on the other worker would cost its start-up and the cores its jobs need). Ray modules spread like the rest: each starts its own Ray, and an embedded
-# Ray asks only its own state API (orchestrator.cluster), so two at once do not mistake each other's actors.
+# set on the other worker would cost its start-up and the cores its jobs need). Ray modules spread like the rest:
+# each starts its own Ray, and an embedded Ray asks only its own state API (orchestrator.cluster), so two at once
+# do not mistake each other's actors.
 SLURM_MODULES = {"test_slurm", "test_slurm_stages"}
 
 

@@ -118,7 +118,7 @@ def test_the_dashboard_port_is_free_and_outside_the_ranges_others_draw_from():
 
     from orchestrator.cluster import UNUSED_PORTS, unused_port
 
-    low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert UNUSED_PORTS.stop <= low and UNUSED_PORTS.start > 19999
     ports = {unused_port() for _ in range(20)}
     assert all(p in UNUSED_PORTS for p in ports) and len(ports) > 1

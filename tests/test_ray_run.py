@@ -205,8 +205,9 @@ def test_ray_job_submit_against_a_local_head(tmp_path, demo_data):
     temp_dir = Path(f"/tmp/rj{os.getpid()}")  # short: Ray's unix socket paths must stay < 108 chars
     head = subprocess.Popen(
         isolated(["ray", "start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                  f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--block"]),
-        # The head's processes ask its own state API (README, "Ray on a machine with other Rays").
+                  f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--num-cpus=2",
+                  f"--temp-dir={temp_dir}", "--block"]),
+        # The head's processes ask its own state API (README, "Several Rays on one machine").
         cwd=REPO, env=env(RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}"), stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT)
     try:

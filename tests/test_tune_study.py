@@ -109,11 +109,12 @@ def test_tuned_sweep_confirms_winners_and_resumes_after_a_driver_kill(tmp_path, 
     is the tuned Slurm study's (test_slurm_stages.py) and test_analysis_tuning's to check."""
     one = {"baseline": CONDITIONS["baseline"]}
     plain, killed = tuned_study(tmp_path, demo_data, "plain", one), tuned_study(tmp_path, demo_data, "killed", one)
-    a = subprocess.Popen(cli("sweep", str(plain), *SMALL, "--no-dashboard"), cwd=REPO, env=env(), stdout=(tmp_path / "a.log").open("w"),
+    options = [*SMALL, "--no-dashboard"]  # nothing here reads a dashboard; two at once would only cost start-up
+    a = subprocess.Popen(cli("sweep", str(plain), *options), cwd=REPO, env=env(), stdout=(tmp_path / "a.log").open("w"),
                          stderr=subprocess.STDOUT)
     temp_dir = Path(f"/tmp/rt{id(a) % 100000}")
     study_dir = tmp_path / "runs" / "killed"
-    b = subprocess.Popen(cli("sweep", str(killed), *SMALL, "--no-dashboard"), cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)),
+    b = subprocess.Popen(cli("sweep", str(killed), *options), cwd=REPO, env=env(RAY_TMPDIR=str(temp_dir)),
                          stdout=(tmp_path / "b.log").open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600
@@ -131,11 +132,11 @@ def test_tuned_sweep_confirms_winners_and_resumes_after_a_driver_kill(tmp_path, 
                    if status(p).get("state") == "finished"}
     assert done_before and not (study_dir / "baseline-s0").exists()  # killed in the middle of tuning
 
-    refused = subprocess.run(cli("sweep", str(killed), *SMALL, "--no-dashboard"), cwd=REPO, env=env(), capture_output=True, text=True,
-                             timeout=120)
+    refused = subprocess.run(cli("sweep", str(killed), *options), cwd=REPO, env=env(), capture_output=True,
+                             text=True, timeout=120)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = subprocess.run(cli("sweep", str(killed), *SMALL, "--no-dashboard", "--resume"), cwd=REPO, env=env(), capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(cli("sweep", str(killed), *options, "--resume"), cwd=REPO, env=env(),
+                             capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
     assert a.wait(timeout=900) == 0, (tmp_path / "a.log").read_text()[-4000:]
 
